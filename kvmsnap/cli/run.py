@@ -1,0 +1,46 @@
+"""``kvmsnap run``: start a guest in the embedded VMM."""
+import sys
+
+import click
+
+from ..errors import InputError, KvmsnapError
+from ..runner import GuestSession
+from ..samples import DEFAULT
+from . import cli
+from .params import Address, Size
+
+
+def open_console(console: str):
+    """stdout, or a file the console is appended to."""
+    if console == "stdio":
+        return sys.stdout.buffer
+    try:
+        return open(console, "ab")
+    except OSError as e:
+        raise InputError(f"{console}: cannot open console file: {e.strerror}") from None
+
+
+@cli.command()
+@click.argument("guest", default=DEFAULT)
+@click.option("--mem", "mem_size", type=Size(), default="256M", show_default=True, help="Guest RAM size.")
+@click.option("--cpus", type=click.IntRange(1, 1024), help="Number of vCPUs [default: the sample's, else 1].")
+@click.option("--console", default="stdio", show_default=True, metavar="stdio|PATH",
+              help="Where the guest's serial console goes (a file is appended to).")
+@click.option("--control", metavar="SOCKET", help="Serve the control protocol on this Unix socket (docs/control.md).")
+@click.option("--load-addr", type=Address(), help="Load address of a flat (non-ELF) image [default: 0x7c00].")
+@click.option("--paused", is_flag=True, help="Start with every vCPU paused (resume over --control).")
+def run(guest, mem_size, cpus, console, control, load_addr, paused):
+    """Run GUEST: a sample name (see `kvmsnap samples`, default `counter`) or an image path.
+
+    ELF64 images start in long mode at the entry they ask for; other files are flat binaries
+    started in 16-bit real mode at --load-addr. Ends when the guest stops, on `quit` over
+    --control, on SIGTERM, or on Ctrl-C.
+    """
+    session = GuestSession.boot(guest, mem_size, cpus, open_console(console), control, load_addr)
+    error = session.run(paused=paused)
+    if error:
+        raise GuestFailed(error)
+
+
+class GuestFailed(KvmsnapError):
+    """The guest stopped with an error (exit 1)."""

@@ -1,0 +1,114 @@
+"""The control socket of a running VMM: line-delimited JSON requests and replies (docs/control.md)."""
+import json
+import os
+import socket
+import socketserver
+import struct
+import threading
+
+from .errors import InputError, KvmsnapError
+
+MAX_REQUEST = 64 * 1024
+
+
+class ControlServer:
+    """Serves ``handlers`` (command name → callable(request dict) → reply dict) on a Unix socket."""
+
+    def __init__(self, path: str, handlers: dict):
+        self.path = path
+        self.handlers = handlers
+        if os.path.exists(path):
+            if _is_live_socket(path):
+                raise InputError(f"{path}: a control socket is already in use there")
+            os.unlink(path)
+        old = os.umask(0o177)           # the socket is born 0600: no window where others can connect
+        try:
+            self._server = _Server(path, _Handler)
+        except OSError as e:
+            raise InputError(f"{path}: cannot create control socket: {e.strerror}") from None
+        finally:
+            os.umask(old)
+        self._server.control = self
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def dispatch(self, request) -> dict:
+        """One request to one reply; never raises."""
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return {"ok": False, "error": 'a request is a JSON object with a "cmd" string'}
+        handler = self.handlers.get(request["cmd"])
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {request['cmd']!r}; "
+                                          f"known: {', '.join(sorted(self.handlers))}"}
+        try:
+            return {"ok": True, **handler(request)}
+        except KvmsnapError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:          # report, keep serving
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def verify_request(self, request, client_address) -> bool:
+        """Only the user running the VMM may drive it (SO_PEERCRED)."""
+        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return uid == os.getuid()
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while True:
+            line = self.rfile.readline(MAX_REQUEST + 1)
+            if not line:
+                return
+            if len(line) > MAX_REQUEST:
+                reply = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+            else:
+                try:
+                    reply = self.server.control.dispatch(json.loads(line))
+                except ValueError as e:
+                    reply = {"ok": False, "error": f"not JSON: {e}"}
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+            self.wfile.flush()
+
+
+def _is_live_socket(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+        return True
+    except OSError:
+        return False
+
+
+def request(path: str, cmd: str, timeout: float = 600.0, **args) -> dict:
+    """Send one command to the VMM at ``path``; returns the reply, raising ``KvmsnapError`` on failure."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            data = s.makefile("rb").readline(16 * 1024 * 1024)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no control socket there (is `kvmsnap run --control {path}` running?)") from None
+    except OSError as e:
+        raise KvmsnapError(f"{path}: {e.strerror or e}") from None
+    if not data:
+        raise KvmsnapError(f"{path}: the VMM closed the connection without a reply (not our user's socket?)")
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise KvmsnapError(f"{cmd}: {reply.get('error', 'failed')}")
+    return reply

@@ -1,0 +1,180 @@
+"""cffi build script: compiles ``kvmsnap.kvm._kvm`` against the system's ``<linux/kvm.h>``.
+
+Every ioctl number and struct layout comes from the kernel header at build time; the
+declarations below name fields, and cffi checks each one against the compiler's layout.
+"""
+import os
+import shutil
+import sys
+
+from cffi import FFI
+
+HEADER = "/usr/include/linux/kvm.h"
+
+
+def _check_toolchain():
+    """Fail with one line naming the Debian package when the header or compiler is missing."""
+    if not os.path.exists(HEADER):
+        sys.exit(f"kvmsnap: {HEADER} not found: install the Debian package linux-libc-dev")
+    if not (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")):
+        sys.exit("kvmsnap: no C compiler found: install the Debian package gcc")
+
+
+# Constants resolved by the C compiler (``...`` = value taken from the header).
+CONSTANTS = """
+KVM_API_VERSION KVM_GET_API_VERSION KVM_CREATE_VM KVM_CHECK_EXTENSION KVM_GET_VCPU_MMAP_SIZE
+KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST KVM_GET_SUPPORTED_CPUID KVM_GET_MSRS KVM_SET_MSRS
+KVM_SET_USER_MEMORY_REGION KVM_SET_TSS_ADDR KVM_SET_IDENTITY_MAP_ADDR KVM_CREATE_IRQCHIP KVM_GET_IRQCHIP
+KVM_SET_IRQCHIP KVM_CREATE_PIT2 KVM_GET_PIT2 KVM_SET_PIT2 KVM_GET_CLOCK KVM_SET_CLOCK KVM_IRQ_LINE
+KVM_CREATE_VCPU KVM_RUN KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_GET_SREGS2
+KVM_SET_SREGS2 KVM_GET_FPU KVM_SET_FPU KVM_GET_XSAVE KVM_GET_XSAVE2 KVM_SET_XSAVE KVM_GET_XCRS
+KVM_SET_XCRS KVM_GET_LAPIC KVM_SET_LAPIC KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS KVM_GET_DEBUGREGS
+KVM_SET_DEBUGREGS KVM_GET_MP_STATE KVM_SET_MP_STATE KVM_SET_CPUID2 KVM_GET_CPUID2 KVM_GET_TSC_KHZ
+KVM_SET_TSC_KHZ KVM_GET_DIRTY_LOG KVM_KVMCLOCK_CTRL KVM_ENABLE_CAP
+KVM_CAP_IRQCHIP KVM_CAP_PIT2 KVM_CAP_IMMEDIATE_EXIT KVM_CAP_XSAVE KVM_CAP_XSAVE2 KVM_CAP_XCRS
+KVM_CAP_SREGS2 KVM_CAP_VCPU_EVENTS KVM_CAP_DEBUGREGS KVM_CAP_MP_STATE KVM_CAP_ADJUST_CLOCK
+KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS
+KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_EXT_CPUID
+KVM_CAP_GET_MSR_FEATURES KVM_CAP_KVMCLOCK_CTRL KVM_CAP_INTERNAL_ERROR_DATA KVM_CAP_PIT_STATE2
+KVM_CAP_IOAPIC_POLARITY_IGNORED KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_X86_ROBUST_SINGLESTEP
+KVM_EXIT_UNKNOWN KVM_EXIT_EXCEPTION KVM_EXIT_IO KVM_EXIT_HYPERCALL KVM_EXIT_DEBUG KVM_EXIT_HLT
+KVM_EXIT_MMIO KVM_EXIT_IRQ_WINDOW_OPEN KVM_EXIT_SHUTDOWN KVM_EXIT_FAIL_ENTRY KVM_EXIT_INTR
+KVM_EXIT_SET_TPR KVM_EXIT_TPR_ACCESS KVM_EXIT_NMI KVM_EXIT_INTERNAL_ERROR KVM_EXIT_SYSTEM_EVENT
+KVM_EXIT_IOAPIC_EOI KVM_EXIT_X86_RDMSR KVM_EXIT_X86_WRMSR KVM_EXIT_X86_BUS_LOCK KVM_EXIT_NOTIFY
+KVM_EXIT_IO_IN KVM_EXIT_IO_OUT
+KVM_INTERNAL_ERROR_EMULATION KVM_INTERNAL_ERROR_SIMUL_EX KVM_INTERNAL_ERROR_DELIVERY_EV
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+KVM_SYSTEM_EVENT_SHUTDOWN KVM_SYSTEM_EVENT_RESET KVM_SYSTEM_EVENT_CRASH
+KVM_MP_STATE_RUNNABLE KVM_MP_STATE_UNINITIALIZED KVM_MP_STATE_INIT_RECEIVED KVM_MP_STATE_HALTED
+KVM_MP_STATE_SIPI_RECEIVED
+KVM_IRQCHIP_PIC_MASTER KVM_IRQCHIP_PIC_SLAVE KVM_IRQCHIP_IOAPIC KVM_IOAPIC_NUM_PINS
+KVM_PIT_SPEAKER_DUMMY KVM_MEM_LOG_DIRTY_PAGES KVM_APIC_REG_SIZE KVM_MAX_XCRS KVM_NR_INTERRUPTS
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX KVM_SREGS2_FLAGS_PDPTRS_VALID
+KVM_VCPUEVENT_VALID_NMI_PENDING KVM_VCPUEVENT_VALID_SIPI_VECTOR KVM_VCPUEVENT_VALID_SHADOW
+KVM_VCPUEVENT_VALID_SMM KVM_VCPUEVENT_VALID_PAYLOAD KVM_VCPUEVENT_VALID_TRIPLE_FAULT
+KVM_CLOCK_TSC_STABLE KVM_CLOCK_REALTIME KVM_CLOCK_HOST_TSC
+""".split()
+
+CDEF = "\n".join(f"#define {name} ..." for name in CONSTANTS) + r"""
+typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef unsigned long long __u64;
+typedef long long __s64; typedef int32_t __s32;
+
+struct kvm_regs {
+    __u64 rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+    __u64 r8, r9, r10, r11, r12, r13, r14, r15;
+    __u64 rip, rflags;
+};
+struct kvm_segment {
+    __u64 base; __u32 limit; __u16 selector; __u8 type;
+    __u8 present, dpl, db, s, l, g, avl; __u8 unusable; __u8 padding;
+};
+struct kvm_dtable { __u64 base; __u16 limit; __u16 padding[3]; };
+struct kvm_sregs {
+    struct kvm_segment cs, ds, es, fs, gs, ss, tr, ldt;
+    struct kvm_dtable gdt, idt;
+    __u64 cr0, cr2, cr3, cr4, cr8, efer, apic_base;
+    __u64 interrupt_bitmap[4];
+};
+struct kvm_sregs2 {
+    struct kvm_segment cs, ds, es, fs, gs, ss, tr, ldt;
+    struct kvm_dtable gdt, idt;
+    __u64 cr0, cr2, cr3, cr4, cr8, efer, apic_base, flags;
+    __u64 pdptrs[4];
+};
+struct kvm_fpu {
+    __u8 fpr[8][16]; __u16 fcw; __u16 fsw; __u8 ftwx; __u8 pad1; __u16 last_opcode;
+    __u64 last_ip; __u64 last_dp; __u8 xmm[16][16]; __u32 mxcsr; __u32 pad2;
+};
+struct kvm_msr_entry { __u32 index; __u32 reserved; __u64 data; };
+struct kvm_msrs { __u32 nmsrs; __u32 pad; struct kvm_msr_entry entries[]; };
+struct kvm_msr_list { __u32 nmsrs; __u32 indices[]; };
+struct kvm_cpuid_entry2 {
+    __u32 function; __u32 index; __u32 flags; __u32 eax; __u32 ebx; __u32 ecx; __u32 edx;
+    __u32 padding[3];
+};
+struct kvm_cpuid2 { __u32 nent; __u32 padding; struct kvm_cpuid_entry2 entries[]; };
+struct kvm_lapic_state { char regs[1024]; };
+struct kvm_xsave { __u32 region[1024]; __u32 extra[]; };
+struct kvm_xcr { __u32 xcr; __u32 reserved; __u64 value; };
+struct kvm_xcrs { __u32 nr_xcrs; __u32 flags; struct kvm_xcr xcrs[16]; __u64 padding[16]; };
+struct kvm_debugregs { __u64 db[4]; __u64 dr6; __u64 dr7; __u64 flags; __u64 reserved[9]; };
+struct kvm_mp_state { __u32 mp_state; };
+struct kvm_vcpu_events {
+    struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending; __u32 error_code; } exception;
+    struct { __u8 injected; __u8 nr; __u8 soft; __u8 shadow; } interrupt;
+    struct { __u8 injected; __u8 pending; __u8 masked; __u8 pad; } nmi;
+    __u32 sipi_vector; __u32 flags;
+    struct { __u8 smm; __u8 pending; __u8 smm_inside_nmi; __u8 latched_init; } smi;
+    struct { __u8 pending; } triple_fault;
+    __u8 reserved[26]; __u8 exception_has_payload; __u64 exception_payload;
+};
+struct kvm_userspace_memory_region {
+    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr;
+};
+struct kvm_irqchip { __u32 chip_id; __u32 pad; union { char dummy[512]; __u64 _align; } chip; };
+struct kvm_pit_config { __u32 flags; __u32 pad[15]; };
+struct kvm_pit_channel_state {
+    __u32 count; __u16 latched_count; __u8 count_latched; __u8 status_latched; __u8 status;
+    __u8 read_state; __u8 write_state; __u8 write_latch; __u8 rw_mode; __u8 mode; __u8 bcd;
+    __u8 gate; __s64 count_load_time;
+};
+struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; __u32 flags; __u32 reserved[9]; };
+struct kvm_clock_data {
+    __u64 clock; __u32 flags; __u32 pad0; __u64 realtime; __u64 host_tsc; __u32 pad[4];
+};
+struct kvm_irq_level { __u32 irq; __u32 level; };
+struct kvm_dirty_log { __u32 slot; __u32 padding1; void *dirty_bitmap; };
+struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };
+struct kvm_run {
+    __u8 request_interrupt_window; __u8 immediate_exit;
+    __u32 exit_reason; __u8 ready_for_interrupt_injection; __u8 if_flag; __u16 flags;
+    __u64 cr8; __u64 apic_base;
+    union {
+        struct { __u64 hardware_exit_reason; } hw;
+        struct { __u64 hardware_entry_failure_reason; __u32 cpu; } fail_entry;
+        struct { __u32 exception; __u32 error_code; } ex;
+        struct { __u8 direction; __u8 size; __u16 port; __u32 count; __u64 data_offset; } io;
+        struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; } mmio;
+        struct { __u32 suberror; __u32 ndata; __u64 data[16]; } internal;
+        struct { __u32 suberror; __u32 ndata; __u64 flags; __u8 insn_size; __u8 insn_bytes[15]; }
+            emulation_failure;
+        struct { __u32 type; __u32 ndata; __u64 data[16]; } system_event;
+        ...;
+    };
+    ...;
+};
+
+int kvmsnap_ioctl_ptr(int fd, unsigned long request, void *arg);
+int kvmsnap_ioctl_int(int fd, unsigned long request, unsigned long arg);
+int kvmsnap_install_kick_handler(int signo);
+"""
+
+SOURCE = r"""
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <signal.h>
+#include <string.h>
+
+/* ioctl(2) is variadic: fixed-signature wrappers keep the argument passing exact. */
+static int kvmsnap_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+static int kvmsnap_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+
+/* A do-nothing handler without SA_RESTART: the signal only makes KVM_RUN return EINTR. */
+static void kvmsnap_kick(int signo) { (void)signo; }
+static int kvmsnap_install_kick_handler(int signo)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = kvmsnap_kick;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL);
+}
+"""
+
+_check_toolchain()
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("kvmsnap.kvm._kvm", SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=False)

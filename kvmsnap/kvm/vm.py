@@ -1,0 +1,88 @@
+"""``Vm``: a VM file descriptor, created by ``Kvm.create_vm``."""
+import os
+
+from ._ioctl import ffi, lib, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
+from .vcpu import Vcpu
+
+
+class Vm:
+    """One KVM virtual machine; creates ``Vcpu`` objects."""
+
+    def __init__(self, kvm, fd: int):
+        self.kvm = kvm
+        self.fd = fd
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def check_extension(self, cap: int) -> int:
+        """See KVM_CHECK_EXTENSION on the VM fd (some answers, e.g. KVM_CAP_XSAVE2, are per VM)."""
+        return ioctl_int(self.fd, "KVM_CHECK_EXTENSION", cap)
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, size: int, host_addr: int,
+                               flags: int = 0) -> None:
+        """See KVM_SET_USER_MEMORY_REGION."""
+        region = ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
+            "memory_size": size, "userspace_addr": host_addr})
+        ioctl_ptr(self.fd, "KVM_SET_USER_MEMORY_REGION", region)
+
+    def set_tss_addr(self, addr: int) -> None:
+        """See KVM_SET_TSS_ADDR (three pages inside the 32-bit hole)."""
+        ioctl_int(self.fd, "KVM_SET_TSS_ADDR", addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """See KVM_SET_IDENTITY_MAP_ADDR."""
+        ioctl_ptr(self.fd, "KVM_SET_IDENTITY_MAP_ADDR", ffi.new("__u64 *", addr))
+
+    def create_irqchip(self) -> None:
+        """See KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and LAPICs."""
+        ioctl_int(self.fd, "KVM_CREATE_IRQCHIP")
+
+    def get_irqchip(self, chip_id: int) -> bytes:
+        """See KVM_GET_IRQCHIP: raw ``struct kvm_irqchip``."""
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        ioctl_ptr(self.fd, "KVM_GET_IRQCHIP", chip)
+        return as_bytes(chip)
+
+    def set_irqchip(self, data: bytes) -> None:
+        """See KVM_SET_IRQCHIP (``chip_id`` is inside ``data``)."""
+        set_struct(self.fd, "KVM_SET_IRQCHIP", "struct kvm_irqchip", data)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """See KVM_IRQ_LINE."""
+        ioctl_ptr(self.fd, "KVM_IRQ_LINE", ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
+
+    def create_pit2(self, flags: int = 0) -> None:
+        """See KVM_CREATE_PIT2."""
+        ioctl_ptr(self.fd, "KVM_CREATE_PIT2", ffi.new("struct kvm_pit_config *", {"flags": flags}))
+
+    def get_pit2(self) -> bytes:
+        """See KVM_GET_PIT2: raw ``struct kvm_pit_state2``."""
+        return as_bytes(get_struct(self.fd, "KVM_GET_PIT2", "struct kvm_pit_state2"))
+
+    def set_pit2(self, data: bytes) -> None:
+        """See KVM_SET_PIT2."""
+        set_struct(self.fd, "KVM_SET_PIT2", "struct kvm_pit_state2", data)
+
+    def get_clock(self) -> bytes:
+        """See KVM_GET_CLOCK: raw ``struct kvm_clock_data``."""
+        return as_bytes(get_struct(self.fd, "KVM_GET_CLOCK", "struct kvm_clock_data"))
+
+    def set_clock(self, data: bytes) -> None:
+        """See KVM_SET_CLOCK."""
+        set_struct(self.fd, "KVM_SET_CLOCK", "struct kvm_clock_data", data)
+
+    def get_dirty_log(self, slot: int, pages: int) -> bytes:
+        """See KVM_GET_DIRTY_LOG: one bit per page of ``slot`` (needs KVM_MEM_LOG_DIRTY_PAGES)."""
+        bitmap = ffi.new("char[]", ((pages + 63) // 64) * 8)
+        log = ffi.new("struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap})
+        ioctl_ptr(self.fd, "KVM_GET_DIRTY_LOG", log)
+        return bytes(ffi.buffer(bitmap))
+
+    def create_vcpu(self, index: int) -> Vcpu:
+        """See KVM_CREATE_VCPU; maps the vCPU's ``kvm_run`` area."""
+        fd = ioctl_int(self.fd, "KVM_CREATE_VCPU", index)
+        return Vcpu(self, fd, index, self.kvm.get_vcpu_mmap_size())

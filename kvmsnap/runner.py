@@ -1,0 +1,96 @@
+"""A running guest: the machine, its console, its control socket and its lifetime (``kvmsnap run``)."""
+import os
+import signal
+import threading
+import time
+
+from .control import ControlServer
+from .errors import InputError, KvmsnapError
+from .samples import SAMPLES
+from .state import MachineConfig
+from .vmm import Machine
+
+
+def resolve_guest(guest: str) -> tuple[str, bytes, int | None]:
+    """(display name, image bytes, flat load address) for a sample name or an image path."""
+    sample = SAMPLES.get(guest)
+    if sample is not None:
+        path, flat_addr = sample.path, sample.flat_addr
+        if not os.path.exists(path):
+            raise KvmsnapError(f"sample {guest!r} is not built ({path} missing): reinstall kvmsnap "
+                               "(pip install .) to assemble the sample guests")
+    elif os.sep in guest or os.path.exists(guest):
+        path, flat_addr = guest, None
+    else:
+        raise InputError(f"{guest!r} is neither a sample ({', '.join(SAMPLES)}) nor an image file")
+    try:
+        with open(path, "rb") as f:
+            return guest, f.read(), flat_addr
+    except OSError as e:
+        raise InputError(f"{path}: cannot read image: {e.strerror}") from None
+
+
+class GuestSession:
+    """Runs one machine until the guest stops, ``quit`` arrives, or the user presses Ctrl-C."""
+
+    def __init__(self, machine: Machine, control_path: str | None = None):
+        self.machine = machine
+        self.started = time.monotonic()
+        self._quit = threading.Event()
+        self.control = ControlServer(control_path, self.handlers()) if control_path else None
+
+    @classmethod
+    def boot(cls, guest: str, mem_size: int, vcpus: int | None, console, control_path=None,
+             flat_addr: int | None = None) -> "GuestSession":
+        name, image, sample_flat = resolve_guest(guest)
+        sample = SAMPLES.get(guest)
+        config = MachineConfig(guest=name, mem_size=mem_size, vcpus=vcpus or (sample.vcpus if sample else 1))
+        machine = Machine(config, console)
+        try:
+            machine.boot(image, name, flat_addr if flat_addr is not None else sample_flat)
+            return cls(machine, control_path)
+        except BaseException:
+            machine.close()
+            raise
+
+    def handlers(self) -> dict:
+        """Control commands (docs/control.md)."""
+        return {"status": self._status, "pause": self._pause, "resume": self._resume, "quit": self._do_quit}
+
+    def _status(self, _req) -> dict:
+        m = self.machine
+        return {"state": "paused" if m.paused else ("running" if m.running else "stopped"),
+                "guest": m.config.guest, "mem_size": m.config.mem_size, "vcpus": m.config.vcpus,
+                "uptime_s": round(time.monotonic() - self.started, 3), "pid": os.getpid()}
+
+    def _pause(self, _req) -> dict:
+        return {"paused_ms": round(self.machine.pause() * 1000, 3)}
+
+    def _resume(self, _req) -> dict:
+        self.machine.resume()
+        return {}
+
+    def _do_quit(self, _req) -> dict:
+        self._quit.set()
+        return {}
+
+    def run(self, paused: bool = False) -> str | None:
+        """Run until the end; returns the error that stopped the guest, or None."""
+        self.machine.start(paused=paused)
+        if self.control:
+            self.control.start()
+        old_term = signal.signal(signal.SIGTERM, lambda *_: self._quit.set())
+        try:
+            while not self._quit.is_set() and not self.machine.wait(0.1):
+                pass
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            self.shutdown()
+        return self.machine.error
+
+    def shutdown(self) -> None:
+        if self.control:
+            self.control.close()
+            self.control = None
+        self.machine.stop()
+        self.machine.close()

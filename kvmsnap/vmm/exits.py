@@ -1,0 +1,100 @@
+"""What the VMM does with each KVM_RUN exit: port I/O, MMIO, and the exits that stop the guest."""
+import struct
+
+from ..kvm._kvm import lib
+from . import uart
+
+EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and not n.startswith("KVM_EXIT_IO_")}
+INTERNAL_ERRORS = {
+    lib.KVM_INTERNAL_ERROR_EMULATION: "instruction emulation failed",
+    lib.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering another exception",
+    lib.KVM_INTERNAL_ERROR_DELIVERY_EV: "exit while delivering an event",
+    lib.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected hardware exit reason",
+}
+SYSTEM_EVENTS = {lib.KVM_SYSTEM_EVENT_SHUTDOWN: "shutdown", lib.KVM_SYSTEM_EVENT_RESET: "reset",
+                 lib.KVM_SYSTEM_EVENT_CRASH: "crash"}
+#: Port the guest writes to for a clean power-off (QEMU's isa-debug-exit convention: any value).
+POWEROFF_PORT = 0x501
+
+
+class GuestStopped(Exception):
+    """The guest ended: cleanly (``error`` False) or with an error described in the message."""
+
+    def __init__(self, message: str, error: bool = True):
+        super().__init__(message)
+        self.error = error
+
+
+class ExitHandler:
+    """Dispatches exits of any vCPU of ``machine``; device models are shared and thread-safe."""
+
+    def __init__(self, machine):
+        self.machine = machine
+
+    def handle(self, vcpu, reason: int) -> None:
+        run = vcpu.run_area
+        if reason == lib.KVM_EXIT_IO:
+            self._io(vcpu, run.io)
+        elif reason == lib.KVM_EXIT_MMIO:
+            if not run.mmio.is_write:        # no MMIO devices: reads float high
+                for i in range(run.mmio.len):
+                    run.mmio.data[i] = 0xFF
+        elif reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_IRQ_WINDOW_OPEN):
+            pass
+        elif reason == lib.KVM_EXIT_HLT:
+            raise GuestStopped(f"vCPU {vcpu.index} halted with interrupts off at {_where(vcpu)}")
+        elif reason == lib.KVM_EXIT_SHUTDOWN:
+            raise GuestStopped(f"vCPU {vcpu.index}: triple fault (KVM_EXIT_SHUTDOWN) at {_where(vcpu)}")
+        elif reason == lib.KVM_EXIT_FAIL_ENTRY:
+            raise GuestStopped(f"vCPU {vcpu.index}: VM entry failed, hardware reason "
+                               f"{run.fail_entry.hardware_entry_failure_reason:#x} at {_where(vcpu)}")
+        elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            raise GuestStopped(describe_internal_error(vcpu))
+        elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
+            kind = SYSTEM_EVENTS.get(run.system_event.type, f"event {run.system_event.type}")
+            raise GuestStopped(f"guest {kind}", error=run.system_event.type == lib.KVM_SYSTEM_EVENT_CRASH)
+        else:
+            raise GuestStopped(f"vCPU {vcpu.index}: unhandled exit {EXIT_NAMES.get(reason, reason)} "
+                               f"at {_where(vcpu)}")
+
+    def _io(self, vcpu, io) -> None:
+        buf = vcpu.run_buffer
+        size, port = io.size, io.port
+        for i in range(io.count):
+            off = io.data_offset + i * size
+            if io.direction == lib.KVM_EXIT_IO_OUT:
+                value = int.from_bytes(buf[off:off + size], "little")
+                if port in uart.PORTS:
+                    self.machine.uart.write(port - uart.BASE, value & 0xFF)
+                elif port == POWEROFF_PORT:
+                    raise GuestStopped("guest powered off", error=False)
+            else:
+                value = self.machine.uart.read(port - uart.BASE) if port in uart.PORTS else 0xFFFFFFFF
+                buf[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+
+
+def _where(vcpu) -> str:
+    """'RIP 0x… (CS base 0x…)' for messages; tolerant of a vCPU whose state cannot be read."""
+    try:
+        rip = struct.unpack_from("<Q", vcpu.get_regs(), 16 * 8)[0]
+        cs_base = struct.unpack_from("<Q", vcpu.get_sregs(), 0)[0]
+    except OSError:
+        return "an unknown RIP"
+    return f"RIP {rip:#x}" + (f" (CS base {cs_base:#x})" if cs_base else "")
+
+
+def describe_internal_error(vcpu) -> str:
+    """KVM_EXIT_INTERNAL_ERROR in words: suberror, RIP and, for emulation failures, the instruction bytes."""
+    internal = vcpu.run_area.internal
+    what = INTERNAL_ERRORS.get(internal.suberror, f"suberror {internal.suberror}")
+    msg = f"vCPU {vcpu.index}: KVM internal error: {what} at {_where(vcpu)}"
+    fail = vcpu.run_area.emulation_failure
+    if (internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION and internal.ndata >= 3
+            and fail.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES):
+        n = min(fail.insn_size, 15)
+        msg += ", instruction bytes " + " ".join(f"{fail.insn_bytes[i]:02x}" for i in range(n))
+    elif internal.ndata:
+        msg += ", data " + " ".join(f"{internal.data[i]:#x}" for i in range(min(internal.ndata, 16)))
+    if internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
+        msg += " (this host's KVM emulates guest kernel mode and lacks this instruction)"
+    return msg

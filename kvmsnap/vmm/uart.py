@@ -1,0 +1,96 @@
+"""A 16550 UART at I/O port 0x3f8 (IRQ 4): the guest console, output only."""
+import threading
+
+BASE = 0x3F8
+PORTS = range(BASE, BASE + 8)
+IRQ = 4
+
+# Register offsets
+THR_RBR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
+LCR_DLAB = 0x80
+LSR_THRE_TEMT = 0x60      # transmitter empty: output is consumed at once
+IIR_NONE, IIR_THRE = 0x01, 0x02
+IER_THRE = 0x02
+
+#: Register fields saved in a core, in this order (see docs/core-format.md, UART state).
+STATE_FIELDS = ("dll", "dlm", "ier", "iir", "fcr", "lcr", "mcr", "lsr", "msr", "scr")
+
+
+class Uart:
+    """Register model of a 16550; transmitted bytes go to ``sink`` (a binary file), a line at a time."""
+
+    def __init__(self, sink, raise_irq=None):
+        self.sink = sink
+        self.raise_irq = raise_irq          # callable(irq) pulsing the IRQ line, or None
+        self._line = bytearray()
+        self._lock = threading.Lock()       # vCPUs may write concurrently
+        self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
+        self.lcr, self.mcr, self.lsr, self.msr, self.scr = 0x03, 0x08, LSR_THRE_TEMT, 0xB0, 0
+
+    def state(self) -> dict:
+        """The register file as a dict of ``STATE_FIELDS``."""
+        return {name: getattr(self, name) for name in STATE_FIELDS}
+
+    def load_state(self, state: dict) -> None:
+        """Restore the register file saved by ``state``."""
+        for name in STATE_FIELDS:
+            setattr(self, name, int(state[name]) & 0xFF)
+
+    def write(self, offset: int, value: int) -> None:
+        """Guest ``out`` to BASE + offset."""
+        with self._lock:
+            dlab = self.lcr & LCR_DLAB
+            if offset == THR_RBR_DLL and not dlab:
+                self._transmit(value)
+            elif offset == THR_RBR_DLL:
+                self.dll = value
+            elif offset == IER_DLM and dlab:
+                self.dlm = value
+            elif offset == IER_DLM:
+                self.ier = value & 0x0F
+                self._update_irq()
+            elif offset == IIR_FCR:
+                self.fcr = value
+            elif offset == LCR:
+                self.lcr = value
+            elif offset == MCR:
+                self.mcr = value & 0x1F
+            elif offset == SCR:
+                self.scr = value
+
+    def read(self, offset: int) -> int:
+        """Guest ``in`` from BASE + offset."""
+        with self._lock:
+            dlab = self.lcr & LCR_DLAB
+            if offset == THR_RBR_DLL:
+                return self.dll if dlab else 0        # no input: receive buffer empty
+            if offset == IER_DLM:
+                return self.dlm if dlab else self.ier
+            if offset == IIR_FCR:
+                iir = self.iir
+                if iir == IIR_THRE:                  # reading IIR acknowledges THRE
+                    self.iir = IIR_NONE
+                return iir | (0xC0 if self.fcr & 1 else 0)
+            return {LCR: self.lcr, MCR: self.mcr, LSR: self.lsr, MSR: self.msr, SCR: self.scr}[offset]
+
+    def _transmit(self, value: int) -> None:
+        self._line.append(value)
+        if value == 0x0A or len(self._line) >= 4096:
+            self._flush_line()
+        self._update_irq()
+
+    def _update_irq(self) -> None:
+        self.iir = IIR_THRE if self.ier & IER_THRE else IIR_NONE
+        if self.iir == IIR_THRE and self.raise_irq:
+            self.raise_irq(IRQ)
+
+    def _flush_line(self) -> None:
+        if self._line:
+            self.sink.write(bytes(self._line))
+            self.sink.flush()
+            self._line.clear()
+
+    def flush(self) -> None:
+        """Write out a partial line (on pause, save and exit)."""
+        with self._lock:
+            self._flush_line()
