@@ -20,7 +20,7 @@ def cli():
 
 
 def _register():
-    from . import run, samples  # noqa: F401  (each module adds its command to ``cli``)
+    from . import run, samples, save  # noqa: F401  (each module adds its command to ``cli``)
 
 
 def fail(message: str, code: int) -> None:
@@ -34,8 +34,8 @@ def main(argv=None) -> None:
     try:
         code = cli.main(args=argv, prog_name="kvmsnap", standalone_mode=False)
     except click.UsageError as e:
-        hint = f" (see 'kvmsnap {e.ctx.command_path.partition(' ')[2]} --help')".replace("  ", " ") if e.ctx else ""
-        fail(f"{e.format_message()}{hint}", 2)
+        command = e.ctx.command_path if e.ctx else "kvmsnap"
+        fail(f"{e.format_message()} (see '{command} --help')", 2)
     except click.ClickException as e:
         fail(e.format_message(), e.exit_code)
     except (KeyboardInterrupt, click.Abort):

@@ -10,7 +10,7 @@ import threading
 import time
 
 from .. import cpuid, loader
-from ..errors import KvmsnapError
+from ..errors import InputError, KvmsnapError
 from ..kvm import Kvm, KvmError
 from ..kvm._kvm import ffi, lib
 from ..state import MachineConfig
@@ -32,7 +32,7 @@ class Machine:
 
     def __init__(self, config: MachineConfig, console, memory: GuestMemory | None = None):
         if config.mem_size < MIN_MEM or config.mem_size % 4096:
-            raise MachineError(f"memory size {config.mem_size} is not a multiple of 4 KiB of at least 2 MiB")
+            raise InputError(f"--mem {config.mem_size}: guest RAM must be a multiple of 4 KiB and at least 2 MiB")
         self.config = config
         self.kvm = Kvm()
         for cap in ("KVM_CAP_IRQCHIP", "KVM_CAP_PIT2", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_XSAVE",
@@ -41,7 +41,7 @@ class Machine:
                 raise MachineError(f"this host's KVM lacks {cap}, which kvmsnap needs")
         max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or 4  # "Default to 4" (api.rst)
         if not 1 <= config.vcpus <= max_vcpus:
-            raise MachineError(f"{config.vcpus} vCPUs requested; this host allows 1 to {max_vcpus}")
+            raise InputError(f"--cpus {config.vcpus}: this host's KVM allows 1 to {max_vcpus} vCPUs")
         self.vm = self.kvm.create_vm()
         self.vm.set_tss_addr(TSS_ADDR)
         self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
@@ -66,6 +66,7 @@ class Machine:
         self._parked = 0
         self._threads: list[threading.Thread] = []
         self.error: str | None = None       # why the guest stopped, when it failed
+        self.msr_indices: list[int] | None = None   # MSRs saved in a snapshot, found on first capture
         lib.kvmsnap_install_kick_handler(KICK_SIGNAL)
 
     # --- building -------------------------------------------------------------------------------

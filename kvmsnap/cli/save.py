@@ -1,0 +1,50 @@
+"""``kvmsnap save``: ask a running ``kvmsnap run`` to write its guest to an ELF core."""
+import json
+import os
+import sys
+
+import click
+
+from .. import control
+from . import cli
+
+
+class _Progress:
+    """A one-line progress meter on stderr, only when stderr is a terminal."""
+
+    def __init__(self):
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, p):
+        if self.enabled and p.get("total"):
+            click.echo(f"\rkvmsnap: writing {p['done'] >> 20}/{p['total'] >> 20} MiB", err=True, nl=False)
+
+    def done(self):
+        if self.enabled:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+@cli.command()
+@click.option("--control", "sock", required=True, metavar="SOCKET", help="Control socket of `kvmsnap run`.")
+@click.argument("out", type=click.Path(dir_okay=False, writable=False))
+@click.option("--quit", "quit_after", is_flag=True, help="End the guest after saving, without running it further.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def save(sock, out, quit_after, as_json):
+    """Save the guest behind SOCKET to the ELF core OUT.
+
+    The guest is paused, its whole state written to a temporary file beside OUT, synced and
+    renamed to OUT, then resumed (or ended, with --quit). On failure no file is left at OUT and
+    the guest keeps running.
+    """
+    progress = _Progress()
+    try:
+        reply = control.request(sock, "save", path=os.path.abspath(out), quit=quit_after, on_progress=progress)
+    finally:
+        progress.done()
+    result = {k: reply[k] for k in ("path", "paused_ms", "wall_ms", "bytes_written", "size_on_disk", "quit")}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"saved {result['path']}: {result['bytes_written']} bytes ({result['size_on_disk']} on disk), "
+                   f"guest paused {result['paused_ms']:.1f} ms, {result['wall_ms']:.1f} ms in all"
+                   + ("; guest ended" if quit_after else ""))

@@ -1,0 +1,93 @@
+"""Shared fixtures: a real guest running under ``kvmsnap run`` in a subprocess, driven over --control."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvmsnap import control
+
+KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
+needs_kvm = pytest.mark.skipif(not KVM, reason="needs read/write /dev/kvm")
+
+
+def kvmsnap_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "kvmsnap", *map(str, args)]
+
+
+def run_kvmsnap(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
+    """Run one kvmsnap command to completion, capturing text output."""
+    return subprocess.run(kvmsnap_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+class RunningGuest:
+    """``kvmsnap run GUEST`` with its console in a file and a control socket."""
+
+    def __init__(self, tmp_path, guest, *args, console=None, sock=None):
+        self.console = console or tmp_path / f"{os.path.basename(str(guest))}.console"
+        self.sock = str(sock or tmp_path / "ctl.sock")
+        self.stderr_path = tmp_path / "run.stderr"
+        self.proc = subprocess.Popen(kvmsnap_cmd("run", guest, "--console", self.console, "--control", self.sock,
+                                                 *args),
+                                     stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "wb"))
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"kvmsnap run did not start: {self.stderr()}")
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        if not os.path.exists(self.console):
+            return []
+        data = open(self.console, "rb").read().decode(errors="replace")
+        return data.split("\n")[:-1]           # complete lines only
+
+    def wait_lines(self, n, pattern=None, timeout=60.0) -> list[str]:
+        """Wait until at least ``n`` complete console lines (matching ``pattern``) exist."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [l for l in self.lines() if pattern is None or re.search(pattern, l)]
+            if len(lines) >= n:
+                return lines
+            if self.proc.poll() is not None:
+                raise AssertionError(f"guest exited ({self.proc.returncode}): {self.stderr()}\n{self.lines()[-5:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {n} lines matching {pattern!r}; "
+                                     f"last lines: {self.lines()[-5:]}")
+            time.sleep(0.02)
+
+    def request(self, cmd, **args) -> dict:
+        return control.request(self.sock, cmd, **args)
+
+    def quit(self, timeout=30) -> int:
+        if self.proc.poll() is None:
+            try:
+                self.request("quit")
+            except Exception:
+                self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def guest(tmp_path):
+    """Factory: ``guest("counter", "--mem", "64M")`` starts a RunningGuest, stopped after the test."""
+    started = []
+
+    def start(name, *args, **kw):
+        g = RunningGuest(tmp_path, name, *args, **kw)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.kill()

@@ -1,0 +1,73 @@
+"""Command-line behaviour: help, bad input gives one line on stderr and exit 2."""
+import json
+import os
+import struct
+
+import pytest
+
+from conftest import needs_kvm, run_kvmsnap
+
+
+def one_line_error(result, code, *words):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kvmsnap: ") and "Traceback" not in result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_help_lists_commands():
+    r = run_kvmsnap("--help")
+    assert r.returncode == 0
+    for cmd in ("run", "samples"):
+        assert cmd in r.stdout
+    r = run_kvmsnap("run", "--help")
+    assert r.returncode == 0 and "--mem" in r.stdout and "--control" in r.stdout and "--cpus" in r.stdout
+
+
+def test_samples_lists_built_images():
+    r = run_kvmsnap("samples", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {s["name"]: s for s in json.loads(r.stdout)["samples"]}
+    assert set(rows) == {"counter", "smp", "fpu", "timer", "memtest", "realmode"}
+    for s in rows.values():
+        assert s["built"] and os.path.getsize(s["path"]) > 0
+
+
+def test_unknown_sample():
+    one_line_error(run_kvmsnap("run", "nosuchguest"), 2, "nosuchguest")
+
+
+def test_bad_image_path():
+    one_line_error(run_kvmsnap("run", "/nonexistent/guest.elf"), 2, "/nonexistent/guest.elf")
+
+
+def test_bad_memory_size_flag():
+    one_line_error(run_kvmsnap("run", "--mem", "lots"), 2, "lots")
+
+
+@needs_kvm
+def test_wrong_architecture_elf(tmp_path):
+    # a minimal aarch64 ELF header: class 64, little endian, ET_EXEC, EM_AARCH64 (183)
+    hdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, 183, 1, 0x400000, 64, 0, 0,
+                                                           64, 56, 0, 64, 0, 0)
+    img = tmp_path / "arm.elf"
+    img.write_bytes(hdr)
+    one_line_error(run_kvmsnap("run", img), 2, "x86-64", str(img))
+
+
+@needs_kvm
+def test_memory_too_small_for_image():
+    one_line_error(run_kvmsnap("run", "memtest", "--mem", "1M"), 2)
+    one_line_error(run_kvmsnap("run", "counter", "--mem", "2M"), 2, "--mem")
+
+
+@pytest.mark.parametrize("cpus", ["0", "x"])
+def test_bad_cpu_count(cpus):
+    one_line_error(run_kvmsnap("run", "--cpus", cpus), 2)
+
+
+def test_python_dash_m_works():
+    r = run_kvmsnap("--version")
+    assert r.returncode == 0 and "kvmsnap" in r.stdout

@@ -1,0 +1,113 @@
+"""The KVM layer on real /dev/kvm: capabilities, state round trips, and errors carrying the errno."""
+import errno
+import inspect
+
+import pytest
+
+from conftest import needs_kvm
+from kvmsnap.kvm import Kvm, KvmError, MsrError, Vcpu, Vm
+from kvmsnap.kvm._kvm import ffi, lib
+
+pytestmark = needs_kvm
+
+
+@pytest.fixture
+def vcpu():
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vm.create_irqchip()
+    cpu = vm.create_vcpu(0)
+    cpu.set_cpuid2(kvm.get_supported_cpuid())
+    yield cpu
+    cpu.close()
+    vm.close()
+    kvm.close()
+
+
+def test_system_queries():
+    kvm = Kvm()
+    assert kvm.get_api_version() == 12
+    assert kvm.check_extension(lib.KVM_CAP_IRQCHIP)
+    msrs = kvm.get_msr_index_list()
+    assert 0x10 in msrs and 0xC0000081 in msrs          # TSC and STAR are always listed
+    cpuid = kvm.get_supported_cpuid()
+    assert len(cpuid) % ffi.sizeof("struct kvm_cpuid_entry2") == 0 and len(cpuid) > 0
+    assert kvm.get_vcpu_mmap_size() >= ffi.sizeof("struct kvm_run")
+    kvm.close()
+
+
+def test_register_round_trips(vcpu):
+    regs = ffi.new("struct kvm_regs *")
+    regs.rax, regs.rip, regs.rflags = 0x1122334455667788, 0x7C00, 0x2
+    vcpu.set_regs(bytes(ffi.buffer(regs)))
+    assert vcpu.get_regs() == bytes(ffi.buffer(regs))
+    for get, put in [(vcpu.get_sregs2, vcpu.set_sregs2), (vcpu.get_lapic, vcpu.set_lapic),
+                     (vcpu.get_vcpu_events, vcpu.set_vcpu_events), (vcpu.get_debugregs, vcpu.set_debugregs),
+                     (vcpu.get_xcrs, vcpu.set_xcrs), (vcpu.get_fpu, vcpu.set_fpu)]:
+        before = get()
+        put(before)
+        assert get() == before, get.__name__
+    xsave = vcpu.get_xsave2(4096)
+    vcpu.set_xsave(xsave)
+    assert vcpu.get_xsave2(4096) == xsave
+    vcpu.set_msrs([(0xC0000102, 0xDEAD0000)])      # KERNEL_GS_BASE
+    assert vcpu.get_msrs([0xC0000102]) == [(0xC0000102, 0xDEAD0000)]
+    assert vcpu.get_mp_state() == lib.KVM_MP_STATE_RUNNABLE
+    assert vcpu.get_tsc_khz() > 0
+    assert len(vcpu.get_cpuid2()) > 0
+
+
+def test_partial_set_msrs_names_first_refused(vcpu):
+    with pytest.raises(MsrError) as e:
+        vcpu.set_msrs([(0xC0000102, 1), (0xDEADBEEF, 0), (0xC0000102, 2)])
+    assert e.value.index == 0xDEADBEEF and e.value.done == 1
+    assert "0xdeadbeef" in str(e.value) and "KVM_SET_MSRS" in str(e.value)
+
+
+def test_vm_wide_state():
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vm.create_irqchip()
+    vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+    for chip in (lib.KVM_IRQCHIP_PIC_MASTER, lib.KVM_IRQCHIP_PIC_SLAVE, lib.KVM_IRQCHIP_IOAPIC):
+        data = vm.get_irqchip(chip)
+        vm.set_irqchip(data)
+        assert vm.get_irqchip(chip) == data
+    pit = vm.get_pit2()
+    vm.set_pit2(pit)
+    assert len(vm.get_clock()) == ffi.sizeof("struct kvm_clock_data")
+    vm.close()
+    kvm.close()
+
+
+def _wrappers(cls):
+    skip = {"close"}
+    return [(name, fn) for name, fn in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_") and name not in skip]
+
+
+def _dummy_args(fn):
+    args = []
+    for p in list(inspect.signature(fn).parameters.values())[1:]:
+        if p.default is not inspect.Parameter.empty:
+            break
+        ann = str(p.annotation)
+        args.append(b"\0" * 4096 if "bytes" in ann else [(0x10, 0)] if "tuple" in ann else [0x10] if "list" in ann
+                    else 1)
+    return args
+
+
+@pytest.mark.parametrize("cls", [Kvm, Vm, Vcpu])
+def test_bad_fd_sweep(cls):
+    """Every ioctl wrapper on a closed fd raises KvmError(EBADF) naming its ioctl."""
+    obj = cls.__new__(cls)
+    obj.fd = 9999
+    obj.kvm = Kvm()
+    checked = 0
+    for name, fn in _wrappers(cls):
+        with pytest.raises(KvmError) as e:
+            fn(obj, *_dummy_args(fn))
+        assert e.value.errno == errno.EBADF, name
+        assert e.value.ioctl.startswith("KVM_"), name
+        checked += 1
+    assert checked >= {Kvm: 7, Vm: 14, Vcpu: 29}[cls]

@@ -1,0 +1,68 @@
+"""Pause, resume and quit of a running guest over the control socket (real /dev/kvm)."""
+import os
+import socket
+import stat
+import time
+
+from conftest import needs_kvm
+
+pytestmark = needs_kvm
+
+
+def test_pause_stops_console_and_resume_continues_with_next_line(guest):
+    g = guest("counter", "--mem", "32M")
+    g.wait_lines(3)
+    reply = g.request("pause")
+    assert reply["paused_ms"] >= 0
+    frozen = g.lines()
+    time.sleep(0.5)                       # ~15 ticks' worth of time
+    assert g.lines() == frozen, "console advanced while paused"
+    assert g.request("status")["state"] == "paused"
+    g.request("resume")
+    after = g.wait_lines(len(frozen) + 3)
+    assert after[:len(frozen)] == frozen
+    n = int(frozen[-1].split()[1])
+    assert after[len(frozen):len(frozen) + 3] == [f"tick {n + 1}", f"tick {n + 2}", f"tick {n + 3}"]
+    assert g.quit() == 0
+
+
+def test_pause_smp_stops_every_vcpu(guest):
+    g = guest("smp", "--cpus", "2", "--mem", "32M")
+    g.wait_lines(2, r"^cpu1 ")
+    g.request("pause")
+    frozen = g.lines()
+    time.sleep(0.4)
+    assert g.lines() == frozen
+    g.request("resume")
+    g.wait_lines(len(frozen) + 4)
+    assert g.quit() == 0
+
+
+def test_status_reports_configuration(guest):
+    g = guest("counter", "--mem", "48M")
+    status = g.request("status")
+    assert status["state"] == "running" and status["vcpus"] == 1 and status["mem_size"] == 48 << 20
+    assert status["guest"] == "counter"
+    assert g.quit() == 0
+
+
+def test_control_socket_is_private(guest):
+    g = guest("counter", "--mem", "32M")
+    assert stat.S_IMODE(os.stat(g.sock).st_mode) == 0o600
+    # an unknown command is an error reply, and the server keeps serving
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(g.sock)
+        s.sendall(b'{"cmd": "fly"}\nnot json\n')
+        f = s.makefile("rb")
+        assert b"unknown command" in f.readline()
+        assert b"not JSON" in f.readline()
+    assert g.request("status")["state"] == "running"
+    assert g.quit() == 0
+
+
+def test_sigterm_ends_the_guest_cleanly(guest):
+    g = guest("counter", "--mem", "32M")
+    g.wait_lines(1)
+    g.proc.terminate()
+    assert g.proc.wait(20) == 0
+    assert not os.path.exists(g.sock)
