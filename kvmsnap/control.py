@@ -12,7 +12,8 @@ MAX_REQUEST = 64 * 1024
 
 
 class ControlServer:
-    """Serves ``handlers`` (command name → callable(request dict) → reply dict) on a Unix socket."""
+    """Serves ``handlers`` on a Unix socket: command name → callable(request, emit) → reply dict, where
+    ``emit(dict)`` sends an intermediate ``{"progress": …}`` line before the reply."""
 
     def __init__(self, path: str, handlers: dict):
         self.path = path
@@ -42,7 +43,7 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
-    def dispatch(self, request) -> dict:
+    def dispatch(self, request, emit=lambda progress: None) -> dict:
         """One request to one reply; never raises."""
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": 'a request is a JSON object with a "cmd" string'}
@@ -51,7 +52,7 @@ class ControlServer:
             return {"ok": False, "error": f"unknown command {request['cmd']!r}; "
                                           f"known: {', '.join(sorted(self.handlers))}"}
         try:
-            return {"ok": True, **handler(request)}
+            return {"ok": True, **handler(request, emit)}
         except KvmsnapError as e:
             return {"ok": False, "error": str(e)}
         except Exception as e:          # report, keep serving
@@ -78,11 +79,22 @@ class _Handler(socketserver.StreamRequestHandler):
                 reply = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
             else:
                 try:
-                    reply = self.server.control.dispatch(json.loads(line))
+                    request = json.loads(line)
                 except ValueError as e:
                     reply = {"ok": False, "error": f"not JSON: {e}"}
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
-            self.wfile.flush()
+                else:
+                    reply = self.server.control.dispatch(request, self._emit)
+            self._send(reply)
+
+    def _send(self, message: dict) -> None:
+        self.wfile.write(json.dumps(message).encode() + b"\n")
+        self.wfile.flush()
+
+    def _emit(self, progress: dict) -> None:
+        try:
+            self._send({"progress": progress})
+        except OSError:
+            pass                        # the client went away; the command itself carries on
 
 
 def _is_live_socket(path: str) -> bool:
@@ -94,21 +106,57 @@ def _is_live_socket(path: str) -> bool:
         return False
 
 
-def request(path: str, cmd: str, timeout: float = 600.0, **args) -> dict:
-    """Send one command to the VMM at ``path``; returns the reply, raising ``KvmsnapError`` on failure."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-            data = s.makefile("rb").readline(16 * 1024 * 1024)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no control socket there (is `kvmsnap run --control {path}` running?)") from None
-    except OSError as e:
-        raise KvmsnapError(f"{path}: {e.strerror or e}") from None
-    if not data:
-        raise KvmsnapError(f"{path}: the VMM closed the connection without a reply (not our user's socket?)")
-    reply = json.loads(data)
-    if not reply.get("ok"):
-        raise KvmsnapError(f"{cmd}: {reply.get('error', 'failed')}")
-    return reply
+class ControlClient:
+    """A connection to a VMM's control socket carrying any number of requests in turn."""
+
+    def __init__(self, socket_path: str, timeout: float = 600.0):
+        self.socket_path = socket_path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(socket_path)
+        except FileNotFoundError:
+            self._sock.close()
+            raise InputError(f"{socket_path}: no control socket there (is `kvmsnap run --control {socket_path}` "
+                             "running?)") from None
+        except OSError as e:
+            self._sock.close()
+            raise KvmsnapError(f"{socket_path}: {e.strerror or e}") from None
+        self._replies = self._sock.makefile("rb")
+
+    def request(self, cmd: str, on_progress=None, **args) -> dict:
+        """Send one command; returns the reply, raising ``KvmsnapError`` if it failed.
+        ``on_progress(dict)`` receives the intermediate progress lines."""
+        try:
+            self._sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            while True:
+                data = self._replies.readline(16 * 1024 * 1024)
+                if not data.startswith(b'{"progress"'):
+                    break
+                if on_progress:
+                    on_progress(json.loads(data)["progress"])
+        except OSError as e:
+            raise KvmsnapError(f"{self.socket_path}: {e.strerror or e}") from None
+        if not data:
+            raise KvmsnapError(f"{self.socket_path}: the VMM closed the connection without a reply "
+                               "(not our user's socket, or the VMM ended)")
+        reply = json.loads(data)
+        if not reply.get("ok"):
+            raise KvmsnapError(f"{cmd}: {reply.get('error', 'failed')}")
+        return reply
+
+    def close(self) -> None:
+        self._replies.close()
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def request(socket_path: str, cmd: str, timeout: float = 600.0, on_progress=None, **args) -> dict:
+    """One command over a fresh connection (see ``ControlClient.request``)."""
+    with ControlClient(socket_path, timeout) as client:
+        return client.request(cmd, on_progress=on_progress, **args)

@@ -4,6 +4,7 @@ import signal
 import threading
 import time
 
+from . import __version__, corefile, snapshot
 from .control import ControlServer
 from .errors import InputError, KvmsnapError
 from .samples import SAMPLES
@@ -55,24 +56,68 @@ class GuestSession:
 
     def handlers(self) -> dict:
         """Control commands (docs/control.md)."""
-        return {"status": self._status, "pause": self._pause, "resume": self._resume, "quit": self._do_quit}
+        return {"status": self._status, "pause": self._pause, "resume": self._resume, "quit": self._do_quit,
+                "save": self._save}
 
-    def _status(self, _req) -> dict:
+    def _status(self, _req, _emit) -> dict:
         m = self.machine
         return {"state": "paused" if m.paused else ("running" if m.running else "stopped"),
                 "guest": m.config.guest, "mem_size": m.config.mem_size, "vcpus": m.config.vcpus,
                 "uptime_s": round(time.monotonic() - self.started, 3), "pid": os.getpid()}
 
-    def _pause(self, _req) -> dict:
+    def _pause(self, _req, _emit) -> dict:
         return {"paused_ms": round(self.machine.pause() * 1000, 3)}
 
-    def _resume(self, _req) -> dict:
+    def _resume(self, _req, _emit) -> dict:
         self.machine.resume()
         return {}
 
-    def _do_quit(self, _req) -> dict:
+    def _do_quit(self, _req, _emit) -> dict:
         self._quit.set()
         return {}
+
+    def _save(self, req, emit) -> dict:
+        """Pause, capture, write the core atomically, then resume (or end the guest with ``quit``).
+        A failure leaves no file at ``path`` and the guest as it was (running unless it was paused)."""
+        path, quit_after = req.get("path"), bool(req.get("quit"))
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise InputError('save needs "path": an absolute file name')
+        t0 = time.perf_counter()
+        last_emit = [0.0]
+
+        def progress(done, total):          # at most five progress lines a second
+            now = time.perf_counter()
+            if now - last_emit[0] >= 0.2 or done == total:
+                last_emit[0] = now
+                emit({"done": done, "total": total})
+
+        was_paused = self.machine.paused
+        self.machine.pause()
+        t_paused = time.perf_counter()
+        try:
+            state = snapshot.capture(self.machine)
+            result = corefile.write_core(state, path, producer=f"kvmsnap {__version__}",
+                                         host_kernel=os.uname().release,
+                                         progress=progress)
+        except OSError as e:
+            self._after_save(was_paused, False)
+            raise KvmsnapError(f"cannot write {path}: {e.strerror or e}") from None
+        except BaseException:
+            self._after_save(was_paused, False)
+            raise
+        paused_ms = (time.perf_counter() - t_paused) * 1000
+        self._after_save(was_paused, quit_after)
+        return {"path": result.path, "paused_ms": round(paused_ms, 3),
+                "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
+                "bytes_written": result.bytes_written, "apparent_size": result.apparent_size,
+                "size_on_disk": result.size_on_disk,
+                "quit": quit_after}
+
+    def _after_save(self, was_paused: bool, quit_after: bool) -> None:
+        if quit_after:
+            self._quit.set()            # vCPUs stay parked until they exit: no further instruction runs
+        elif not was_paused:
+            self.machine.resume()
 
     def run(self, paused: bool = False) -> str | None:
         """Run until the end; returns the error that stopped the guest, or None."""

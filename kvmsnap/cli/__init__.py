@@ -20,7 +20,7 @@ def cli():
 
 
 def _register():
-    from . import run, samples, save  # noqa: F401  (each module adds its command to ``cli``)
+    from . import restore, run, samples, save  # noqa: F401  (each module adds its command to ``cli``)
 
 
 def fail(message: str, code: int) -> None:
@@ -46,4 +46,6 @@ def main(argv=None) -> None:
         fail(str(e), 1)
     except BrokenPipeError:
         sys.exit(1)
+    except Exception as e:              # a bug: still one line, with what it was
+        fail(f"internal error: {type(e).__name__}: {e}", 1)
     sys.exit(code or 0)

@@ -41,10 +41,11 @@ def save(sock, out, quit_after, as_json):
         reply = control.request(sock, "save", path=os.path.abspath(out), quit=quit_after, on_progress=progress)
     finally:
         progress.done()
-    result = {k: reply[k] for k in ("path", "paused_ms", "wall_ms", "bytes_written", "size_on_disk", "quit")}
+    result = {k: reply[k] for k in ("path", "paused_ms", "wall_ms", "bytes_written", "apparent_size",
+                                    "size_on_disk", "quit")}
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"saved {result['path']}: {result['bytes_written']} bytes ({result['size_on_disk']} on disk), "
+        click.echo(f"saved {result['path']}: {result['apparent_size']} bytes, {result['size_on_disk']} on disk, "
                    f"guest paused {result['paused_ms']:.1f} ms, {result['wall_ms']:.1f} ms in all"
                    + ("; guest ended" if quit_after else ""))

@@ -61,3 +61,13 @@ class GuestMemory:
         except ValueError:
             return False
         return True
+
+
+def map_file_slots(fileno: int, slots: list[tuple[int, int, int, int]]) -> GuestMemory:
+    """RAM mapped copy-on-write from a file: (slot, guest_phys_addr, size, file offset) per slot.
+    Pages are read on first touch and guest writes never reach the file (MAP_PRIVATE)."""
+    regions = []
+    for slot, gpa, size, offset in slots:
+        buf = mmap.mmap(fileno, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+        regions.append(MemoryRegion(slot, gpa, size, buf))
+    return GuestMemory(regions)

@@ -1,0 +1,36 @@
+"""``kvmsnap restore``: run a guest on from a core file, exactly where it was saved."""
+import click
+
+from .. import corefile
+from ..restore import Policy, build_machine
+from ..runner import GuestSession
+from . import cli
+from .run import GuestFailed, open_console
+
+
+@cli.command()
+@click.argument("core", type=click.Path(dir_okay=False))
+@click.option("--console", default="stdio", show_default=True, metavar="stdio|PATH",
+              help="Where the guest's serial console goes (a file is appended to).")
+@click.option("--control", metavar="SOCKET", help="Serve the control protocol on this Unix socket (docs/control.md).")
+@click.option("--paused", is_flag=True, help="Restore, then wait with every vCPU paused (resume over --control).")
+@click.option("--allow-missing-msrs", is_flag=True,
+              help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
+@click.option("--allow-missing-features", is_flag=True,
+              help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
+def restore(core, console, control, paused, allow_missing_msrs, allow_missing_features):
+    """Restore the guest saved in CORE and run it on.
+
+    The whole file is validated and checked against this host (vCPUs, CPUID features, XCR0 and
+    XSAVE size, MSRs) before anything is created; guest RAM is mapped copy-on-write from CORE,
+    which is never modified. Every register set is read back and compared after restoring.
+    """
+    policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features)
+    with corefile.read_core(core) as saved:
+        machine = build_machine(saved, open_console(console), policy)
+    for warning in policy.warnings:
+        click.echo(f"kvmsnap: warning: {warning}", err=True)
+    session = GuestSession(machine, control)
+    error = session.run(paused=paused)
+    if error:
+        raise GuestFailed(error)

@@ -1,0 +1,144 @@
+"""x86-64 (IA-32e) page-table walk over guest-physical memory: 4- and 5-level paging, 4 KiB, 2 MiB
+and 1 GiB pages.
+
+``read_phys(addr, length) -> bytes`` reads guest-physical memory and raises ``LookupError`` (for
+example :class:`kvmsnap.corefile.PhysicalAddressError`) when the range is not RAM; tables it cannot
+read are skipped.  The walk is bounded: a table is read at most once, and the number of tables and
+of leaf entries visited is capped, so hostile or recursive page tables cannot make it run away.
+"""
+import struct
+
+from kvmsnap.formats.x86 import CR0_PG, CR4_LA57, EFER_LMA
+
+PAGE_SIZE = 4096
+PTE_P = 1 << 0
+PTE_PS = 1 << 7
+ADDR_MASK = 0x000f_ffff_ffff_f000      # physical-address bits 12..51 of a table entry
+ENTRIES = 512
+_TABLE = struct.Struct("<512Q")
+
+# Leaf sizes by level (1 = PT, 2 = PD, 3 = PDPT); PS is only meaningful at levels 2 and 3.
+_LEVEL_SHIFT = {1: 12, 2: 21, 3: 30, 4: 39, 5: 48}
+
+MAX_TABLES = 1 << 16          # 256 MiB of page tables
+MAX_LEAVES = 1 << 22          # 4 Mi leaf entries (16 GiB of 4 KiB pages)
+
+
+class PageWalkError(Exception):
+    """The walk cannot be done (paging mode not supported)."""
+
+
+class TranslationError(LookupError):
+    """A guest-virtual address has no mapping."""
+
+
+def paging_enabled(cr0: int, efer: int) -> bool:
+    """True when the vCPU runs with IA-32e paging (CR0.PG and EFER.LMA)."""
+    return bool(cr0 & CR0_PG) and bool(efer & EFER_LMA)
+
+
+def _levels(cr4: int, efer: int) -> int:
+    if not efer & EFER_LMA:
+        raise PageWalkError("only IA-32e paging (EFER.LMA=1) is supported")
+    return 5 if cr4 & CR4_LA57 else 4
+
+
+def _canonical(vaddr: int, levels: int) -> int:
+    """Sign-extend a linear address built from table indices (bit 47 or 56 upwards)."""
+    bits = 48 if levels == 4 else 57
+    if vaddr & (1 << (bits - 1)):
+        vaddr |= ((1 << 64) - 1) ^ ((1 << bits) - 1)
+    return vaddr
+
+
+def is_canonical(vaddr: int, levels: int = 4) -> bool:
+    bits = 48 if levels == 4 else 57
+    top = vaddr >> (bits - 1)
+    return top == 0 or top == (1 << (64 - bits + 1)) - 1
+
+
+def _leaf_mask(level: int) -> int:
+    return ADDR_MASK & ~((1 << _LEVEL_SHIFT[level]) - 1)
+
+
+def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_tables: int = MAX_TABLES,
+         max_leaves: int = MAX_LEAVES) -> list[tuple[int, int, int]]:
+    """Every mapping of the page tables at ``cr3``: ``[(vaddr, paddr, size)]``, sorted by vaddr,
+    with runs contiguous in both address spaces coalesced.
+
+    Non-present entries and tables outside RAM are skipped; reserved PS bits at levels 4/5 are
+    ignored.  The walk stops (returning what it found) after ``max_tables`` tables or
+    ``max_leaves`` leaf entries.
+    """
+    levels = _levels(cr4, efer)
+    out: list[list[int]] = []
+    cache: dict[int, tuple[int, ...] | None] = {}
+    budget = {"tables": max_tables, "leaves": max_leaves, "exhausted": False}
+
+    def table(addr):
+        if addr not in cache:
+            if budget["tables"] <= 0:
+                budget["exhausted"] = True
+                return None
+            budget["tables"] -= 1
+            try:
+                data = read_phys(addr, PAGE_SIZE)
+            except LookupError:
+                data = None
+            ok = data is not None and len(data) == PAGE_SIZE
+            cache[addr] = _TABLE.unpack(data) if ok else None
+        return cache[addr]
+
+    def emit(vaddr, paddr, size):
+        if out and out[-1][0] + out[-1][2] == vaddr and out[-1][1] + out[-1][2] == paddr:
+            out[-1][2] += size
+        else:
+            out.append([vaddr, paddr, size])
+
+    def visit(addr, level, base):
+        entries = table(addr)
+        if entries is None:
+            return
+        shift = _LEVEL_SHIFT[level]
+        for i, pte in enumerate(entries):
+            if not pte & PTE_P:
+                continue
+            if budget["exhausted"]:
+                return
+            vaddr = base | (i << shift)
+            if level == 1 or (level in (2, 3) and pte & PTE_PS):
+                budget["leaves"] -= 1
+                budget["exhausted"] = budget["leaves"] <= 0
+                emit(_canonical(vaddr, levels), pte & _leaf_mask(level), 1 << shift)
+            elif level > 3 and pte & PTE_PS:
+                continue            # PS is reserved in PML4E/PML5E: such an entry faults
+            else:
+                visit(pte & ADDR_MASK, level - 1, vaddr)
+
+    visit(cr3 & ADDR_MASK, levels, 0)
+    return [tuple(r) for r in out]
+
+
+def translate(read_phys, cr3: int, cr4: int, efer: int, vaddr: int) -> int:
+    """The guest-physical address of ``vaddr``; :class:`TranslationError` if it is not mapped."""
+    levels = _levels(cr4, efer)
+    vaddr &= (1 << 64) - 1
+    if not is_canonical(vaddr, levels):
+        raise TranslationError(f"0x{vaddr:x}: non-canonical address ({levels}-level paging)")
+    names = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
+    addr = cr3 & ADDR_MASK
+    for level in range(levels, 0, -1):
+        shift = _LEVEL_SHIFT[level]
+        index = (vaddr >> shift) & (ENTRIES - 1)
+        try:
+            data = read_phys(addr + index * 8, 8)
+        except LookupError as e:
+            raise TranslationError(
+                f"0x{vaddr:x}: {names[level]} table at 0x{addr:x} is not in RAM") from e
+        (pte,) = struct.unpack("<Q", data)
+        if not pte & PTE_P:
+            raise TranslationError(f"0x{vaddr:x}: not mapped ({names[level]} not present)")
+        if level == 1 or (level in (2, 3) and pte & PTE_PS):
+            return (pte & _leaf_mask(level)) | (vaddr & ((1 << shift) - 1))
+        addr = pte & ADDR_MASK
+    raise AssertionError("unreachable")

@@ -1,0 +1,729 @@
+"""Core writer and validating reader: round trip, sparse files, gdb/readelf/pyelftools, atomic
+writes, and one test per kind of corruption.  Offline: no KVM needed.
+
+``make_state`` builds a plausible VmState from the construct layouts (a format test, not a fake
+KVM); ``tests/test_inspect.py`` reuses it.
+"""
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tracemalloc
+
+import pytest
+
+from kvmsnap import corefile, notes as N
+from kvmsnap.corefile import CoreFormatError, read_core, write_core
+from kvmsnap.formats import elf, x86
+from kvmsnap.state import MachineConfig, MemoryRegion, VcpuState, VmState
+
+MiB = 1 << 20
+RIP = 0x100123
+CODE = bytes([0xf4, 0x90, 0xeb, 0xfd, 0x0f, 0x0b, 0xcc, 0xc3])
+PML4, PDPT, PD, PDPT_HIGH, PT = 0x10000, 0x11000, 0x12000, 0x13000, 0x14000
+HIGH_BASE = 0xffffffff80000000          # PML4[511] / PDPT[510] -> PD: high alias of low RAM
+XCR0 = 0xe7                             # x87 | SSE | AVX | opmask | ZMM_Hi256 | Hi16_ZMM
+K1 = 0xdeadbeefcafef00d
+
+
+def _seg(selector, type_, *, l=1, db=0, base=0):
+    return dict(base=base, limit=0xffffffff, selector=selector, type=type_, present=1, dpl=0,
+                db=db, s=1, l=l, g=1, avl=0, unusable=0, padding=0)
+
+
+def xmm(r):
+    return bytes((r * 16 + j) & 0xff for j in range(16))
+
+
+def ymm_hi(r):
+    return bytes((0x80 + r + j) & 0xff for j in range(16))
+
+
+def zmm_hi(r):
+    return bytes((0x40 + r + j) & 0xff for j in range(32))
+
+
+def make_xsave(size=4096):
+    xsave = bytearray(size)
+    struct.pack_into("<HH", xsave, 0, 0x37f, 0)                # fcw, fsw
+    struct.pack_into("<I", xsave, 24, 0x1f80)                  # mxcsr
+    for r in range(16):
+        xsave[160 + 16 * r:176 + 16 * r] = xmm(r)
+        xsave[576 + 16 * r:592 + 16 * r] = ymm_hi(r)
+        xsave[1152 + 32 * r:1184 + 32 * r] = zmm_hi(r)
+    struct.pack_into("<Q", xsave, 1088 + 8, K1)                # k1
+    struct.pack_into("<Q", xsave, 512, XCR0)                   # xstate_bv
+    xsave[470] = 0x5a                                          # survives in KVMSNAP_XSAVE only
+    return bytes(xsave)
+
+
+def identity_page_tables(ram):
+    """Identity map of 0..1 GiB with 2 MiB pages, plus HIGH_BASE -> 0 (the same page directory)."""
+    struct.pack_into("<Q", ram, PML4, PDPT | 7)
+    struct.pack_into("<Q", ram, PDPT, PD | 7)
+    for i in range(512):
+        struct.pack_into("<Q", ram, PD + 8 * i, (i << 21) | 0x87)
+    struct.pack_into("<Q", ram, PML4 + 511 * 8, PDPT_HIGH | 3)
+    struct.pack_into("<Q", ram, PDPT_HIGH + 510 * 8, PD | 3)
+
+
+def make_vcpu(i, *, paging=True):
+    regs = x86.kvm_regs.build(dict(
+        rax=0x1111 + i, rbx=2, rcx=3, rdx=4, rsi=i, rdi=0x3000, rsp=0x200000 - 16 * i, rbp=0x55,
+        r8=8, r9=9, r10=10, r11=11, r12=12, r13=13, r14=14, r15=15, rip=RIP + i, rflags=0x202))
+    ds = _seg(0x10, 3, l=0, db=1)
+    sregs = x86.kvm_sregs2.build(dict(
+        cs=_seg(0x08, 11), ds=ds, es=ds, ss=ds,
+        fs=dict(ds, base=0x7000 + i), gs=dict(ds, base=0x8000 + i),
+        tr=dict(_seg(0x28, 11, l=0, base=0x2000), s=0, limit=0x67),
+        ldt=dict(_seg(0, 2, l=0), present=0, unusable=1, s=0, limit=0),
+        gdt=dict(base=0x1000, limit=0x37, padding=[0] * 3),
+        idt=dict(base=0, limit=0, padding=[0] * 3),
+        cr0=0x80050033 if paging else 0x11, cr2=0, cr3=PML4, cr4=0x40620,
+        cr8=0, efer=0xd01 if paging else 0, apic_base=0xfee00900 | (0 if i else 0x100), flags=0,
+        pdptrs=[0] * 4))
+    xcrs = x86.kvm_xcrs.build(dict(nr_xcrs=1, flags=0, padding=[0] * 16, xcrs=[
+        dict(xcr=0, reserved=0, value=XCR0)] + [dict(xcr=0, reserved=0, value=0)] * 15))
+    cpuid = b"".join(x86.kvm_cpuid_entry2.build(dict(
+        function=f, index=0, flags=0, eax=f + 1, ebx=2, ecx=3, edx=4, padding=[0] * 3))
+        for f in (0, 1, 7))
+    events = x86.kvm_vcpu_events.build(dict(
+        exception=dict(injected=0, nr=0, has_error_code=0, pending=0, error_code=0),
+        interrupt=dict(injected=0, nr=0, soft=0, shadow=0),
+        nmi=dict(injected=0, pending=0, masked=0, pad=0), sipi_vector=0, flags=0x1f,
+        smi=dict(smm=0, pending=0, smm_inside_nmi=0, latched_init=0),
+        triple_fault=dict(pending=0), reserved=bytes(26), exception_has_payload=0,
+        exception_payload=0))
+    debugregs = x86.kvm_debugregs.build(dict(db=[1, 2, 3, 4], dr6=0xffff0ff0, dr7=0x400, flags=0,
+                                             reserved=[0] * 9))
+    return VcpuState(index=i, mp_state=0 if i == 0 else 3, regs=regs, sregs=sregs, sregs2=True,
+                     xsave=make_xsave(), xcrs=xcrs, lapic=bytes([i + 1]) * 1024,
+                     msrs=[(0x10, 12345 + i), (0xc0000102, 0xffff888000000000)],
+                     debugregs=debugregs, cpuid=cpuid, tsc_khz=2_000_000, events=events)
+
+
+def make_irqchip(chip_id):
+    if chip_id == x86.KVM_IRQCHIP_IOAPIC:
+        entry = dict(dest_id=0, reserved=0, reserve=0, mask=1, trig_mode=0, remote_irr=0,
+                     polarity=0, delivery_status=0, dest_mode=0, delivery_mode=0, vector=0)
+        chip = dict(base_address=0xfec00000, ioregsel=0, id=0, irr=0, pad=0,
+                    redirtbl=[dict(entry, vector=0x20 + n) for n in range(24)])
+    else:
+        chip = dict(last_irr=0, irr=0, imr=0xff, isr=0, priority_add=0,
+                    irq_base=0x20 if chip_id == 0 else 0x28, read_reg_select=0, poll=0,
+                    special_mask=0, init_state=0, auto_eoi=0, rotate_on_auto_eoi=0,
+                    special_fully_nested_mode=0, init4=1, elcr=0, elcr_mask=0xf8)
+    return x86.kvm_irqchip.build(dict(chip_id=chip_id, pad=0, chip=chip))
+
+
+def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> VmState:
+    ram = bytearray(mem)
+    if paging:
+        identity_page_tables(ram)
+    ram[RIP:RIP + len(CODE)] = CODE
+    ram[0x300000:0x300010] = b"hello kvmsnap!!!"
+    memory = regions if regions is not None else [MemoryRegion(0, 0, mem, ram)]
+    uart = x86.UartState.build(dict(dll=1, dlm=0, ier=0, iir=1, fcr=0, lcr=3, mcr=8, lsr=0x60,
+                                    msr=0xb0, scr=0))
+    pit = x86.kvm_pit_state2.build(dict(channels=[dict(
+        count=0x10000, latched_count=0, count_latched=0, status_latched=0, status=0,
+        read_state=3, write_state=3, write_latch=0, rw_mode=3, mode=n == 0 and 3 or 0, bcd=0,
+        gate=1, count_load_time=123456789 + n) for n in range(3)], flags=0, reserved=[0] * 9))
+    clock = x86.kvm_clock_data.build(dict(clock=987654321, flags=2, pad0=0, realtime=0,
+                                          host_tsc=0, pad=[0] * 4))
+    return VmState(config=MachineConfig("hello", mem, nvcpus),
+                   vcpus=[make_vcpu(i, paging=paging) for i in range(nvcpus)],
+                   pic_master=make_irqchip(0), pic_slave=make_irqchip(1), ioapic=make_irqchip(2),
+                   pit=pit, clock=clock, uart=uart, memory=memory)
+
+
+def write(state, path, **kw):
+    return write_core(state, str(path), producer="kvmsnap test", host_kernel="6.1.0-test", **kw)
+
+
+@pytest.fixture
+def core_path(tmp_path):
+    path = tmp_path / "vm.core"
+    write(make_state(), path)
+    return path
+
+
+# =============================================================================================
+# Round trip
+
+def test_round_trip_gives_identical_state(tmp_path):
+    state = make_state()
+    path = tmp_path / "vm.core"
+    result = write(state, path)
+    assert result.path == str(path) and result.bytes_written > 0
+    core = read_core(path)
+    got = core.vm_state()
+    assert got.config == state.config
+    assert got.vcpus == state.vcpus
+    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart"):
+        assert getattr(got, name) == getattr(state, name), name
+    assert [(r.slot, r.guest_phys_addr, r.size, r.buffer) for r in got.memory] == \
+        [(0, 0, 8 * MiB, None)]
+    assert core.header.major == corefile.FORMAT_MAJOR and core.header.vcpus == 2
+    assert core.header.producer == "kvmsnap test" and core.header.host_kernel == "6.1.0-test"
+    assert core.read_phys(0x300000, 16) == b"hello kvmsnap!!!"
+    assert core.read_phys(RIP, 8) == CODE
+    seg = core.segment_for_region(got.memory[0])
+    assert seg.physical and seg.offset % 4096 == 0 and seg.filesz == 8 * MiB
+    with open(path, "rb") as f:
+        f.seek(seg.offset + 0x300000)
+        assert f.read(16) == b"hello kvmsnap!!!"
+    with pytest.raises(LookupError):
+        core.read_phys(8 * MiB - 4, 8)
+    core.close()
+
+
+def test_round_trip_two_slots_sregs_and_no_paging(tmp_path):
+    low, high = bytearray(2 * MiB), bytearray(1 * MiB)
+    low[0x7c00:0x7c02] = b"\xeb\xfe"
+    high[-4:] = b"\xde\xad\xbe\xef"
+    state = make_state(1, paging=False, regions=[MemoryRegion(1, 1 << 32, 1 * MiB, high),
+                                                  MemoryRegion(0, 0, 2 * MiB, low)])
+    v = state.vcpus[0]
+    s2 = x86.kvm_sregs2.parse(v.sregs)
+    v.sregs = x86.kvm_sregs.build(dict({k: s2[k] for k in (
+        "cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt", "gdt", "idt", "cr0", "cr2", "cr3", "cr4",
+        "cr8", "efer", "apic_base")}, interrupt_bitmap=[0, 1 << 3, 0, 0]))
+    v.sregs2 = False
+    v.msrs = []
+    v.cpuid = b""
+    path = tmp_path / "two.core"
+    result = write(state, path)
+    assert result.virtual_segments == 0
+    core = read_core(path)
+    assert core.vm_state().vcpus == state.vcpus
+    assert core.memory_map == [(0, 0, 2 * MiB), (1, 1 << 32, 1 * MiB)]
+    assert core.read_phys((1 << 32) + MiB - 4, 4) == b"\xde\xad\xbe\xef"
+    assert core.read_phys(0x7c00, 2) == b"\xeb\xfe"
+    assert [s.physical for s in core.segments] == [True, True]
+
+
+def test_notes_order_and_types(core_path):
+    core = read_core(core_path)
+    notes = core.notes()
+    assert (notes[0].owner, notes[0].type) == ("KVMSNAP", N.KVMSNAP_HEADER)
+    keys = [(n.owner, n.type) for n in notes]
+    first_prstatus = keys.index(("CORE", N.NT_PRSTATUS))
+    assert all(n.vcpu is None for n in notes[:first_prstatus])
+    per_vcpu = keys[first_prstatus:]
+    assert per_vcpu == list(N.VCPU_NOTES) * 2
+    assert [n.vcpu for n in notes[first_prstatus:]] == [0] * 14 + [1] * 14
+    # private types cannot collide with CORE/LINUX types (readelf labels core notes by type)
+    for owner, n_type in keys:
+        if owner == "KVMSNAP":
+            assert n_type >> 16 == 0x4b53
+
+
+def test_xstate_note_is_linux_layout(core_path):
+    core = read_core(core_path)
+    note = next(n for n in core.notes() if n.type_name == "NT_X86_XSTATE" and n.vcpu == 0)
+    assert note.size == 2688            # standard size for XCR0 0xe7: gdb >= 14 needs it exact
+    assert struct.unpack_from("<Q", note.desc, 464)[0] == XCR0
+    assert note.desc[472:512] == bytes(40)
+    raw = make_xsave()
+    assert note.desc[:464] == raw[:464] and note.desc[512:] == raw[512:2688]
+
+
+def test_xstate_size_from_cpuid_leaf_d():
+    leaf = b"".join(x86.kvm_cpuid_entry2.build(dict(function=0xd, index=i, flags=1, eax=size,
+                                                    ebx=offset, ecx=0, edx=0, padding=[0] * 3))
+                    for i, offset, size in ((2, 576, 256), (5, 832, 64), (6, 896, 512),
+                                            (7, 1408, 1024), (9, 2432, 8)))
+    assert corefile.xstate_size(0x2e7, leaf, 4096) == 2440     # AMD layout
+    assert corefile.xstate_size(0x2e7, b"", 4096) == 2696      # Intel defaults
+    assert corefile.xstate_size(0x7, b"", 4096) == 832
+    assert corefile.xstate_size(0x3, b"", 4096) == 576
+    assert corefile.xstate_size(0x60000 | 0x2e7, b"", 4096) == 4096   # AMX: capped
+
+
+# =============================================================================================
+# Sparse files and progress
+
+def test_sparse_64mib_guest_is_small_on_disk(tmp_path):
+    mem = 64 * MiB
+    state = make_state(1, mem=mem)
+    ram = state.memory[0].buffer
+    ram[40 * MiB:40 * MiB + 5] = b"tail!"
+    calls = []
+    result = write(state, tmp_path / "sparse.core", progress=lambda d, t: calls.append((d, t)))
+    assert result.apparent_size > mem
+    assert result.size_on_disk < 2 * MiB, result
+    assert result.bytes_written < 1 * MiB
+    assert calls[-1] == (mem, mem) and len(calls) == mem // corefile.ZERO_CHUNK
+    assert read_core(tmp_path / "sparse.core").read_phys(40 * MiB, 5) == b"tail!"
+
+
+@pytest.mark.parametrize("flags", ["private", "shared"])
+def test_sparse_anonymous_mappings(tmp_path, flags):
+    """Guest RAM as the VMM allocates it (private anonymous mmap: never-touched pages are skipped
+    via /proc/self/pagemap without reading them) and a shared one (every page is read)."""
+    import mmap
+    import time
+    size = 256 * MiB
+    mode = mmap.MAP_PRIVATE if flags == "private" else mmap.MAP_SHARED
+    ram = mmap.mmap(-1, size, mode | mmap.MAP_ANONYMOUS)
+    identity_page_tables(ram)
+    ram[RIP:RIP + len(CODE)] = CODE
+    ram[200 * MiB + 4095] = 7                          # last byte of a page
+    ram[201 * MiB:201 * MiB + 4096] = bytes(4096)      # touched, but zero: still a hole
+    assert corefile._untouched_pages(ram, size) is not None or flags == "shared"
+    state = make_state(1, mem=size, regions=[MemoryRegion(0, 0, size, ram)])
+    t0 = time.monotonic()
+    result = write(state, tmp_path / "anon.core")
+    if flags == "private":
+        assert time.monotonic() - t0 < 2
+    assert result.bytes_written < 64 * 1024
+    core = read_core(tmp_path / "anon.core")
+    assert core.read_phys(200 * MiB + 4088, 16) == bytes(7) + b"\7" + bytes(8)
+    assert core.read_phys(RIP, 8) == CODE
+    assert core.read_phys(0, 1 << 20)[:PML4] == bytes(PML4)
+
+
+# =============================================================================================
+# Atomic writes
+
+def test_progress_exception_leaves_no_file(tmp_path):
+    path = tmp_path / "vm.core"
+
+    def boom(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write(make_state(1), path, progress=boom)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "vm.core"
+    path.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        write(make_state(1), path, progress=lambda d, t: (_ for _ in ()).throw(RuntimeError()))
+    assert path.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["vm.core"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_directory(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError):
+            write(make_state(1), d / "vm.core")
+        assert os.listdir(d) == []
+    finally:
+        d.chmod(0o700)
+
+
+def test_failed_rename_leaves_no_temp_file(tmp_path):
+    (tmp_path / "vm.core").mkdir()                  # rename(file, directory) fails, even for root
+    with pytest.raises(IsADirectoryError):
+        write(make_state(1), tmp_path / "vm.core")
+    assert os.listdir(tmp_path) == ["vm.core"]
+    assert os.listdir(tmp_path / "vm.core") == []
+
+
+def test_missing_directory_leaves_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        write(make_state(1), tmp_path / "nope" / "vm.core")
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_state_is_refused_before_writing(tmp_path):
+    state = make_state(1)
+    state.vcpus[0].lapic = b"short"
+    with pytest.raises(ValueError, match="lapic"):
+        write(state, tmp_path / "vm.core")
+    assert os.listdir(tmp_path) == []
+
+
+# =============================================================================================
+# Guest-virtual segments
+
+def test_virtual_segments_alias_physical_bytes(core_path):
+    core = read_core(core_path)
+    virtual = [s for s in core.segments if not s.physical]
+    physical = [s for s in core.segments if s.physical]
+    assert [(s.vaddr, s.paddr, s.filesz) for s in virtual] == [(HIGH_BASE, 0, 8 * MiB)]
+    assert virtual[0].offset == physical[0].offset          # no second copy
+    assert max(s.index for s in virtual) < min(s.index for s in physical)   # virtual first
+    assert physical[0].vaddr == physical[0].paddr
+
+
+def test_virtual_segments_cap(tmp_path):
+    state = make_state(1)
+    ram = state.memory[0].buffer
+    # PD[0] -> a page table mapping VA 0..2M to scattered 4 KiB pages (no coalescing possible)
+    struct.pack_into("<Q", ram, PD, PT | 3)
+    for i in range(512):
+        struct.pack_into("<Q", ram, PT + 8 * i, ((511 - i) << 12) | 3)
+    result = write(state, tmp_path / "cap.core", max_virtual_segments=100)
+    assert result.virtual_segments == 100 and result.virtual_truncated
+    core = read_core(tmp_path / "cap.core")
+    assert sum(not s.physical for s in core.segments) == 100
+
+
+# =============================================================================================
+# External tools
+
+def _run(cmd, timeout=60):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("cmd", [["readelf", "-W", "-a"], ["readelf", "-n"], ["eu-readelf", "-n"],
+                                 ["eu-readelf", "-a"]])
+def test_readelf_clean(core_path, cmd):
+    if not shutil.which(cmd[0]):
+        pytest.skip(f"{cmd[0]} not installed")
+    out = _run(cmd + [str(core_path)])
+    assert out.returncode == 0, out.stderr
+    text = (out.stdout + out.stderr).lower()
+    assert "warning" not in text and "error" not in text, text[:2000]
+    if cmd[-1] == "-n":
+        assert out.stdout.count("KVMSNAP") == 7 + 2 * 10
+        assert out.stdout.count("CORE") == 4
+
+
+def test_pyelftools_walks_every_note_and_segment(core_path):
+    from elftools.elf.elffile import ELFFile
+    with open(core_path, "rb") as f:
+        e = ELFFile(f)
+        assert e["e_type"] == "ET_CORE" and e["e_machine"] == "EM_X86_64"
+        segments = list(e.iter_segments())
+        assert segments[0]["p_type"] == "PT_NOTE"
+        seen = []
+        for note in segments[0].iter_notes():
+            seen.append((note["n_name"], note["n_descsz"]))
+            if note["n_name"] == "KVMSNAP":          # unnamed by pyelftools: no NT_* collision
+                assert isinstance(note["n_type"], int), note["n_type"]
+        loads = [s for s in segments if s["p_type"] == "PT_LOAD"]
+        assert len(loads) == 2
+        assert loads[1].data()[0x300000:0x300010] == b"hello kvmsnap!!!"
+    core = read_core(core_path)
+    assert seen == [(n.owner, n.size) for n in core.notes()]
+
+
+def _gdb(core, *commands):
+    if not shutil.which("gdb"):
+        pytest.skip("gdb not installed")
+    cmd = ["gdb", "-batch", "-nx", "-c", str(core)]
+    for c in commands:
+        cmd += ["-ex", c]
+    out = _run(cmd)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_gdb_threads_and_registers(core_path):
+    out = _gdb(core_path, "info threads",
+               "thread apply all info registers rip rsp eflags cs ss fs_base gs_base")
+    assert re.search(r"\* 1\s+LWP 1\s", out) and re.search(r"\n\s+2\s+LWP 2\s", out), out
+    blocks = dict(re.findall(r"Thread (\d) \(LWP \d\):\n(.*?)(?=\nThread|\Z)", out, re.S))
+    for i in range(2):
+        regs = dict(re.findall(r"^(\w+)\s+(0x[0-9a-f]+)", blocks[str(i + 1)], re.M))
+        assert int(regs["rip"], 16) == RIP + i
+        assert int(regs["rsp"], 16) == 0x200000 - 16 * i
+        assert int(regs["eflags"], 16) == 0x202
+        assert int(regs["cs"], 16) == 0x8 and int(regs["ss"], 16) == 0x10
+        assert int(regs["fs_base"], 16) == 0x7000 + i and int(regs["gs_base"], 16) == 0x8000 + i
+
+
+def _int128s(text):
+    return [int(x, 16) for x in re.findall(r"0x[0-9a-f]+", text)]
+
+
+def test_gdb_vector_registers_match_xsave(core_path):
+    out = _gdb(core_path, "p/x $xmm1.uint128", "p/x $ymm2.v2_int128", "p/x $zmm3.v4_int128",
+               "p/x $k1", "p/x $zmm17.v4_int128")
+    lines = [line for line in out.splitlines() if line.startswith("$")]
+    le = lambda b: int.from_bytes(b, "little")
+    assert _int128s(lines[0]) == [le(xmm(1))]
+    assert _int128s(lines[1]) == [le(xmm(2)), le(ymm_hi(2))]
+    assert _int128s(lines[2]) == [le(xmm(3)), le(ymm_hi(3)), le(zmm_hi(3)[:16]),
+                                  le(zmm_hi(3)[16:])]
+    assert _int128s(lines[3]) == [K1]
+    assert _int128s(lines[4]) == [0, 0, 0, 0]
+
+
+def test_gdb_reads_instruction_bytes_at_pc(core_path):
+    out = _gdb(core_path, "x/8xb $pc", f"x/s {HIGH_BASE + 0x300000:#x}", "x/s 0x300000")
+    line = next(line for line in out.splitlines() if line.startswith(f"{RIP:#x}"))
+    assert bytes(int(b, 16) for b in line.split(":")[1].split()) == CODE
+    assert out.count('"hello kvmsnap!!!"') == 2
+
+
+def test_gdb_prefers_virtual_segment_over_identity(tmp_path):
+    """VA 0x100000 mapped to PA 0x300000: gdb must read through the virtual PT_LOAD."""
+    state = make_state(1)
+    ram = state.memory[0].buffer
+    struct.pack_into("<Q", ram, PD, PT | 3)
+    for i in range(512):
+        struct.pack_into("<Q", ram, PT + 8 * i, (i << 12) | 3)
+    struct.pack_into("<Q", ram, PT + 0x100 * 8, 0x300000 | 3)
+    path = tmp_path / "alias.core"
+    write(state, path)
+    out = _gdb(path, "x/s 0x100000")
+    assert '"hello kvmsnap!!!"' in out
+    core = read_core(path)
+    assert core.read_phys(0x100000, 8) != b"hello kv"        # physical view is unchanged
+
+
+# =============================================================================================
+# Corruption: each a one-line CoreFormatError naming the offset
+
+def _patch(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _expect_error(path, offset=None, match=None):
+    with pytest.raises(CoreFormatError) as info:
+        read_core(path)
+    e = info.value
+    text = str(e)
+    assert "\n" not in text
+    assert text.startswith(f"{path}: offset 0x{e.offset:x}: "), text
+    if offset is not None:
+        assert e.offset == offset, text
+    if match is not None:
+        assert re.search(match, text), text
+    return e
+
+
+EHDR = {"EI_CLASS": 4, "EI_DATA": 5, "EI_VERSION": 6, "EI_OSABI": 7, "e_type": 16, "e_machine": 18,
+        "e_version": 20, "e_phoff": 32, "e_shoff": 40, "e_flags": 48, "e_ehsize": 52,
+        "e_phentsize": 54, "e_phnum": 56, "e_shentsize": 58, "e_shnum": 60}
+
+
+@pytest.mark.parametrize("field,fmt,value,offset,match", [
+    ("magic", "4s", b"\x7fELG", 0, "magic"),
+    ("EI_CLASS", "B", 3, 4, "EI_CLASS"),
+    ("EI_CLASS", "B", 1, None, None),
+    ("EI_DATA", "B", 2, 5, "little-endian"),
+    ("EI_VERSION", "B", 0, 6, "EI_VERSION"),
+    ("EI_OSABI", "B", 9, 7, "EI_OSABI"),
+    ("e_type", "H", elf.ET_EXEC, 16, "ET_CORE"),
+    ("e_machine", "H", elf.EM_AARCH64, 18, "EM_X86_64"),
+    ("e_version", "I", 0, 20, "e_version"),
+    ("e_phoff", "Q", 1 << 40, 32, "program header table"),
+    ("e_phoff", "Q", 0, 32, "program header table"),
+    ("e_flags", "I", 1, 48, "e_flags"),
+    ("e_ehsize", "H", 63, 52, "e_ehsize"),
+    ("e_phentsize", "H", 32, 54, "e_phentsize"),
+    ("e_phnum", "H", 0, 56, "no program headers"),
+    ("e_phnum", "H", 0xffff, 56, "PN_XNUM"),
+    ("e_phnum", "H", 0xfffe, None, None),
+    ("e_shnum", "H", 3, 58, "e_shentsize"),
+])
+def test_header_field_out_of_range(core_path, field, fmt, value, offset, match):
+    where = 0 if field == "magic" else EHDR[field]
+    _patch(core_path, where, struct.pack("<" + fmt, value))
+    _expect_error(core_path, offset, match)
+
+
+def test_section_table_past_end(core_path):
+    _patch(core_path, 58, struct.pack("<HHH", 64, 2, 0))
+    _patch(core_path, 40, struct.pack("<Q", 1 << 40))
+    _expect_error(core_path, 40, "section header table")
+
+
+def _phdr(core_path, index):
+    return 64 + 56 * index
+
+
+@pytest.mark.parametrize("index,field_offset,fmt,value,match", [
+    (0, 0, "I", elf.PT_LOAD, "start with PT_NOTE"),
+    (0, 8, "Q", 1 << 40, "PT_NOTE 0"),
+    (0, 32, "Q", 1 << 40, "PT_NOTE 0"),
+    (1, 0, "I", 6, "expected PT_LOAD"),
+    (1, 8, "Q", 0x5001, "page-aligned"),
+    (1, 40, "Q", 16 * MiB, "p_memsz"),
+    (1, 40, "Q", 4 * MiB, "p_memsz"),
+    (2, 8, "Q", 1 << 40, "past the end of the file"),
+    (2, 8, "Q", 0, "overlaps the notes"),
+])
+def test_program_header_out_of_range(core_path, index, field_offset, fmt, value, match):
+    _patch(core_path, _phdr(core_path, index) + field_offset, struct.pack("<" + fmt, value))
+    _expect_error(core_path, match=match)
+
+
+def test_truncated_files(core_path):
+    data = core_path.read_bytes()
+    notes_at = struct.unpack_from("<Q", data, 64 + 8)[0]
+    for size in (0, 3, 10, 40, 64, 100, notes_at + 50, len(data) - 4096):
+        core_path.write_bytes(data[:size])
+        _expect_error(core_path)
+
+
+def _notes(path):
+    return corefile.parse_elf(path).notes
+
+
+def test_note_size_past_end_of_segment(core_path):
+    note = _notes(core_path)[3]
+    _patch(core_path, note.offset + 4, struct.pack("<I", 0xffffffff))
+    _expect_error(core_path, note.offset, "past the end of PT_NOTE")
+    _patch(core_path, note.offset, struct.pack("<I", 0x7fffffff))
+    _expect_error(core_path, note.offset, "past the end of PT_NOTE")
+
+
+def test_stray_bytes_at_end_of_note_segment(core_path):
+    data = bytearray(core_path.read_bytes())
+    struct.pack_into("<Q", data, 64 + 32, struct.unpack_from("<Q", data, 64 + 32)[0] + 4)
+    core_path.write_bytes(data)
+    _expect_error(core_path, match="stray bytes")
+
+
+def test_header_note_must_be_first(core_path):
+    note = _notes(core_path)[0]
+    _patch(core_path, note.offset + 8, struct.pack("<I", N.NT_PRSTATUS))
+    _expect_error(core_path, match="first note is not KVMSNAP_HEADER")
+
+
+def test_newer_format_major_refused(core_path):
+    note = _notes(core_path)[0]
+    _patch(core_path, note.desc_offset + 16, struct.pack("<HH", 2, 0))
+    _expect_error(core_path, note.desc_offset + 16, r"format 2\.0 is not supported")
+
+
+def test_newer_note_major_refused(core_path):
+    note = next(n for n in _notes(core_path) if n.type == N.KVMSNAP_LAPIC)
+    _patch(core_path, note.desc_offset, struct.pack("<I", 2 << 16))
+    _expect_error(core_path, note.desc_offset, r"KVMSNAP_LAPIC: payload version 2\.0")
+
+
+def test_bad_magic_and_arch(core_path):
+    note = _notes(core_path)[0]
+    _patch(core_path, note.desc_offset + 20, struct.pack("<I", N.ARCH_AARCH64))
+    _expect_error(core_path, note.desc_offset + 20, "aarch64")
+    _patch(core_path, note.desc_offset + 8, b"KVMSNOP\0")
+    _expect_error(core_path, note.desc_offset + 8, "magic")
+
+
+def test_vcpu_count_mismatch(core_path):
+    note = _notes(core_path)[0]
+    _patch(core_path, note.desc_offset + 24, struct.pack("<I", 3))
+    _expect_error(core_path, match="says 3 vCPUs but the notes hold 2")
+    _patch(core_path, note.desc_offset + 24, struct.pack("<I", 0))
+    _expect_error(core_path, note.desc_offset + 24, "nr_vcpus 0")
+
+
+def test_missing_vcpu_note(core_path):
+    notes = _notes(core_path)
+    lapic1 = [n for n in notes if n.type == N.KVMSNAP_LAPIC][1]
+    _patch(core_path, lapic1.offset + 8, struct.pack("<I", 0x4b5301ff))   # unknown type
+    prstatus1 = [n for n in notes if (n.owner, n.type) == ("CORE", N.NT_PRSTATUS)][1]
+    _expect_error(core_path, prstatus1.offset, "vCPU 1: missing KVMSNAP_LAPIC")
+
+
+def test_missing_prstatus_merges_sets(core_path):
+    prstatus1 = [n for n in _notes(core_path) if (n.owner, n.type) == ("CORE", 1)][1]
+    _patch(core_path, prstatus1.offset + 8, struct.pack("<I", 0x4b5301fe))
+    _expect_error(core_path, match="duplicate NT_FPREGSET note for vCPU 0")
+
+
+def test_missing_vm_note(core_path):
+    note = next(n for n in _notes(core_path) if n.type == N.KVMSNAP_PIT)
+    _patch(core_path, note.offset + 8, struct.pack("<I", 0x4b5300ff))
+    _expect_error(core_path, match="missing KVMSNAP_PIT")
+
+
+def test_wrong_pid(core_path):
+    prstatus1 = [n for n in _notes(core_path) if (n.owner, n.type) == ("CORE", 1)][1]
+    _patch(core_path, prstatus1.desc_offset + 32, struct.pack("<i", 7))
+    _expect_error(core_path, prstatus1.desc_offset + 32, "pr_pid 7")
+
+
+def test_private_payload_sizes(core_path):
+    notes = _notes(core_path)
+    msrs = next(n for n in notes if n.type == N.KVMSNAP_MSRS)
+    _patch(core_path, msrs.desc_offset + 8, struct.pack("<I", 0xffffffff))   # nmsrs
+    tracemalloc.start()
+    _expect_error(core_path, msrs.desc_offset, "KVMSNAP_MSRS: malformed payload")
+    assert tracemalloc.get_traced_memory()[1] < 64 * MiB
+    tracemalloc.stop()
+    _patch(core_path, msrs.desc_offset + 8, struct.pack("<I", 2))
+    _patch(core_path, msrs.desc_offset + 4, struct.pack("<I", 1 << 30))
+    _expect_error(core_path, msrs.desc_offset + 4, "payload size")
+    _patch(core_path, msrs.desc_offset + 4, struct.pack("<II", msrs.size, 1))   # size, nmsrs
+    _expect_error(core_path, msrs.desc_offset + 4, "does not match its contents")
+
+
+def _memory_map(path):
+    note = next(n for n in _notes(path) if n.type == N.KVMSNAP_MEMORY_MAP)
+    return note, N.KvmsnapMemoryMap.parse(note.desc)
+
+
+def test_overlapping_physical_segments(tmp_path):
+    a, b = bytearray(2 * MiB), bytearray(2 * MiB)
+    path = tmp_path / "ov.core"
+    write(make_state(1, paging=False, regions=[MemoryRegion(0, 0, 2 * MiB, a),
+                                               MemoryRegion(1, 4 * MiB, 2 * MiB, b)]), path)
+    note, mm = _memory_map(path)
+    second = mm.regions[1]
+    at = _phdr(path, second.phdr_index)
+    _patch(path, at + 16, struct.pack("<QQ", MiB, MiB))      # p_vaddr, p_paddr
+    _patch(path, note.desc_offset + 16 + 32 + 8, struct.pack("<Q", MiB))   # guest_phys_addr
+    _expect_error(path, at, "overlaps the physical range of PT_LOAD 1")
+
+
+def test_memory_map_must_match_segment(core_path):
+    note, mm = _memory_map(core_path)
+    _patch(core_path, note.desc_offset + 16 + 16, struct.pack("<Q", 4 * MiB))   # memory_size
+    _expect_error(core_path, note.desc_offset + 16, "does not match PT_LOAD")
+    _patch(core_path, note.desc_offset + 16 + 16, struct.pack("<Q", 8 * MiB))
+    _patch(core_path, note.desc_offset + 16 + 24, struct.pack("<I", 9))          # phdr_index
+    _expect_error(core_path, note.desc_offset + 16, "phdr_index 9")
+
+
+def test_virtual_segment_must_alias_ram(core_path):
+    _patch(core_path, _phdr(core_path, 1) + 24, struct.pack("<Q", 0x1000))   # p_paddr
+    _expect_error(core_path, _phdr(core_path, 1), "not an alias")
+
+
+def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
+    """A 1.1 writer appends fields: a 1.0 reader ignores them."""
+    original = corefile._note
+
+    def grow(owner, n_type, desc):
+        if owner == "KVMSNAP":
+            desc = bytearray(desc + b"NEWFIELD")
+            struct.pack_into("<II", desc, 0, 1 << 16 | 1, len(desc))
+        return original(owner, n_type, bytes(desc))
+
+    monkeypatch.setattr(corefile, "_note", grow)
+    state = make_state()
+    write(state, tmp_path / "minor.core")
+    monkeypatch.undo()
+    core = read_core(tmp_path / "minor.core")
+    assert core.vm_state().vcpus == state.vcpus
+    assert core.uart == state.uart
+
+
+def test_not_a_file(tmp_path):
+    with pytest.raises(CoreFormatError, match="cannot open"):
+        read_core(tmp_path / "missing.core")
+
+
+def test_random_corruption_never_escapes(core_path):
+    """Flipping bytes in headers and notes gives CoreFormatError or a valid core, nothing else."""
+    import random
+    data = core_path.read_bytes()
+    notes_end = 64 + 56 * 3 + struct.unpack_from("<Q", data, 64 + 32)[0]
+    rng = random.Random(1234)
+    for _ in range(300):
+        mutated = bytearray(data[:0x6000])
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(notes_end)] = rng.randrange(256)
+        core_path.write_bytes(bytes(mutated) + data[0x6000:])
+        try:
+            read_core(core_path)
+        except CoreFormatError as e:
+            assert "\n" not in str(e)
