@@ -1,0 +1,61 @@
+"""Test helpers for real cores: gdb and readelf runs, console sequences, rewriting a saved core."""
+import mmap
+import re
+import subprocess
+
+from kvmsnap import corefile
+
+
+def gdb(core, *commands, timeout=60) -> str:
+    """gdb's batch output for ``commands`` run against ``core``."""
+    args = ["gdb", "-batch", "-nx", "-c", str(core)]
+    for c in commands:
+        args += ["-ex", c]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def gdb_values(output: str) -> list[int]:
+    """The integers of each ``$N = …`` line (scalars and ``{a, b, …}`` vectors), in order."""
+    values = []
+    for line in output.splitlines():
+        m = re.match(r"\$\d+ = (.*)", line)
+        if m:
+            values.append([int(x, 0) for x in re.findall(r"-?0x[0-9a-f]+|-?\d+", m.group(1))])
+    return values
+
+
+def sequence(lines: list[str], regex: str) -> list[int]:
+    """The N of every line matching ``regex`` (one group)."""
+    return [int(m.group(1)) for m in (re.fullmatch(regex, l) for l in lines) if m]
+
+
+def assert_continuous(values: list[int], start: int | None = 0):
+    """One uninterrupted count: no gap, no repeat."""
+    assert values, "no lines"
+    first = values[0] if start is None else start
+    assert values == list(range(first, first + len(values))), values
+
+
+def console_lines(*paths) -> list[str]:
+    """Complete lines of several console files read as one stream (a partial last line of one
+    file is continued by the next)."""
+    data = b"".join(open(p, "rb").read() for p in paths)
+    return data.decode(errors="replace").split("\n")[:-1]
+
+
+def rewrite_core(src, dst, change):
+    """Read the core ``src``, let ``change(state)`` edit its VmState, write the result to ``dst``."""
+    with corefile.read_core(src) as core, open(src, "rb") as f:
+        state = core.vm_state()
+        maps = []
+        for region in state.memory:
+            seg = core.segment_for_region(region)
+            region.buffer = mmap.mmap(f.fileno(), region.size, mmap.MAP_PRIVATE,
+                                      mmap.PROT_READ | mmap.PROT_WRITE, offset=seg.offset)
+            maps.append(region.buffer)
+        change(state)
+        corefile.write_core(state, str(dst), producer="test rewrite", host_kernel="test")
+        for m in maps:
+            m.close()
