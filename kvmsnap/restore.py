@@ -126,7 +126,8 @@ def build_machine(core, console, policy: Policy) -> Machine:
     try:
         restore_state(machine, core, plan)
         machine.uart.load_state(UartState.parse(core.uart))
-        machine.msr_indices = [i for i, _ in plan["msrs"][0]]
+        restored = {i for i, _ in plan["msrs"][0]}
+        machine.msr_indices = [i for i, _ in core.vcpus[0].msrs if i in restored]   # a later save keeps the order
         return machine
     except BaseException:
         machine.close()

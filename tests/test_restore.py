@@ -1,0 +1,242 @@
+"""kvmsnap restore on real KVM: guests continue exactly where they were saved; cores a host cannot
+take are refused before anything starts."""
+import os
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap
+from coretools import assert_continuous, console_lines, rewrite_core, sequence
+from kvmsnap import corefile, cpuid, notes
+from kvmsnap.kvm import Kvm
+from kvmsnap.restore import LAPIC_TMCCT, _effective_cpuid
+
+pytestmark = needs_kvm
+
+
+class Restored(RunningGuest):
+    """``kvmsnap restore CORE`` with a console file and a control socket."""
+
+    def __init__(self, tmp_path, core, *args, console):
+        self.console = console
+        self.sock = str(tmp_path / f"{console.name}.sock")
+        self.stderr_path = tmp_path / f"{console.name}.stderr"
+        self.proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--console", console, "--control", self.sock,
+                                                 *args), stdout=subprocess.DEVNULL,
+                                     stderr=open(self.stderr_path, "wb"))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.sock):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.stderr()
+            time.sleep(0.02)
+
+
+def save_quit(g, core):
+    r = run_kvmsnap("save", "--control", g.sock, core, "--quit", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert g.proc.wait(30) == 0
+
+
+STREAMS = {
+    "counter": [r"tick (\d+)"],
+    "fpu": [r"fpu tick (\d+) ok"],
+    "timer": [r"timer tick (\d+)"],
+    "realmode": [r"realmode tick (\d+)"],
+    "smp": [r"cpu0 tick (\d+)", r"cpu1 tick (\d+)"],
+    "memtest": [r"memtest round (\d+) ok \d+ MiB"],
+}
+CASES = [("counter", "32M", 5), ("smp", "32M", 4), ("fpu", "32M", 5), ("timer", "32M", 5), ("realmode", "4M", 3),
+         pytest.param("memtest", "1G", 2, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("sample, mem, n", CASES)
+def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample, mem, n):
+    g = guest(sample, "--mem", mem)
+    first = STREAMS[sample][-1]
+    g.wait_lines(n, "^" + first.split(" (")[0], timeout=120)
+    time.sleep(0.013 * (os.getpid() % 7))          # an arbitrary moment within a tick
+    core = tmp_path / "saved.core"
+    save_quit(g, core)
+    before = len(console_lines(g.console))
+    r = Restored(tmp_path, core, console=tmp_path / "restored.console")
+    deadline = time.monotonic() + 120
+    while len(console_lines(g.console, r.console)) < before + n:
+        assert r.proc.poll() is None and time.monotonic() < deadline, r.stderr()
+        time.sleep(0.02)
+    assert r.quit() == 0
+    lines = console_lines(g.console, r.console)
+    assert not any("MISMATCH" in l or "EXCEPTION" in l or "STALLED" in l for l in lines), lines
+    for stream in STREAMS[sample]:
+        assert_continuous(sequence(lines, stream), start=None)
+    core.unlink()
+
+
+def _notes_by_key(core):
+    with corefile.read_core(core) as c:
+        return {(n.owner, n.type, n.vcpu): n.desc for n in c.notes()}, c
+
+
+# Fields that move on by themselves between restoring and saving again (docs/restore.md).
+def _mask_volatile(key, desc: bytes) -> bytes:
+    owner, ntype, _vcpu = key
+    d = bytearray(desc)
+    if ntype == notes.KVMSNAP_LAPIC:
+        d[8 + LAPIC_TMCCT:8 + LAPIC_TMCCT + 4] = bytes(4)
+    elif ntype == notes.KVMSNAP_MSRS:
+        count = struct.unpack_from("<I", d, 8)[0]
+        for i in range(count):
+            off = 16 + 16 * i
+            if struct.unpack_from("<I", d, off)[0] == 0x10:       # IA32_TSC
+                d[off + 8:off + 16] = bytes(8)
+    elif ntype in (notes.KVMSNAP_CLOCK, notes.KVMSNAP_PIT, notes.KVMSNAP_HEADER):
+        return b""            # kvmclock and PIT load time are clocks; the header names the producer run
+    return bytes(d)
+
+
+def test_restore_then_save_again_gives_the_same_state(guest, tmp_path):
+    g = guest("timer", "--mem", "32M")
+    g.wait_lines(3, r"^timer tick")
+    first = tmp_path / "first.core"
+    save_quit(g, first)
+    r = Restored(tmp_path, first, "--paused", console=tmp_path / "r.console")
+    second = tmp_path / "second.core"
+    reply = r.request("save", path=str(second), quit=True)
+    assert reply["path"] == str(second)
+    assert r.proc.wait(30) == 0
+    a, core_a = _notes_by_key(first)
+    b, core_b = _notes_by_key(second)
+    assert a.keys() == b.keys()
+    differing = [k for k in a if _mask_volatile(k, a[k]) != _mask_volatile(k, b[k])]
+    assert differing == []
+    with corefile.read_core(first) as ca, corefile.read_core(second) as cb:
+        for _slot, gpa, size in ca.memory_map:
+            for off in range(0, size, 1 << 20):
+                assert ca.read_phys(gpa + off, 1 << 20) == cb.read_phys(gpa + off, 1 << 20), hex(gpa + off)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sample", ["counter", "timer"])
+def test_fifty_save_restore_cycles(guest, tmp_path, sample):
+    g = guest(sample, "--mem", "16M")
+    g.wait_lines(1)
+    consoles = [g.console]
+    core = tmp_path / "c0.core"
+    save_quit(g, core)
+    for i in range(1, 51):
+        console = tmp_path / f"cycle{i}.console"
+        r = Restored(tmp_path, core, console=console)
+        want = len(console_lines(*consoles)) + 1
+        deadline = time.monotonic() + 30
+        while len(console_lines(*consoles, console)) < want:
+            assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.stderr())
+            time.sleep(0.01)
+        consoles.append(console)
+        next_core = tmp_path / f"c{i}.core"
+        save_quit(r, next_core)
+        core.unlink()
+        core = next_core
+    lines = console_lines(*consoles)
+    assert_continuous(sequence(lines, STREAMS[sample][0]), start=None)
+    assert len(lines) >= 51
+
+
+@pytest.fixture(scope="module")
+def counter_core(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cc")
+    g = RunningGuest(tmp, "counter", "--mem", "16M")
+    g.wait_lines(2)
+    core = tmp / "counter.core"
+    save_quit(g, core)
+    return core, g.console
+
+
+def _refused(tmp_path, core, *words):
+    console = tmp_path / "refused.console"
+    sock = tmp_path / "refused.sock"
+    r = run_kvmsnap("restore", core, "--console", console, "--control", sock)
+    assert r.returncode == 1, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+    assert not console.exists() or console.stat().st_size == 0      # nothing ran
+    assert not sock.exists()
+
+
+def _restores(tmp_path, core, *flags):
+    console = tmp_path / "ok.console"
+    r = Restored(tmp_path, core, *flags, console=console)
+    r.wait_lines(2)
+    assert r.quit() == 0
+    return r.stderr()
+
+
+def test_cpuid_feature_this_host_lacks_is_refused(tmp_path, counter_core):
+    core, _ = counter_core
+    kvm = Kvm()
+    host, _ = _effective_cpuid(kvm)
+    kvm.close()
+    leaf, sub, reg, bit, name = next((l, s, r, b, n) for (l, s, r), bits in cpuid.FEATURES.items()
+                                     for b, n in bits.items() if not cpuid.lookup(host, l, s)[cpuid._REG[r]] >> b & 1)
+
+    def claim(state):
+        for v in state.vcpus:
+            rows = cpuid.entries(v.cpuid)
+            for row in rows:
+                if row[0] == leaf and row[1] == sub:
+                    row[3 + cpuid._REG[reg]] |= 1 << bit
+            v.cpuid = cpuid.pack(rows)
+    bad = tmp_path / "cpuid.core"
+    rewrite_core(core, bad, claim)
+    _refused(tmp_path, bad, f"({name})", f"CPUID.{leaf:#x}")
+    warnings = _restores(tmp_path, bad, "--allow-missing-features")
+    assert name in warnings
+
+
+def test_msr_this_host_does_not_list_is_refused(tmp_path, counter_core):
+    core, _ = counter_core
+    kvm = Kvm()
+    listed = set(kvm.get_msr_index_list())
+    kvm.close()
+    index = next(i for i in (0xC0000103, 0x48, 0xDA0) if i not in listed)
+
+    def add_msr(state):
+        for v in state.vcpus:
+            v.msrs = v.msrs + [(index, 1)]
+    bad = tmp_path / "msr.core"
+    rewrite_core(core, bad, add_msr)
+    _refused(tmp_path, bad, f"MSR {index:#x}", "not listed by this host's KVM")
+    warnings = _restores(tmp_path, bad, "--allow-missing-msrs")
+    assert f"{index:#x}" in warnings
+
+
+def test_truncated_core(tmp_path, counter_core):
+    core, _ = counter_core
+    bad = tmp_path / "truncated.core"
+    bad.write_bytes(core.read_bytes()[:5000])
+    _refused(tmp_path, bad, str(bad), "offset 0x")
+
+
+def test_newer_format_major(tmp_path, counter_core):
+    core, _ = counter_core
+    with corefile.read_core(core) as c:
+        header = next(n for n in c.notes() if n.type == notes.KVMSNAP_HEADER)
+    data = bytearray(core.read_bytes())
+    struct.pack_into("<H", data, header.desc_offset + 16, 99)          # format_major
+    bad = tmp_path / "newer.core"
+    bad.write_bytes(data)
+    _refused(tmp_path, bad, str(bad), "99")
+
+
+def test_core_missing_one_vcpus_notes(guest, tmp_path):
+    g = guest("smp", "--cpus", "2", "--mem", "16M")
+    g.wait_lines(2, r"^cpu1")
+    core = tmp_path / "smp.core"
+    save_quit(g, core)
+    with corefile.read_core(core) as c:
+        lapic1 = next(n for n in c.notes() if n.type == notes.KVMSNAP_LAPIC and n.vcpu == 1)
+    data = bytearray(core.read_bytes())
+    struct.pack_into("<I", data, lapic1.offset + 8, 0x4B5301FF)         # n_type: an unknown private note
+    bad = tmp_path / "missing.core"
+    bad.write_bytes(data)
+    _refused(tmp_path, bad, str(bad), "vCPU 1")
