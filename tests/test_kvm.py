@@ -111,3 +111,31 @@ def test_bad_fd_sweep(cls):
         assert e.value.ioctl.startswith("KVM_"), name
         checked += 1
     assert checked >= {Kvm: 7, Vm: 14, Vcpu: 29}[cls]
+
+
+def test_dirty_log_marks_the_page_a_guest_wrote():
+    """A real-mode store to 0x8000 marks page 8 dirty in KVM_GET_DIRTY_LOG."""
+    import mmap
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    mem = mmap.mmap(-1, 1 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = ffi.from_buffer(mem)
+    vm.set_user_memory_region(0, 0, 1 << 20, int(ffi.cast("uintptr_t", view)), lib.KVM_MEM_LOG_DIRTY_PAGES)
+    mem[0x7C00:0x7C07] = bytes([0xC6, 0x06, 0x00, 0x80, 0x01,    # mov byte [0x8000], 1
+                                0xE6, 0x80])                     # out 0x80, al
+    cpu = vm.create_vcpu(0)
+    sregs = ffi.new("struct kvm_sregs *")
+    ffi.memmove(sregs, cpu.get_sregs(), ffi.sizeof(sregs[0]))
+    sregs.cs.base, sregs.cs.selector = 0, 0
+    cpu.set_sregs(bytes(ffi.buffer(sregs)))
+    regs = ffi.new("struct kvm_regs *", {"rip": 0x7C00, "rflags": 2})
+    cpu.set_regs(bytes(ffi.buffer(regs)))
+    vm.get_dirty_log(0, 256)                                     # clear what set-up touched
+    assert cpu.run() == lib.KVM_EXIT_IO and cpu.run_area.io.port == 0x80
+    bitmap = int.from_bytes(vm.get_dirty_log(0, 256), "little")
+    assert bitmap >> 8 & 1 and mem[0x8000] == 1
+    assert not bitmap & ~(1 << 8 | 1 << 7)                       # nothing else written (7: the code page)
+    cpu.close()
+    del view
+    vm.close()
+    kvm.close()

@@ -66,3 +66,29 @@ def test_sigterm_ends_the_guest_cleanly(guest):
     g.proc.terminate()
     assert g.proc.wait(20) == 0
     assert not os.path.exists(g.sock)
+
+
+def test_ctrl_c_stops_the_guest_and_cleans_up(guest):
+    import signal
+    g = guest("counter", "--mem", "32M")
+    g.wait_lines(1)
+    g.proc.send_signal(signal.SIGINT)
+    assert g.proc.wait(20) == 130
+    assert g.stderr().strip() == "kvmsnap: interrupted"
+    assert not os.path.exists(g.sock)
+
+
+def test_guest_failure_is_reported_with_rip(guest, tmp_path):
+    """A triple fault (an image whose first instruction faults with no IDT) ends the run with exit 1."""
+    import struct
+    # ELF64 with one PT_LOAD at 1 MiB whose code is `ud2`
+    code = b"\x0f\x0b"
+    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, 64, 0, 0,
+                                                            64, 56, 1, 64, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x100000, 0x100000, len(code), len(code), 0x1000)
+    img = tmp_path / "ud2.elf"
+    img.write_bytes((ehdr + phdr).ljust(0x1000, b"\0") + code)
+    g = guest(str(img), "--mem", "16M")
+    assert g.proc.wait(30) == 1
+    err = g.stderr().strip()
+    assert len(err.splitlines()) == 1 and "triple fault" in err and "RIP 0x100000" in err, err
