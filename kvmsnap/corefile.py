@@ -683,7 +683,7 @@ class Header:
         return N.ARCH_NAMES.get(self.arch, f"unknown ({self.arch})")
 
 
-def _payload(path: str, note: Note, layout: construct.Construct):
+def payload(path: str, note: Note, layout: construct.Construct):
     """Decode a private payload: check ``version``/``size``, refuse a newer major, ignore bytes
     past the known layout of a newer minor."""
     desc = note.desc
@@ -829,7 +829,7 @@ def read_core(path) -> Core:
     notes = image.notes
     if not notes or (notes[0].owner, notes[0].type) != (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER):
         fail(first.p_offset, "first note is not KVMSNAP_HEADER: not a kvmsnap core")
-    h = _payload(path, notes[0], N.KvmsnapHeader)
+    h = payload(path, notes[0], N.KvmsnapHeader)
     if h.magic != N.KVMSNAP_MAGIC:
         fail(notes[0].desc_offset + 8, f"bad KVMSNAP_HEADER magic {bytes(h.magic)!r}")
     if h.format_major != FORMAT_MAJOR:
@@ -879,21 +879,21 @@ def read_core(path) -> Core:
                 fail(at, f"vCPU {index}: missing {N.type_name(*key)} note")
         core.vcpus.append(_read_vcpu(path, index, notes_of))
 
-    c = _payload(path, vm[N.KVMSNAP_CONFIG], N.KvmsnapConfig)
+    c = payload(path, vm[N.KVMSNAP_CONFIG], N.KvmsnapConfig)
     core.config = MachineConfig(guest=c.guest, mem_size=c.mem_size, vcpus=c.vcpus)
-    irq = _payload(path, vm[N.KVMSNAP_IRQCHIP], N.KvmsnapIrqchip)
+    irq = payload(path, vm[N.KVMSNAP_IRQCHIP], N.KvmsnapIrqchip)
     core.pic_master, core.pic_slave, core.ioapic = (bytes(irq.pic_master), bytes(irq.pic_slave),
                                                     bytes(irq.ioapic))
-    core.pit = bytes(_payload(path, vm[N.KVMSNAP_PIT], N.KvmsnapPit).pit)
-    core.clock = bytes(_payload(path, vm[N.KVMSNAP_CLOCK], N.KvmsnapClock).clock)
-    core.uart = bytes(_payload(path, vm[N.KVMSNAP_UART], N.KvmsnapUart).uart)
+    core.pit = bytes(payload(path, vm[N.KVMSNAP_PIT], N.KvmsnapPit).pit)
+    core.clock = bytes(payload(path, vm[N.KVMSNAP_CLOCK], N.KvmsnapClock).clock)
+    core.uart = bytes(payload(path, vm[N.KVMSNAP_UART], N.KvmsnapUart).uart)
     _read_memory_map(core, vm[N.KVMSNAP_MEMORY_MAP])
     return core
 
 
 def _read_memory_map(core: Core, note: Note):
     path = core.path
-    mm = _payload(path, note, N.KvmsnapMemoryMap)
+    mm = payload(path, note, N.KvmsnapMemoryMap)
     by_index = {s.index: s for s in core.segments}
     entry_size = N.kvmsnap_memory_region.sizeof()
     slots = set()
@@ -951,7 +951,7 @@ def _read_vcpu(path: str, index: int, notes_of: dict) -> VcpuState:
                                for name in (s.name for s in x86.kvm_regs.subcons)})
 
     def private(n_type, layout):
-        return _payload(path, notes_of[(N.OWNER_KVMSNAP, n_type)], layout)
+        return payload(path, notes_of[(N.OWNER_KVMSNAP, n_type)], layout)
 
     sregs = private(N.KVMSNAP_SREGS, N.KvmsnapSregs)
     xsave = private(N.KVMSNAP_XSAVE, N.KvmsnapXsave)

@@ -10,10 +10,10 @@ See docs/core-format.md for the byte-level description.
 """
 from dataclasses import dataclass
 
-from construct import (Array, Bytes, Construct, Int16ul, Int32ul, Int64ul, PascalString, Rebuild,
-                       Struct, len_, this)
+from construct import (Aligned, Array, Bytes, Construct, Int16ul, Int32ul, Int64ul, PascalString,
+                       Rebuild, Struct, len_, this)
 
-from kvmsnap.formats import x86
+from kvmsnap.formats import arm64, x86
 
 # ---------------------------------------------------------------------------------------------
 # Owners
@@ -79,6 +79,8 @@ KVMSNAP_DEBUGREGS = 0x4b530107
 KVMSNAP_MP_STATE = 0x4b530108
 KVMSNAP_CPUID = 0x4b530109
 KVMSNAP_TSC_KHZ = 0x4b53010a
+
+KVMSNAP_ARM64_REGS = 0x4b530201   # aarch64 vCPU: KVM_GET_REG_LIST ids with their values
 
 KVMSNAP_MAGIC = b"KVMSNAP\0"
 ARCH_X86_64 = 1
@@ -178,6 +180,22 @@ KvmsnapCpuid = _private(
     size=lambda this: 16 + len(this.entries))
 KvmsnapTscKhz = _fixed("tsc_khz" / Int32ul, "reserved" / Int32ul)
 
+
+def kvm_reg_size(reg_id: int) -> int:
+    """Bytes of a KVM one-reg value: ``1 << KVM_REG_SIZE(id)``."""
+    return 1 << ((reg_id & arm64.KVM_REG_SIZE_MASK) >> arm64.KVM_REG_SIZE_SHIFT)
+
+
+kvmsnap_arm64_reg = Struct(
+    "id" / Int64ul,                                             # KVM one-reg id
+    "value" / Aligned(8, Bytes(lambda this: kvm_reg_size(this.id))),   # little-endian, padded to 8
+)
+KvmsnapArm64Regs = _private(
+    "nregs" / Rebuild(Int32ul, len_(this.regs)),
+    "reserved" / Int32ul,
+    "regs" / Array(this.nregs, kvmsnap_arm64_reg),
+    size=lambda this: 16 + sum(8 + (kvm_reg_size(r["id"]) + 7) // 8 * 8 for r in this.regs))
+
 # Smallest payload each private type can have at version 1.0 (the reader's lower bound).
 MIN_SIZES = {
     KVMSNAP_HEADER: KVMSNAP_HEADER_MIN_SIZE, KVMSNAP_CONFIG: 26, KVMSNAP_MEMORY_MAP: 16,
@@ -227,6 +245,9 @@ def _entries():
         (KVMSNAP_MP_STATE, "KVMSNAP_MP_STATE", KvmsnapMpState, vcpu, "kvm_mp_state"),
         (KVMSNAP_CPUID, "KVMSNAP_CPUID", KvmsnapCpuid, vcpu, "kvm_cpuid_entry2 table"),
         (KVMSNAP_TSC_KHZ, "KVMSNAP_TSC_KHZ", KvmsnapTscKhz, vcpu, "TSC frequency (kHz)"),
+        # aarch64 (a later backend): not part of the x86 vCPU set that read_core requires
+        (KVMSNAP_ARM64_REGS, "KVMSNAP_ARM64_REGS", KvmsnapArm64Regs, None,
+         "KVM one-reg (id, value) list"),
     ]
     for n_type, name, payload, scope, description in private:
         yield NoteType(OWNER_KVMSNAP, n_type, name, payload, scope, description)

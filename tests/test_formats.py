@@ -141,6 +141,9 @@ PRIVATE_SAMPLES = {
     N.KVMSNAP_MP_STATE: dict(mp_state=3, reserved=0),
     N.KVMSNAP_CPUID: dict(padding=0, entries=_pattern(120)),
     N.KVMSNAP_TSC_KHZ: dict(tsc_khz=2_500_000, reserved=0),
+    N.KVMSNAP_ARM64_REGS: dict(reserved=0, regs=[dict(id=0x6030000000100040, value=_pattern(8)),
+                                                 dict(id=0x6040000000100054, value=_pattern(16)),
+                                                 dict(id=0x6020000000140000, value=_pattern(4))]),
 }
 
 
@@ -187,8 +190,10 @@ def test_private_types_do_not_collide():
 # ---------------------------------------------------------------------------------------------
 # The offline half imports without the compiled KVM module or /dev/kvm
 
-OFFLINE = ["kvmsnap.formats.elf", "kvmsnap.formats.x86", "kvmsnap.notes", "kvmsnap.pagewalk",
-           "kvmsnap.corefile", "kvmsnap.inspect"]
+OFFLINE = ["kvmsnap.formats.elf", "kvmsnap.formats.x86", "kvmsnap.formats.arm64", "kvmsnap.notes",
+           "kvmsnap.pagewalk", "kvmsnap.corefile", "kvmsnap.decode.x86", "kvmsnap.decode.arm64",
+           "kvmsnap.decode.lapic", "kvmsnap.decode.devices", "kvmsnap.decode.linux",
+           "kvmsnap.inspect", "kvmsnap.describe", "kvmsnap.memaccess", "kvmsnap.diff"]
 
 
 def test_offline_modules_import_without_kvm():

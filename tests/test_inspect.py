@@ -11,7 +11,8 @@ import pytest
 from kvmsnap import notes as N
 from kvmsnap.corefile import CoreFormatError
 from kvmsnap.formats import elf, x86
-from kvmsnap.inspect import render_text, summarize
+from kvmsnap.describe import render_text
+from kvmsnap.inspect import summarize
 
 from test_corefile import HIGH_BASE, RIP, make_state, write
 
@@ -276,7 +277,7 @@ def test_short_prstatus_has_no_registers(tmp_path):
     path = tmp_path / "short.core"
     path.write_bytes(make_foreign(notes=[("CORE", 1, bytes(100))]))
     s = summarize(path)
-    assert s["vcpus"] == [dict(id=0, pid=None, regs={k: None for k in REG_KEYS})]
+    assert s["vcpus"] == [dict(id=0, pid=None, regs={k: None for k in REG_KEYS}, sections={})]
 
 
 def test_random_corruption_of_foreign_core(tmp_path):

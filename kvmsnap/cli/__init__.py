@@ -20,7 +20,7 @@ def cli():
 
 
 def _register():
-    from . import inspect, restore, run, samples, save  # noqa: F401  (each module adds its command to ``cli``)
+    from . import diff, inspect, mem, restore, run, samples, save  # noqa: F401  (each module adds its command to ``cli``)
 
 
 def fail(message: str, code: int) -> None:

@@ -1,0 +1,62 @@
+"""VM-wide device state decoded: the two 8259 PICs, the IOAPIC, the 8254 PIT, kvmclock, the UART."""
+from kvmsnap.decode.bits import plain
+from kvmsnap.decode.lapic import DELIVERY_MODES
+from kvmsnap.formats import x86
+
+PIT_MODES = {0: "interrupt on terminal count", 1: "hardware one-shot", 2: "rate generator",
+             3: "square wave", 4: "software strobe", 5: "hardware strobe"}
+PIT_ACCESS = {0: "latch", 1: "lsb", 2: "msb", 3: "lsb then msb"}
+KVM_CLOCK_FLAGS = {1: "TSC_STABLE", 2: "REALTIME", 4: "HOST_TSC"}
+
+
+def _irq_lines(mask: int) -> list[int]:
+    return [i for i in range(8) if mask >> i & 1]
+
+
+def pic(raw: bytes) -> dict:
+    """One 8259 (kvm_irqchip holding kvm_pic_state): registers plus the IRQ lines set in each."""
+    state = plain(x86.kvm_irqchip.parse(raw).chip)
+    state.update(irr_lines=_irq_lines(state["irr"]), isr_lines=_irq_lines(state["isr"]),
+                 masked_lines=_irq_lines(state["imr"]))
+    return state
+
+
+def ioapic(raw: bytes) -> dict:
+    """The IOAPIC: base, ID, IRR and the 24 redirection entries in words."""
+    state = x86.kvm_irqchip.parse(raw).chip
+    pins = []
+    for pin, e in enumerate(state.redirtbl):
+        pins.append(dict(pin=pin, vector=e.vector,
+                         delivery_mode=DELIVERY_MODES.get(e.delivery_mode, "reserved"),
+                         dest_mode="logical" if e.dest_mode else "physical",
+                         delivery_status=e.delivery_status,
+                         polarity="active low" if e.polarity else "active high",
+                         remote_irr=e.remote_irr, trigger="level" if e.trig_mode else "edge",
+                         masked=e.mask, dest_id=e.dest_id))
+    return dict(base_address=state.base_address, id=state.id, ioregsel=state.ioregsel,
+                irr=state.irr, redirtbl=pins)
+
+
+def pit(raw: bytes) -> dict:
+    """The 8254: per channel count, mode in words, gate and latch state."""
+    state = x86.kvm_pit_state2.parse(raw)
+    channels = []
+    for c in state.channels:
+        ch = plain(c)
+        ch.update(mode_name=PIT_MODES.get(c.mode, "reserved"),
+                  access=PIT_ACCESS.get(c.rw_mode, "reserved"))
+        channels.append(ch)
+    return dict(channels=channels, flags=state.flags)
+
+
+def clock(raw: bytes) -> dict:
+    """kvmclock (kvm_clock_data): guest clock in ns, flags, host realtime and TSC when valid."""
+    c = x86.kvm_clock_data.parse(raw)
+    return dict(clock=c.clock, flags=c.flags,
+                flag_names=[n for bit, n in KVM_CLOCK_FLAGS.items() if c.flags & bit],
+                realtime=c.realtime, host_tsc=c.host_tsc)
+
+
+def uart(raw: bytes) -> dict:
+    """kvmsnap's 16550 registers."""
+    return plain(x86.UartState.parse(raw))
