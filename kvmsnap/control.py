@@ -22,10 +22,16 @@ class ControlServer:
             if _is_live_socket(path):
                 raise InputError(f"{path}: a control socket is already in use there")
             os.unlink(path)
-        old = os.umask(0o177)           # the socket is born 0600: no window where others can connect
+        # Born 0600 (no window where others can connect) under a temporary name, renamed into place
+        # once listening, so a client that sees ``path`` can connect at once.
+        staging = f"{path}.{os.getpid()}.tmp"
+        old = os.umask(0o177)
         try:
-            self._server = _Server(path, _Handler)
+            self._server = _Server(staging, _Handler)
+            os.rename(staging, path)
         except OSError as e:
+            if os.path.exists(staging):
+                os.unlink(staging)
             raise InputError(f"{path}: cannot create control socket: {e.strerror}") from None
         finally:
             os.umask(old)

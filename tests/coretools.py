@@ -49,13 +49,9 @@ def rewrite_core(src, dst, change):
     """Read the core ``src``, let ``change(state)`` edit its VmState, write the result to ``dst``."""
     with corefile.read_core(src) as core, open(src, "rb") as f:
         state = core.vm_state()
-        maps = []
-        for region in state.memory:
+        for region in state.memory:              # the mappings go with ``state``
             seg = core.segment_for_region(region)
             region.buffer = mmap.mmap(f.fileno(), region.size, mmap.MAP_PRIVATE,
                                       mmap.PROT_READ | mmap.PROT_WRITE, offset=seg.offset)
-            maps.append(region.buffer)
         change(state)
         corefile.write_core(state, str(dst), producer="test rewrite", host_kernel="test")
-        for m in maps:
-            m.close()
