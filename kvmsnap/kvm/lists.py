@@ -34,34 +34,30 @@ def set_msrs(fd: int, entries: list[tuple[int, int]]) -> None:
     if done != len(entries):
         raise MsrError("KVM_SET_MSRS", entries[done][0], done, len(entries))
 
-def index_list(fd: int, name: str) -> list[int]:
-    """An MSR-index-list ioctl (KVM_GET_MSR_INDEX_LIST, KVM_GET_MSR_FEATURE_INDEX_LIST)."""
+
+def _growing(fd: int, name: str, ctype: str, count: str, array: str):
+    """Run a list ioctl with a buffer that doubles on E2BIG (the kernel then also says how many
+    entries it has, in ``count``) until the list fits."""
     n = _LIST_START
     while True:
-        buf = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
-        buf.nmsrs = n
+        buf = ffi.new(ctype, {count: n, array: n})
+        setattr(buf, count, n)
         try:
             ioctl_ptr(fd, name, buf)
+            return buf
         except KvmError as e:
-            if e.errno == errno.E2BIG and n < _LIST_MAX:  # E2BIG: nmsrs now says how many there are
-                n = max(n * 2, buf.nmsrs)
-                continue
-            raise
-        return [buf.indices[i] for i in range(buf.nmsrs)]
+            if e.errno != errno.E2BIG or n >= _LIST_MAX:
+                raise
+            n = max(n * 2, getattr(buf, count))
+
+
+def index_list(fd: int, name: str) -> list[int]:
+    """An MSR-index-list ioctl (KVM_GET_MSR_INDEX_LIST, KVM_GET_MSR_FEATURE_INDEX_LIST)."""
+    buf = _growing(fd, name, "struct kvm_msr_list *", "nmsrs", "indices")
+    return [buf.indices[i] for i in range(buf.nmsrs)]
 
 
 def cpuid_entries(fd: int, name: str) -> bytes:
     """A CPUID-list ioctl (KVM_GET_SUPPORTED_CPUID, KVM_GET_CPUID2): the raw entry array."""
-    n = _LIST_START
-    while True:
-        buf = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
-        buf.nent = n
-        try:
-            ioctl_ptr(fd, name, buf)
-        except KvmError as e:
-            if e.errno == errno.E2BIG and n < _LIST_MAX:
-                n *= 2
-                continue
-            raise
-        size = ffi.sizeof("struct kvm_cpuid_entry2") * buf.nent
-        return bytes(ffi.buffer(buf.entries, size))
+    buf = _growing(fd, name, "struct kvm_cpuid2 *", "nent", "entries")
+    return bytes(ffi.buffer(buf.entries, ffi.sizeof("struct kvm_cpuid_entry2") * buf.nent))
