@@ -260,7 +260,7 @@ kernel_init:
  * RSP = garbage: switch to this vCPU's own stack first, then call guest_main. */
 	.globl	user_main
 user_main:
-	cmpq	$MAX_CPUS, %rsi
+	cmpq	guest_cpus(%rip), %rsi          /* vCPUs beyond what the guest uses park */
 	jae	park
 	movq	%rsi, %rax
 	incq	%rax
@@ -389,6 +389,10 @@ gdt_ptr:
 	.weak	user_rflags
 user_rflags:
 	.quad	0x3002                  /* IOPL 3, IF 0 (timer: 0x3202) */
+
+	.weak	guest_cpus
+guest_cpus:
+	.quad	1                       /* vCPUs the guest uses; the others park (smp: MAX_CPUS) */
 
 	.bss
 	.balign	4096

@@ -93,3 +93,8 @@ print_lock:	.long	0
 lock_owner:	.quad	0
 	.balign	64
 counts:		.fill	MAX_CPUS, 8, 0
+
+	.section .rodata
+	.globl	guest_cpus
+	.balign	8
+guest_cpus:	.quad	MAX_CPUS        /* every vCPU runs (overrides common.S's 1) */

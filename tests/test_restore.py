@@ -240,3 +240,26 @@ def test_core_missing_one_vcpus_notes(guest, tmp_path):
     bad = tmp_path / "missing.core"
     bad.write_bytes(data)
     _refused(tmp_path, bad, str(bad), "vCPU 1")
+
+
+@pytest.mark.parametrize("sample, mem", [("counter", "16M"), ("fpu", "16M"), ("timer", "16M"), ("memtest", "64M"),
+                                         ("realmode", "4M")])
+def test_single_vcpu_samples_save_and_restore_with_two_vcpus(guest, tmp_path, sample, mem):
+    """The extra vCPU parks (or, in real mode, waits for SIPI); both are saved and restored."""
+    g = guest(sample, "--mem", mem, "--cpus", "2")
+    stream = STREAMS[sample][0]
+    g.wait_lines(2, "^" + stream.split(" (")[0], timeout=60)
+    core = tmp_path / "two.core"
+    save_quit(g, core)
+    with corefile.read_core(core) as c:
+        assert [v.index for v in c.vcpus] == [0, 1]
+    r = Restored(tmp_path, core, console=tmp_path / "two.console")
+    before = len(console_lines(g.console))
+    deadline = time.monotonic() + 60
+    while len(console_lines(g.console, r.console)) < before + 2:
+        assert r.proc.poll() is None and time.monotonic() < deadline, r.stderr()
+        time.sleep(0.02)
+    assert r.quit() == 0
+    lines = console_lines(g.console, r.console)
+    assert not any("MISMATCH" in l for l in lines)
+    assert_continuous(sequence(lines, stream), start=None)

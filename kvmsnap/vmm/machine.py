@@ -71,12 +71,15 @@ class Machine:
 
     # --- building -------------------------------------------------------------------------------
     def boot(self, image: bytes, name: str, flat_addr: int | None = None) -> None:
-        """Load ``image`` and put every vCPU in the image's entry state (docs/boot-protocol.md)."""
+        """Load ``image`` and put the vCPUs in the image's entry state (docs/boot-protocol.md): every
+        vCPU for a long-mode image, the BSP alone for a real-mode one."""
         entry = loader.load_image(image, name, self.memory, flat_addr)
         if entry.mode == "long":
             loader.write_boot_data(self.memory)
         for vcpu in self.vcpus:
             vcpu.set_cpuid2(cpuid.for_vcpu(self.supported_cpuid, vcpu.index))
+            if entry.mode == "real" and vcpu.index:
+                continue                # as on hardware, APs wait for INIT/SIPI in their reset state
             sregs = ffi.new("struct kvm_sregs2 *")
             ffi.memmove(sregs, vcpu.get_sregs2(), ffi.sizeof(sregs[0]))
             regs = ffi.new("struct kvm_regs *")
