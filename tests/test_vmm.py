@@ -92,3 +92,22 @@ def test_guest_failure_is_reported_with_rip(guest, tmp_path):
     assert g.proc.wait(30) == 1
     err = g.stderr().strip()
     assert len(err.splitlines()) == 1 and "triple fault" in err and "RIP 0x100000" in err, err
+
+
+def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
+    """A CPL0 AVX load from an address with no RAM (MMIO) goes to KVM's instruction emulator, which
+    has no VEX instructions: KVM_EXIT_INTERNAL_ERROR on every host."""
+    import struct
+    code = bytes.fromhex("c5fe6f042500000000d0")            # vmovdqu ymm0, [0xd0000000]
+    note = struct.pack("<III", 8, 16, 1) + b"kvmsnap\0" + struct.pack("<QII", 0x100000, 0, 0)
+    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, 64, 0, 0,
+                                                            64, 56, 2, 64, 0, 0)
+    load = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x100000, 0x100000, len(code), len(code), 0x1000)
+    pnote = struct.pack("<IIQQQQQQ", 4, 4, 0x800, 0, 0, len(note), len(note), 4)
+    img = tmp_path / "vex.elf"
+    img.write_bytes(((ehdr + load + pnote).ljust(0x800, b"\0") + note).ljust(0x1000, b"\0") + code)
+    g = guest(str(img), "--mem", "16M")
+    assert g.proc.wait(30) == 1
+    err = g.stderr().strip()
+    assert len(err.splitlines()) == 1, err
+    assert "instruction emulation failed at RIP 0x100000" in err and "c5 fe 6f 04 25" in err, err

@@ -96,5 +96,5 @@ def describe_internal_error(vcpu) -> str:
     elif internal.ndata:
         msg += ", data " + " ".join(f"{internal.data[i]:#x}" for i in range(min(internal.ndata, 16)))
     if internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
-        msg += " (this host's KVM emulates guest kernel mode and lacks this instruction)"
+        msg += " (KVM's instruction emulator does not handle it; kvm_pvm hosts emulate all guest kernel code)"
     return msg
