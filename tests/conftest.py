@@ -22,6 +22,24 @@ def run_kvmsnap(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(kvmsnap_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def tiny_elf(path, code: bytes, *, machine=62, boot_cpl=None):
+    """An ELF64 executable loading ``code`` at 1 MiB (with a kvmsnap boot note when ``boot_cpl`` is
+    given); ``machine`` is e_machine (62 = x86-64)."""
+    import struct
+    entry = 0x100000
+    note = b""
+    if boot_cpl is not None:
+        note = struct.pack("<III", 8, 16, 1) + b"kvmsnap\0" + struct.pack("<QII", entry, boot_cpl, 0)
+    phnum = 2 if note else 1
+    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, machine, 1, entry, 64, 0, 0,
+                                                            64, 56, phnum, 64, 0, 0)
+    phdrs = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, entry, entry, len(code), len(code), 0x1000)
+    if note:
+        phdrs += struct.pack("<IIQQQQQQ", 4, 4, 0x800, 0, 0, len(note), len(note), 4)
+    path.write_bytes(((ehdr + phdrs).ljust(0x800, b"\0") + note).ljust(0x1000, b"\0") + code)
+    return path
+
+
 class RunningGuest:
     """``kvmsnap run GUEST`` with its console in a file and a control socket."""
 

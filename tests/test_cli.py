@@ -1,11 +1,10 @@
 """Command-line behaviour: help, bad input gives one line on stderr and exit 2."""
 import json
 import os
-import struct
 
 import pytest
 
-from conftest import needs_kvm, run_kvmsnap
+from conftest import needs_kvm, run_kvmsnap, tiny_elf
 
 
 def one_line_error(result, code, *words):
@@ -49,11 +48,7 @@ def test_bad_memory_size_flag():
 
 @needs_kvm
 def test_wrong_architecture_elf(tmp_path):
-    # a minimal aarch64 ELF header: class 64, little endian, ET_EXEC, EM_AARCH64 (183)
-    hdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, 183, 1, 0x400000, 64, 0, 0,
-                                                           64, 56, 0, 64, 0, 0)
-    img = tmp_path / "arm.elf"
-    img.write_bytes(hdr)
+    img = tiny_elf(tmp_path / "arm.elf", b"\0" * 4, machine=183)            # EM_AARCH64
     one_line_error(run_kvmsnap("run", img), 2, "x86-64", str(img))
 
 

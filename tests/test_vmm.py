@@ -4,7 +4,7 @@ import socket
 import stat
 import time
 
-from conftest import needs_kvm
+from conftest import needs_kvm, tiny_elf
 
 pytestmark = needs_kvm
 
@@ -80,14 +80,7 @@ def test_ctrl_c_stops_the_guest_and_cleans_up(guest):
 
 def test_guest_failure_is_reported_with_rip(guest, tmp_path):
     """A triple fault (an image whose first instruction faults with no IDT) ends the run with exit 1."""
-    import struct
-    # ELF64 with one PT_LOAD at 1 MiB whose code is `ud2`
-    code = b"\x0f\x0b"
-    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, 64, 0, 0,
-                                                            64, 56, 1, 64, 0, 0)
-    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x100000, 0x100000, len(code), len(code), 0x1000)
-    img = tmp_path / "ud2.elf"
-    img.write_bytes((ehdr + phdr).ljust(0x1000, b"\0") + code)
+    img = tiny_elf(tmp_path / "ud2.elf", b"\x0f\x0b")                 # ud2
     g = guest(str(img), "--mem", "16M")
     assert g.proc.wait(30) == 1
     err = g.stderr().strip()
@@ -97,15 +90,7 @@ def test_guest_failure_is_reported_with_rip(guest, tmp_path):
 def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
     """A CPL0 AVX load from an address with no RAM (MMIO) goes to KVM's instruction emulator, which
     has no VEX instructions: KVM_EXIT_INTERNAL_ERROR on every host."""
-    import struct
-    code = bytes.fromhex("c5fe6f042500000000d0")            # vmovdqu ymm0, [0xd0000000]
-    note = struct.pack("<III", 8, 16, 1) + b"kvmsnap\0" + struct.pack("<QII", 0x100000, 0, 0)
-    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, 64, 0, 0,
-                                                            64, 56, 2, 64, 0, 0)
-    load = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x100000, 0x100000, len(code), len(code), 0x1000)
-    pnote = struct.pack("<IIQQQQQQ", 4, 4, 0x800, 0, 0, len(note), len(note), 4)
-    img = tmp_path / "vex.elf"
-    img.write_bytes(((ehdr + load + pnote).ljust(0x800, b"\0") + note).ljust(0x1000, b"\0") + code)
+    img = tiny_elf(tmp_path / "vex.elf", bytes.fromhex("c5fe6f042500000000d0"), boot_cpl=0)  # vmovdqu ymm0, [0xd0000000]
     g = guest(str(img), "--mem", "16M")
     assert g.proc.wait(30) == 1
     err = g.stderr().strip()

@@ -2,7 +2,7 @@
 import mmap
 import os
 
-from ._ioctl import ffi, lib, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
+from ._ioctl import ffi, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
 from .lists import cpuid_entries, get_msrs, set_msrs
 
 

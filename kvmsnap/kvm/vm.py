@@ -1,7 +1,7 @@
 """``Vm``: a VM file descriptor, created by ``Kvm.create_vm``."""
 import os
 
-from ._ioctl import ffi, lib, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
+from ._ioctl import ffi, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
 from .vcpu import Vcpu
 
 
