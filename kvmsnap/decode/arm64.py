@@ -160,7 +160,7 @@ def sve(desc: bytes) -> dict:
                 format="SVE" if h.flags & 1 else "FPSIMD")
 
 
-def arm_note(name: str, desc: bytes) -> dict:
+def arm_note(desc: bytes, name: str) -> dict:
     """One NT_ARM_* note decoded (``name`` is its type name)."""
     if name == "NT_ARM_TLS":
         values = _u64(desc, name, min(2, max(1, len(desc) // 8)))
