@@ -171,11 +171,13 @@ def test_foreign_aarch64_core(tmp_path):
     path = tmp_path / "arm.core"
     path.write_bytes(make_foreign(machine=elf.EM_AARCH64,
                                   notes=[("CORE", N.NT_PRSTATUS, bytes(desc)),
-                                         ("LINUX", 0x405, bytes(8))]))
+                                         ("LINUX", 0x405, struct.pack("<IIHHHH", 528, 8720,
+                                                                      16, 256, 0, 0))]))
     s = summarize(path)
     assert s["arch"] == "aarch64"
     assert s["vcpus"][0]["pid"] == 42 and s["vcpus"][0]["regs"]["pc"] == 32
     assert s["notes"][1]["type_name"] == "NT_ARM_SVE"
+    assert s["vcpus"][0]["sections"]["arm"]["NT_ARM_SVE"]["vl"] == 16
 
 
 def test_foreign_segment_beyond_eof_is_reported(tmp_path):

@@ -7,21 +7,12 @@ import struct
 import subprocess
 import time
 
-import pytest
-
 from conftest import kvmsnap_cmd, run_kvmsnap
 from kvmsnap import notes as N
 from kvmsnap.formats import arm64, elf
 from kvmsnap.inspect import summarize
-from test_corefile import RIP, make_state, write
-from test_inspect import make_foreign
-
-
-@pytest.fixture
-def core_path(tmp_path):
-    path = tmp_path / "vm.core"
-    write(make_state(), path)
-    return path
+from test_corefile import RIP
+from test_inspect import core_path, make_foreign  # noqa: F401  (core_path: a fixture)
 
 
 def test_kvmsnap_sections(core_path):

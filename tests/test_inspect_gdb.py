@@ -6,9 +6,7 @@ import json
 import pytest
 
 import dumptools
-from conftest import needs_kvm, run_kvmsnap
-
-CORES = {}
+from conftest import KVM, run_kvmsnap
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +85,8 @@ KINDS = ["kvmsnap-smp", "kvmsnap-fpu", "qemu-x86-paging-off", "qemu-x86-paging-o
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_gdb_register_matches_inspect(kind, cores):
-    if kind.startswith(("kvmsnap", "qemu-x86")) and not needs_kvm.args[0] is False:
-        pass
-    if kind.startswith(("kvmsnap", "qemu-x86")):
-        from conftest import KVM
-        if not KVM:
-            pytest.skip("needs /dev/kvm")
+    if kind.startswith(("kvmsnap", "qemu-x86")) and not KVM:
+        pytest.skip("needs /dev/kvm")
     core = core_of(kind, cores)
     summary = inspect_json(core)
     by_pid = {v["pid"]: v for v in summary["vcpus"]}

@@ -4,32 +4,15 @@
 ``arch/arm64/include/uapi/asm/ptrace.h`` (QEMU's ``target/arm/arch_dump.c`` writes the same).
 ``KVM_REG_*`` is the one-reg id encoding of ``arch/arm64/include/uapi/asm/kvm.h``.
 """
-from construct import Array, Bytes, Int16ul, Int32sl, Int32ul, Int64ul, Padding, Struct
+from construct import Array, Bytes, Int16ul, Int32ul, Int64ul, Struct
 
-from kvmsnap.formats.x86 import elf_siginfo, timeval
+from kvmsnap.formats.x86 import linux_elf_prstatus
 
 # struct user_pt_regs: x0..x30, sp, pc, pstate
 USER_PT_REGS = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
 user_pt_regs = Struct(*[name / Int64ul for name in USER_PT_REGS])
 
-elf_prstatus = Struct(
-    "pr_info" / elf_siginfo,
-    "pr_cursig" / Int16ul,
-    Padding(2),
-    "pr_sigpend" / Int64ul,
-    "pr_sighold" / Int64ul,
-    "pr_pid" / Int32sl,
-    "pr_ppid" / Int32sl,
-    "pr_pgrp" / Int32sl,
-    "pr_sid" / Int32sl,
-    "pr_utime" / timeval,
-    "pr_stime" / timeval,
-    "pr_cutime" / timeval,
-    "pr_cstime" / timeval,
-    "pr_reg" / user_pt_regs,
-    "pr_fpvalid" / Int32sl,
-    Padding(4),
-)
+elf_prstatus = linux_elf_prstatus(user_pt_regs)
 
 # struct user_fpsimd_state (NT_PRFPREG): 32 128-bit V registers, FPSR, FPCR.
 user_fpsimd_state = Struct(

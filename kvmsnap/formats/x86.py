@@ -190,24 +190,29 @@ user_regs_struct = Struct(*[name / Int64ul for name in USER_REGS])
 elf_siginfo = Struct("si_signo" / Int32sl, "si_code" / Int32sl, "si_errno" / Int32sl)
 timeval = Struct("tv_sec" / Int64sl, "tv_usec" / Int64sl)
 
-elf_prstatus = Struct(
-    "pr_info" / elf_siginfo,
-    "pr_cursig" / Int16ul,
-    Padding(2),                   # alignment of pr_sigpend
-    "pr_sigpend" / Int64ul,
-    "pr_sighold" / Int64ul,
-    "pr_pid" / Int32sl,
-    "pr_ppid" / Int32sl,
-    "pr_pgrp" / Int32sl,
-    "pr_sid" / Int32sl,
-    "pr_utime" / timeval,
-    "pr_stime" / timeval,
-    "pr_cutime" / timeval,
-    "pr_cstime" / timeval,
-    "pr_reg" / user_regs_struct,
-    "pr_fpvalid" / Int32sl,
-    Padding(4),                   # sizeof is a multiple of 8
-)
+def linux_elf_prstatus(pr_reg):
+    """The 64-bit Linux ``struct elf_prstatus`` around an architecture's ``pr_reg``."""
+    return Struct(
+        "pr_info" / elf_siginfo,
+        "pr_cursig" / Int16ul,
+        Padding(2),                   # alignment of pr_sigpend
+        "pr_sigpend" / Int64ul,
+        "pr_sighold" / Int64ul,
+        "pr_pid" / Int32sl,
+        "pr_ppid" / Int32sl,
+        "pr_pgrp" / Int32sl,
+        "pr_sid" / Int32sl,
+        "pr_utime" / timeval,
+        "pr_stime" / timeval,
+        "pr_cutime" / timeval,
+        "pr_cstime" / timeval,
+        "pr_reg" / pr_reg,
+        "pr_fpvalid" / Int32sl,
+        Padding(4),                   # sizeof is a multiple of 8
+    )
+
+
+elf_prstatus = linux_elf_prstatus(user_regs_struct)
 
 # struct user_i387_struct / user_fpregs_struct: the FXSAVE image.
 user_fpregs_struct = Struct(
