@@ -89,3 +89,101 @@ def report(title: str, rows: list[dict], out_name: str) -> None:
 
 def kvmsnap_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "kvmsnap", *map(str, args)]
+
+
+# --- helpers for the save/restore benchmarks ---------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def parse_size(text: str) -> int:
+    """256M, 1G, 4GiB, 1073741824 → bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    return int(t[:len(t) - len(unit)]) * units[unit]
+
+
+def size_label(n: int) -> str:
+    return f"{n >> 30}G" if n % (1 << 30) == 0 else f"{n >> 20}M"
+
+
+def file_sizes(path: str) -> tuple[int, int]:
+    """(apparent size, bytes allocated on disk) of a file."""
+    st = os.stat(path)
+    return st.st_size, st.st_blocks * 512
+
+
+def fsync_path(path: str) -> float:
+    """fsync an existing file; returns the seconds it took."""
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def complete_lines(path: str) -> list[str]:
+    """The newline-terminated lines of a (console) file so far."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return data.decode(errors="replace").split("\n")[:-1]
+
+
+def wait_until(predicate, timeout: float, what: str, proc=None, interval: float = 0.002):
+    """Poll ``predicate()`` until it returns something true; returns that. Fails after ``timeout`` s, or
+    at once when ``proc`` (a Popen) has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process ended (exit {proc.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_console_line(path: str, needle: str, timeout: float, proc=None, after: int = 0) -> int:
+    """Wait for a complete console line containing ``needle`` at index >= ``after``; returns its index."""
+    def find():
+        lines = complete_lines(path)
+        for i in range(after, len(lines)):
+            if needle in lines[i]:
+                return i + 1          # +1 so that index 0 is "true"
+        return 0
+    return wait_until(find, timeout, f"{needle!r} on {path}", proc) - 1
+
+
+def stop_process(proc, grace: float = 10.0) -> None:
+    """End a child process for sure: wait ``grace`` s for it to end on its own, then SIGKILL."""
+    if proc is None or proc.returncode is not None:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def kill_process(proc) -> None:
+    """SIGKILL a child process (if still there) and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that every ``finally`` (killing guests, removing files) runs."""
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")

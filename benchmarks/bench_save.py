@@ -1,0 +1,188 @@
+"""Save benchmark against QEMU on the same guests, same memory, same machine, one run:
+save time, guest paused time, and core size (apparent and on disk) of `kvmsnap save` against
+QEMU's `dump-guest-memory` with paging off and on, for `counter` and `memtest`.
+
+    python3 benchmarks/bench_save.py [--sizes 256M,1G,4G] [--guests counter,memtest] [--runs 3] [--dir DIR]
+
+kvmsnap: `kvmsnap run GUEST --mem SIZE --control SOCK --console FILE`, wait until the guest is going
+(`tick 1` for counter; `memtest round 0 ok` for memtest, so all of its RAM has been written), then
+`kvmsnap save --control SOCK OUT --json` (guest resumed afterwards) N times. save_ms and paused_ms are
+the VMM's own `wall_ms` and `paused_ms` from the JSON reply; cli_ms is the wall time of the whole
+`kvmsnap save` process (Python start-up and the control round trip included). kvmsnap fsyncs the core
+before it answers.
+
+QEMU: the same image booted with `-kernel` (PVH) and the same `-m`, the same readiness line, then QMP
+`dump-guest-memory` (synchronous, `protocol: file:OUT`) with `paging: false` and `paging: true`, in
+alternating order. QEMU keeps the guest stopped for the whole command, so save_ms = paused_ms = wall time
+of the QMP command. QEMU does not fsync the dump: fsync_ms is the time of an fsync issued by this script
+right after the command returned (not part of save_ms; it also keeps one run's dirty pages from slowing
+the next).
+
+Sizes are os.stat of the written file: apparent = st_size, on_disk = st_blocks * 512. Every core is
+deleted right after it is measured. Values are medians over the runs. Results: benchmarks/results/save.json.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import (MiB, QEMU, Qmp, exit_on_sigterm, file_sizes, fsync_path, kill_process, kvmsnap_cmd, median,
+                    parse_size, qemu_cmd, ratio, report, size_label, stop_process, wait_console_line, wait_until)
+
+from kvmsnap import control
+from kvmsnap.samples import SAMPLES
+
+READY = {"counter": "tick 1", "memtest": "memtest round 0 ok"}
+
+
+def ready_timeout(mem: int) -> float:
+    return 60 + 30 * (mem >> 30)          # memtest round 0 at 4 GiB takes ~10-20 s here
+
+
+def bench_kvmsnap(guest: str, mem: int, runs: int, work: str) -> dict:
+    tag = f"k-{guest}-{size_label(mem)}"
+    sock, console, core = (os.path.join(work, f"{tag}.{ext}") for ext in ("sock", "console", "core"))
+    proc = subprocess.Popen(kvmsnap_cmd("run", guest, "--mem", mem, "--control", sock, "--console", console),
+                            stdout=subprocess.DEVNULL)
+    samples = []
+    try:
+        wait_console_line(console, READY[guest], ready_timeout(mem), proc)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            out = subprocess.run(kvmsnap_cmd("save", "--control", sock, core, "--json"),
+                                 capture_output=True, text=True)
+            cli_ms = (time.perf_counter() - t0) * 1000
+            if out.returncode != 0:
+                raise RuntimeError(f"kvmsnap save failed ({out.returncode}): {out.stderr.strip()}")
+            reply = json.loads(out.stdout)
+            apparent, on_disk = file_sizes(core)
+            os.unlink(core)
+            if (apparent, on_disk) != (reply["apparent_size"], reply["size_on_disk"]):
+                print(f"  note: {tag}: os.stat says {apparent}/{on_disk} bytes, the reply said "
+                      f"{reply['apparent_size']}/{reply['size_on_disk']}", file=sys.stderr)
+            samples.append({"save_ms": reply["wall_ms"], "paused_ms": reply["paused_ms"], "cli_ms": cli_ms,
+                            "apparent": apparent, "on_disk": on_disk, "fsync_ms": 0.0})
+            time.sleep(0.2)
+        control.request(sock, "quit", timeout=60)
+        stop_process(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kvmsnap run exited {proc.returncode}")
+    finally:
+        kill_process(proc)
+        if os.path.exists(core):
+            os.unlink(core)
+    return {"kvmsnap": samples}
+
+
+def bench_qemu(guest: str, mem: int, runs: int, work: str) -> dict:
+    tag = f"q-{guest}-{size_label(mem)}"
+    sock, console, core, err = (os.path.join(work, f"{tag}.{ext}") for ext in ("sock", "console", "core", "stderr"))
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen(qemu_cmd("-kernel", SAMPLES[guest].path, "-serial", f"file:{console}",
+                                         "-qmp", f"unix:{sock},server=on,wait=off", mem=f"{mem >> 20}M"),
+                                stdout=subprocess.DEVNULL, stderr=errf)
+    samples = {"qemu paging=off": [], "qemu paging=on": []}
+    try:
+        wait_until(lambda: os.path.exists(sock), 30, "QMP socket", proc)
+        qmp = Qmp(sock)
+        wait_console_line(console, READY[guest], ready_timeout(mem), proc)
+        for i in range(runs):
+            for paging in ((False, True) if i % 2 == 0 else (True, False)):
+                t0 = time.perf_counter()
+                qmp.cmd("dump-guest-memory", paging=paging, protocol=f"file:{core}")
+                ms = (time.perf_counter() - t0) * 1000
+                fsync_ms = fsync_path(core) * 1000
+                apparent, on_disk = file_sizes(core)
+                os.unlink(core)
+                samples["qemu paging=on" if paging else "qemu paging=off"].append(
+                    {"save_ms": ms, "paused_ms": ms, "cli_ms": None, "apparent": apparent,
+                     "on_disk": on_disk, "fsync_ms": fsync_ms})
+                time.sleep(0.2)
+        if qmp.cmd("query-status").get("status") != "running":
+            raise RuntimeError("QEMU's guest is not running after the dumps")
+        try:
+            qmp.cmd("quit")
+        except (OSError, ValueError):
+            pass                            # the reply may be lost when QEMU closes the socket
+        stop_process(proc)
+    except BaseException:
+        try:
+            with open(err) as f:
+                print(f"  QEMU stderr: {f.read().strip()}", file=sys.stderr)
+        except OSError:
+            pass
+        raise
+    finally:
+        kill_process(proc)
+        if os.path.exists(core):
+            os.unlink(core)
+    return samples
+
+
+def summarise(guest: str, mem: int, per_vmm: dict) -> list[dict]:
+    rows = []
+    for vmm, samples in per_vmm.items():
+        rows.append({"guest": guest, "mem": size_label(mem), "vmm": vmm,
+                     "save_ms": median([s["save_ms"] for s in samples]),
+                     "paused_ms": median([s["paused_ms"] for s in samples]),
+                     "apparent_MiB": median([s["apparent"] for s in samples]) / MiB,
+                     "on_disk_MiB": median([s["on_disk"] for s in samples]) / MiB,
+                     "cli_ms": median([s["cli_ms"] for s in samples]) if samples[0]["cli_ms"] is not None else None,
+                     "fsync_ms": median([s["fsync_ms"] for s in samples]),
+                     "runs": len(samples)})
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    out = []
+    for k in (r for r in rows if r["vmm"] == "kvmsnap"):
+        for q in (r for r in rows if r["vmm"].startswith("qemu") and (r["guest"], r["mem"]) == (k["guest"], k["mem"])):
+            out.append({"guest": k["guest"], "mem": k["mem"], "kvmsnap/": q["vmm"],
+                        "save": ratio(k["save_ms"], q["save_ms"]),
+                        "paused": ratio(k["paused_ms"], q["paused_ms"]),
+                        "apparent": ratio(k["apparent_MiB"], q["apparent_MiB"]),
+                        "on_disk": ratio(k["on_disk_MiB"], q["on_disk_MiB"])})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256M,1G,4G", help="guest RAM sizes, comma-separated [%(default)s]")
+    ap.add_argument("--guests", default="counter,memtest", help="sample guests, comma-separated [%(default)s]")
+    ap.add_argument("--runs", type=int, default=3, help="saves per VMM, guest and size [%(default)s]")
+    ap.add_argument("--dir", help="where cores are written (and deleted) [a new directory under $TMPDIR]")
+    ap.add_argument("--no-qemu", action="store_true", help="kvmsnap only")
+    args = ap.parse_args()
+    exit_on_sigterm()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    guests = args.guests.split(",")
+    for g in guests:
+        if g not in READY:
+            ap.error(f"--guests: {g!r} is not one of {', '.join(READY)}")
+    use_qemu = bool(QEMU) and not args.no_qemu
+    if not use_qemu:
+        print("QEMU not used (not found, or --no-qemu): no ratios", file=sys.stderr)
+    work = tempfile.mkdtemp(prefix="kvmsnap-bench-save-", dir=args.dir)
+    rows = []
+    started = time.monotonic()
+    try:
+        for guest in guests:
+            for mem in sizes:
+                print(f"-- {guest} {size_label(mem)}", file=sys.stderr, flush=True)
+                per_vmm = bench_kvmsnap(guest, mem, args.runs, work)
+                if use_qemu:
+                    per_vmm.update(bench_qemu(guest, mem, args.runs, work))
+                rows += summarise(guest, mem, per_vmm)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(f"save (median of {args.runs} runs; total {time.monotonic() - started:.0f} s)", rows, "save.json")
+    if use_qemu:
+        report("ratios kvmsnap / QEMU (below 1: kvmsnap is faster or smaller)", ratios(rows), "save-ratios.json")
+
+
+if __name__ == "__main__":
+    main()
