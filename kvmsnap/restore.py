@@ -31,7 +31,7 @@ from .kvm import Kvm, KvmError, MsrError
 from .kvm._kvm import lib
 from .msrnames import msr_name
 from .vmm import Machine
-from .vmm.memory import map_file_slots
+from .vmm.memory import load_file_slots, map_file_slots
 
 MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE = 0x10, 0x6E0
 #: MSRs whose value moves on by itself between setting and reading back (compared as "not less").
@@ -49,6 +49,7 @@ class Policy:
     """What to do instead of refusing (each default: refuse)."""
     allow_missing_msrs: bool = False       # drop MSRs this host's KVM does not list
     allow_missing_features: bool = False   # clear CPUID features this host lacks from the guest's table
+    eager_memory: bool = False             # read guest RAM now instead of mapping the core copy-on-write
     warnings: list[str] = field(default_factory=list)
 
 
@@ -121,7 +122,7 @@ def build_machine(core, console, policy: Policy) -> Machine:
         kvm.close()
     slots = [(slot, gpa, size, core.segment_for_region(slot).offset) for slot, gpa, size in core.memory_map]
     with open(core.path, "rb") as f:
-        memory = map_file_slots(f.fileno(), slots)
+        memory = (load_file_slots if policy.eager_memory else map_file_slots)(f.fileno(), slots)
     machine = Machine(core.config, console, memory=memory)
     try:
         restore_state(machine, core, plan)

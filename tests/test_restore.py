@@ -94,12 +94,13 @@ def _mask_volatile(key, desc: bytes) -> bytes:
     return bytes(d)
 
 
-def test_restore_then_save_again_gives_the_same_state(guest, tmp_path):
+@pytest.mark.parametrize("memory", ["lazy", "eager"])
+def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
     g = guest("timer", "--mem", "32M")
     g.wait_lines(3, r"^timer tick")
     first = tmp_path / "first.core"
     save_quit(g, first)
-    r = Restored(tmp_path, first, "--paused", console=tmp_path / "r.console")
+    r = Restored(tmp_path, first, "--paused", "--memory", memory, console=tmp_path / "r.console")
     second = tmp_path / "second.core"
     reply = r.request("save", path=str(second), quit=True)
     assert reply["path"] == str(second)

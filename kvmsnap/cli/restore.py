@@ -14,18 +14,23 @@ from .run import GuestFailed, open_console
               help="Where the guest's serial console goes (a file is appended to).")
 @click.option("--control", metavar="SOCKET", help="Serve the control protocol on this Unix socket (docs/control.md).")
 @click.option("--paused", is_flag=True, help="Restore, then wait with every vCPU paused (resume over --control).")
+@click.option("--memory", "memory_mode", type=click.Choice(["lazy", "eager"]), default="lazy", show_default=True,
+              help="lazy: map guest RAM copy-on-write from CORE (starts at once, each page is copied on "
+                   "first write); eager: read it all now (slower start, full speed afterwards).")
 @click.option("--allow-missing-msrs", is_flag=True,
               help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
 @click.option("--allow-missing-features", is_flag=True,
               help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
-def restore(core, console, control, paused, allow_missing_msrs, allow_missing_features):
+def restore(core, console, control, paused, memory_mode, allow_missing_msrs, allow_missing_features):
     """Restore the guest saved in CORE and run it on.
 
     The whole file is validated and checked against this host (vCPUs, CPUID features, XCR0 and
-    XSAVE size, MSRs) before anything is created; guest RAM is mapped copy-on-write from CORE,
-    which is never modified. Every register set is read back and compared after restoring.
+    XSAVE size, MSRs) before anything is created; guest RAM is mapped copy-on-write from CORE
+    (or read, with --memory eager), which is never modified. Every register set is read back
+    and compared after restoring.
     """
-    policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features)
+    policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
+                    eager_memory=memory_mode == "eager")
     with corefile.read_core(core) as saved:
         machine = build_machine(saved, open_console(console), policy)
     for warning in policy.warnings:
