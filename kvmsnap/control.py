@@ -42,7 +42,8 @@ class ControlServer:
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()     # waits for serve_forever, so only when it runs
         self._server.server_close()
         try:
             os.unlink(self.path)
@@ -81,15 +82,15 @@ class _Handler(socketserver.StreamRequestHandler):
             line = self.rfile.readline(MAX_REQUEST + 1)
             if not line:
                 return
-            if len(line) > MAX_REQUEST:
-                reply = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+            if len(line) > MAX_REQUEST:     # the rest of it would read as another request: hang up
+                self._send({"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
+                return
+            try:
+                request = json.loads(line)
+            except ValueError as e:
+                reply = {"ok": False, "error": f"not JSON: {e}"}
             else:
-                try:
-                    request = json.loads(line)
-                except ValueError as e:
-                    reply = {"ok": False, "error": f"not JSON: {e}"}
-                else:
-                    reply = self.server.control.dispatch(request, self._emit)
+                reply = self.server.control.dispatch(request, self._emit)
             self._send(reply)
 
     def _send(self, message: dict) -> None:

@@ -21,7 +21,6 @@ ignore the gap); EINVAL means the guest does not use kvmclock.
 """
 import errno
 import struct
-import sys
 from dataclasses import dataclass, field
 
 from . import corefile, cpuid
@@ -125,7 +124,7 @@ def build_machine(core, console, policy: Policy) -> Machine:
         memory = (load_file_slots if policy.eager_memory else map_file_slots)(f.fileno(), slots)
     machine = Machine(core.config, console, memory=memory)
     try:
-        restore_state(machine, core, plan)
+        restore_state(machine, core, plan, policy.warnings)
         machine.uart.load_state(UartState.parse(core.uart))
         restored = {i for i, _ in plan["msrs"][0]}
         machine.msr_indices = [i for i, _ in core.vcpus[0].msrs if i in restored]   # a later save keeps the order
@@ -135,7 +134,7 @@ def build_machine(core, console, policy: Policy) -> Machine:
         raise
 
 
-def restore_state(machine: Machine, core, plan: dict) -> None:
+def restore_state(machine: Machine, core, plan: dict, warnings: list[str]) -> None:
     """Every SET ioctl in the documented order, then a read-back check of each vCPU."""
     vm = machine.vm
     vm.set_pit2(core.pit)
@@ -144,7 +143,7 @@ def restore_state(machine: Machine, core, plan: dict) -> None:
         vm.set_irqchip(chip)
     problems = []
     for vcpu, saved, table, msrs in zip(machine.vcpus, core.vcpus, plan["cpuid"], plan["msrs"]):
-        _restore_vcpu(machine, vcpu, saved, table, msrs)
+        _restore_vcpu(machine, vcpu, saved, table, msrs, warnings)
     for vcpu, saved, msrs in zip(machine.vcpus, core.vcpus, plan["msrs"]):
         problems += verify_vcpu(machine, vcpu, saved, msrs)
     if problems:
@@ -163,13 +162,13 @@ def _clock_for_set(clock: bytes) -> bytes:
     return clock[:8] + bytes(len(clock) - 8)
 
 
-def _restore_vcpu(machine, vcpu, saved, table: bytes, msrs) -> None:
+def _restore_vcpu(machine, vcpu, saved, table: bytes, msrs, warnings: list[str]) -> None:
     if saved.tsc_khz and saved.tsc_khz != vcpu.get_tsc_khz():
         if machine.kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
             vcpu.set_tsc_khz(saved.tsc_khz)
         else:
-            print(f"kvmsnap: warning: vCPU {saved.index}: saved TSC runs at {saved.tsc_khz} kHz, this host's at "
-                  f"{vcpu.get_tsc_khz()} kHz and KVM cannot scale it", file=sys.stderr)
+            warnings.append(f"vCPU {saved.index}: the saved TSC ran at {saved.tsc_khz} kHz, this host's runs at "
+                            f"{vcpu.get_tsc_khz()} kHz and its KVM cannot scale it")
     vcpu.set_cpuid2(table)
     vcpu.set_mp_state(saved.mp_state)
     vcpu.set_regs(saved.regs)
@@ -198,7 +197,8 @@ def verify_vcpu(machine, vcpu, saved, msrs) -> list[str]:
               ("VCPU_EVENTS", vcpu.get_vcpu_events(), saved.events)]
     for name, got, want in checks:
         if got != want:
-            off = next(i for i in range(min(len(got), len(want))) if got[i] != want[i])
+            off = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
+                       min(len(got), len(want)))
             problems.append(f"vCPU {saved.index}: {name} reads back different from the core at byte {off}")
     lapic = vcpu.get_lapic()
     for reg in range(0, 0x400, 0x10):

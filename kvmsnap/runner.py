@@ -35,10 +35,18 @@ class GuestSession:
     """Runs one machine until the guest stops, ``quit`` arrives, or the user presses Ctrl-C."""
 
     def __init__(self, machine: Machine, control_path: str | None = None):
+        """Takes ownership of ``machine``: it is closed here if the control socket cannot be made."""
         self.machine = machine
         self.started = time.monotonic()
         self._quit = threading.Event()
-        self.control = ControlServer(control_path, self.handlers()) if control_path else None
+        # pause, resume and save change the run state; one at a time, so that a resume from one
+        # client cannot let the guest run while another client's save is reading it
+        self._run_state = threading.Lock()
+        try:
+            self.control = ControlServer(control_path, self.handlers()) if control_path else None
+        except BaseException:
+            machine.close()
+            raise
 
     @classmethod
     def boot(cls, guest: str, mem_size: int, vcpus: int | None, console, control_path=None,
@@ -49,10 +57,10 @@ class GuestSession:
         machine = Machine(config, console)
         try:
             machine.boot(image, name, flat_addr if flat_addr is not None else sample_flat)
-            return cls(machine, control_path)
         except BaseException:
             machine.close()
             raise
+        return cls(machine, control_path)
 
     def handlers(self) -> dict:
         """Control commands (docs/control.md)."""
@@ -66,10 +74,12 @@ class GuestSession:
                 "uptime_s": round(time.monotonic() - self.started, 3), "pid": os.getpid()}
 
     def _pause(self, _req, _emit) -> dict:
-        return {"paused_ms": round(self.machine.pause() * 1000, 3)}
+        with self._run_state:
+            return {"paused_ms": round(self.machine.pause() * 1000, 3)}
 
     def _resume(self, _req, _emit) -> dict:
-        self.machine.resume()
+        with self._run_state:
+            self.machine.resume()
         return {}
 
     def _do_quit(self, _req, _emit) -> dict:
@@ -82,6 +92,10 @@ class GuestSession:
         path, quit_after = req.get("path"), bool(req.get("quit"))
         if not isinstance(path, str) or not os.path.isabs(path):
             raise InputError('save needs "path": an absolute file name')
+        with self._run_state:
+            return self._save_paused(path, quit_after, emit)
+
+    def _save_paused(self, path: str, quit_after: bool, emit) -> dict:
         t0 = time.perf_counter()
         last_emit = [0.0]
 
@@ -96,12 +110,11 @@ class GuestSession:
         t_paused = time.perf_counter()
         try:
             state = snapshot.capture(self.machine)
-            result = corefile.write_core(state, path, producer=f"kvmsnap {__version__}",
-                                         host_kernel=os.uname().release,
-                                         progress=progress)
-        except OSError as e:
-            self._after_save(was_paused, False)
-            raise KvmsnapError(f"cannot write {path}: {e.strerror or e}") from None
+            try:
+                result = corefile.write_core(state, path, producer=f"kvmsnap {__version__}",
+                                             host_kernel=os.uname().release, progress=progress)
+            except OSError as e:
+                raise KvmsnapError(f"cannot write {path}: {e.strerror or e}") from None
         except BaseException:
             self._after_save(was_paused, False)
             raise
@@ -121,11 +134,11 @@ class GuestSession:
 
     def run(self, paused: bool = False) -> str | None:
         """Run until the end; returns the error that stopped the guest, or None."""
-        self.machine.start(paused=paused)
-        if self.control:
-            self.control.start()
         old_term = signal.signal(signal.SIGTERM, lambda *_: self._quit.set())
         try:
+            self.machine.start(paused=paused)
+            if self.control:
+                self.control.start()
             while not self._quit.is_set() and not self.machine.wait(0.1):
                 pass
         finally:

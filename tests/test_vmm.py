@@ -13,7 +13,7 @@ def test_pause_stops_console_and_resume_continues_with_next_line(guest):
     g = guest("counter", "--mem", "32M")
     g.wait_lines(3)
     reply = g.request("pause")
-    assert reply["paused_ms"] >= 0
+    assert 0 < reply["paused_ms"] < 1000
     frozen = g.lines()
     time.sleep(0.5)                       # ~15 ticks' worth of time
     assert g.lines() == frozen, "console advanced while paused"
@@ -96,3 +96,35 @@ def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
     err = g.stderr().strip()
     assert len(err.splitlines()) == 1, err
     assert "instruction emulation failed at RIP 0x100000" in err and "c5 fe 6f 04 25" in err, err
+
+
+def test_oversized_request_gets_one_reply_and_the_connection_closes(guest):
+    g = guest("counter", "--mem", "32M")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(g.sock)
+        s.sendall(b'{"cmd": "status", "pad": "' + b"x" * (70 * 1024) + b'"}\n')
+        f = s.makefile("rb")
+        assert b"longer than 65536" in f.readline()
+        assert f.readline() == b""              # closed: no second reply from the rest of the line
+    assert g.request("status")["state"] == "running"
+    assert g.quit() == 0
+
+
+def test_resume_waits_for_a_save_in_progress(guest, tmp_path):
+    """A resume from a second client during a save must not let the guest run while it is saved."""
+    import threading
+    g = guest("memtest", "--mem", "1G")
+    g.wait_lines(1, r"^memtest round 0 ok", timeout=120)
+    out = {}
+    saver = threading.Thread(target=lambda: out.update(g.request("save", path=str(tmp_path / "m.core"))))
+    saver.start()
+    deadline = time.monotonic() + 10
+    while g.request("status")["state"] != "paused":   # the save has paused the guest
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    g.request("resume")                               # blocks until the save has finished
+    assert not saver.is_alive() or out, "resume returned while the save was still writing"
+    saver.join(60)
+    assert out["paused_ms"] > 0
+    assert g.request("status")["state"] == "running"
+    assert g.quit() == 0

@@ -31,11 +31,11 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
     """
     policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
                     eager_memory=memory_mode == "eager")
-    with corefile.read_core(core) as saved:
-        machine = build_machine(saved, open_console(console), policy)
-    for warning in policy.warnings:
-        click.echo(f"kvmsnap: warning: {warning}", err=True)
-    session = GuestSession(machine, control)
-    error = session.run(paused=paused)
+    with open_console(console) as sink:
+        with corefile.read_core(core) as saved:
+            machine = build_machine(saved, sink, policy)
+        for warning in policy.warnings:
+            click.echo(f"kvmsnap: warning: {warning}", err=True)
+        error = GuestSession(machine, control).run(paused=paused)
     if error:
         raise GuestFailed(error)

@@ -1,4 +1,5 @@
 """``kvmsnap run``: start a guest in the embedded VMM."""
+import contextlib
 import sys
 
 import click
@@ -11,9 +12,9 @@ from .params import Address, Size
 
 
 def open_console(console: str):
-    """stdout, or a file the console is appended to."""
+    """A context giving stdout, or a file the console is appended to (closed at the end)."""
     if console == "stdio":
-        return sys.stdout.buffer
+        return contextlib.nullcontext(sys.stdout.buffer)
     try:
         return open(console, "ab")
     except OSError as e:
@@ -36,8 +37,9 @@ def run(guest, mem_size, cpus, console, control, load_addr, paused):
     started in 16-bit real mode at --load-addr. Ends when the guest stops, on `quit` over
     --control, on SIGTERM, or on Ctrl-C.
     """
-    session = GuestSession.boot(guest, mem_size, cpus, open_console(console), control, load_addr)
-    error = session.run(paused=paused)
+    with open_console(console) as sink:
+        session = GuestSession.boot(guest, mem_size, cpus, sink, control, load_addr)
+        error = session.run(paused=paused)
     if error:
         raise GuestFailed(error)
 

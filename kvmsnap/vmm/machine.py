@@ -34,30 +34,16 @@ class Machine:
         if config.mem_size < MIN_MEM or config.mem_size % 4096:
             raise InputError(f"--mem {config.mem_size}: guest RAM must be a multiple of 4 KiB and at least 2 MiB")
         self.config = config
-        self.kvm = Kvm()
-        for cap in ("KVM_CAP_IRQCHIP", "KVM_CAP_PIT2", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_XSAVE",
-                    "KVM_CAP_XCRS", "KVM_CAP_VCPU_EVENTS", "KVM_CAP_DEBUGREGS", "KVM_CAP_MP_STATE"):
-            if not self.kvm.check_extension(getattr(lib, cap)):
-                raise MachineError(f"this host's KVM lacks {cap}, which kvmsnap needs")
-        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or 4  # "Default to 4" (api.rst)
-        if not 1 <= config.vcpus <= max_vcpus:
-            raise InputError(f"--cpus {config.vcpus}: this host's KVM allows 1 to {max_vcpus} vCPUs")
-        self.vm = self.kvm.create_vm()
-        self.vm.set_tss_addr(TSS_ADDR)
-        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
-        self.vm.create_irqchip()
-        self.vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
-        self.memory = memory or GuestMemory.anonymous(config.mem_size)
+        self.vm = None
+        self.vcpus = []
         self._host_views = []
-        for region in self.memory.regions:
-            view = ffi.from_buffer(region.buffer)
-            self._host_views.append(view)
-            self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
-                                           int(ffi.cast("uintptr_t", view)))
-        self.sregs2 = bool(self.kvm.check_extension(lib.KVM_CAP_SREGS2))
-        self.xsave_size = max(self.vm.check_extension(lib.KVM_CAP_XSAVE2), 4096)
-        self.supported_cpuid = self.kvm.get_supported_cpuid()
-        self.vcpus = [self.vm.create_vcpu(i) for i in range(config.vcpus)]
+        self.memory = memory
+        self.kvm = Kvm()
+        try:
+            self._build(memory)
+        except BaseException:
+            self.close()
+            raise
         self.uart = Uart(console, raise_irq=self._pulse_irq)
         self._exits = ExitHandler(self)
         self._cond = threading.Condition()
@@ -68,6 +54,32 @@ class Machine:
         self.error: str | None = None       # why the guest stopped, when it failed
         self.msr_indices: list[int] | None = None   # MSRs saved in a snapshot, found on first capture
         lib.kvmsnap_install_kick_handler(KICK_SIGNAL)
+
+    def _build(self, memory: GuestMemory | None) -> None:
+        """The VM, its in-kernel devices, RAM slots and vCPUs."""
+        for cap in ("KVM_CAP_IRQCHIP", "KVM_CAP_PIT2", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_XSAVE",
+                    "KVM_CAP_XCRS", "KVM_CAP_VCPU_EVENTS", "KVM_CAP_DEBUGREGS", "KVM_CAP_MP_STATE"):
+            if not self.kvm.check_extension(getattr(lib, cap)):
+                raise MachineError(f"this host's KVM lacks {cap}, which kvmsnap needs")
+        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or 4  # "Default to 4" (api.rst)
+        if not 1 <= self.config.vcpus <= max_vcpus:
+            raise InputError(f"--cpus {self.config.vcpus}: this host's KVM allows 1 to {max_vcpus} vCPUs")
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(TSS_ADDR)
+        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+        self.memory = memory or GuestMemory.anonymous(self.config.mem_size)
+        for region in self.memory.regions:
+            view = ffi.from_buffer(region.buffer)
+            self._host_views.append(view)
+            self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
+                                           int(ffi.cast("uintptr_t", view)))
+        self.sregs2 = bool(self.kvm.check_extension(lib.KVM_CAP_SREGS2))
+        self.xsave_size = max(self.vm.check_extension(lib.KVM_CAP_XSAVE2), 4096)
+        self.supported_cpuid = self.kvm.get_supported_cpuid()
+        for i in range(self.config.vcpus):
+            self.vcpus.append(self.vm.create_vcpu(i))
 
     # --- building -------------------------------------------------------------------------------
     def boot(self, image: bytes, name: str, flat_addr: int | None = None) -> None:
@@ -223,8 +235,16 @@ class Machine:
         return done
 
     def close(self) -> None:
-        """Release every file descriptor (after ``stop``)."""
+        """Release every file descriptor and the guest RAM (after ``stop``); safe on a machine
+        whose construction failed part-way."""
         for vcpu in self.vcpus:
             vcpu.close()
-        self.vm.close()
+        if self.vm is not None:
+            self.vm.close()
         self.kvm.close()
+        self._host_views = []
+        for region in self.memory.regions if self.memory else []:
+            try:
+                region.buffer.close()
+            except BufferError:
+                pass                    # a view is still alive (a caller's); the mapping goes with it

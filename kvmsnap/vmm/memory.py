@@ -9,7 +9,6 @@ from ..state import MemoryRegion
 #: RAM below the hole ends here at the latest; the rest of RAM starts at 4 GiB.
 LOW_RAM_TOP = 3 << 30
 HIGH_RAM_BASE = 4 << 30
-PAGE = 4096
 
 
 def layout(mem_size: int) -> list[tuple[int, int]]:
