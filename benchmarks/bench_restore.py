@@ -32,23 +32,20 @@ Timing a restore (clock starts just before the process is spawned; every run a n
 Values are medians over the runs; files are in the page cache (just written). Results:
 benchmarks/results/restore.json.
 """
-import argparse
+import functools
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-from common import (QEMU, MiB, Qmp, complete_lines, exit_on_sigterm, file_sizes, kill_process, kvmsnap_cmd, median,
-                    parse_size, qemu_cmd, ratio, report, size_label, stop_process, wait_console_line, wait_until)
+from common import (READY, MiB, Qmp, complete_lines, file_sizes, kill_process, kvmsnap_cmd, median, qemu_cmd,
+                    ratio, report, size_label, stop_process, sweep, sweep_arguments, wait_console_line, wait_until)
 
 from kvmsnap import control
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.samples import SAMPLES
 
-READY = {"counter": "tick 1", "memtest": "memtest round 0 ok"}
 LINE = {"counter": "tick ", "memtest": "memtest round "}
 QEMU_MIGRATION = ("-global", "migration.store-global-state=off")
 
@@ -127,12 +124,12 @@ def kvmsnap_status_running(sock: str):
         return False
 
 
-def time_kvmsnap_restore(core: str, guest: str, mem: int, work: str) -> dict:
+def time_kvmsnap_restore(core: str, guest: str, mem: int, work: str, memory: str = "lazy") -> dict:
     sock, console = os.path.join(work, "kr.sock"), os.path.join(work, "kr.console")
     open(console, "wb").close()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--console", console, "--control", sock),
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--memory", memory, "--console", console,
+                                        "--control", sock), stdout=subprocess.DEVNULL)
     watch = LineWatch(console, t0)
     watch.start()
     try:
@@ -235,66 +232,45 @@ def time_qemu_restore(mig: str, guest: str, mem: int, work: str) -> dict:
 # --- driver ------------------------------------------------------------------------------------------
 def bench(guest: str, mem: int, runs: int, work: str, use_qemu: bool) -> list[dict]:
     rows = []
-    peers = [("kvmsnap", make_kvmsnap_core, time_kvmsnap_restore)]
+    peers = [(make_kvmsnap_core, [("kvmsnap lazy", functools.partial(time_kvmsnap_restore, memory="lazy")),
+                                  ("kvmsnap eager", functools.partial(time_kvmsnap_restore, memory="eager"))])]
     if use_qemu:
-        peers.append(("qemu -incoming", make_qemu_migration, time_qemu_restore))
-    for vmm, make, restore in peers:
+        peers.append((make_qemu_migration, [("qemu -incoming", time_qemu_restore)]))
+    for make, restorers in peers:
         path, line_ms = make(guest, mem, work)
         try:
             apparent, on_disk = file_sizes(path)
-            samples = [restore(path, guest, mem, work) for _ in range(runs)]
+            for vmm, restore in restorers:
+                samples = [restore(path, guest, mem, work) for _ in range(runs)]
+                rows.append({"guest": guest, "mem": size_label(mem), "vmm": vmm,
+                             "first_instr_ms": median([s["first_instr_ms"] for s in samples]),
+                             "next_line_ms": median([s["next_line_ms"] for s in samples]),
+                             "line_ms": line_ms,
+                             "file_MiB": apparent / MiB, "on_disk_MiB": on_disk / MiB, "runs": len(samples)})
         finally:
             os.unlink(path)
-        rows.append({"guest": guest, "mem": size_label(mem), "vmm": vmm,
-                     "first_instr_ms": median([s["first_instr_ms"] for s in samples]),
-                     "next_line_ms": median([s["next_line_ms"] for s in samples]),
-                     "line_ms": line_ms,
-                     "file_MiB": apparent / MiB, "on_disk_MiB": on_disk / MiB, "runs": len(samples)})
     return rows
 
 
 def ratios(rows: list[dict]) -> list[dict]:
     out = []
-    for k in (r for r in rows if r["vmm"] == "kvmsnap"):
+    for k in (r for r in rows if r["vmm"].startswith("kvmsnap")):
         for q in (r for r in rows if r["vmm"].startswith("qemu") and (r["guest"], r["mem"]) == (k["guest"], k["mem"])):
-            out.append({"guest": k["guest"], "mem": k["mem"],
+            out.append({"guest": k["guest"], "mem": k["mem"], "kvmsnap": k["vmm"].split()[1],
                         "first_instr": ratio(k["first_instr_ms"], q["first_instr_ms"]),
                         "next_line": ratio(k["next_line_ms"], q["next_line_ms"])})
     return out
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="256M,1G,4G", help="guest RAM sizes, comma-separated [%(default)s]")
-    ap.add_argument("--guests", default="counter,memtest", help="sample guests, comma-separated [%(default)s]")
-    ap.add_argument("--runs", type=int, default=3, help="restores per VMM, guest and size [%(default)s]")
-    ap.add_argument("--dir", help="where cores and migration files go (deleted) [a new directory under $TMPDIR]")
-    ap.add_argument("--no-qemu", action="store_true", help="kvmsnap only")
-    args = ap.parse_args()
-    exit_on_sigterm()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    guests = args.guests.split(",")
-    for g in guests:
-        if g not in READY:
-            ap.error(f"--guests: {g!r} is not one of {', '.join(READY)}")
-    use_qemu = bool(QEMU) and not args.no_qemu
-    if not use_qemu:
-        print("QEMU not used (not found, or --no-qemu): no ratios", file=sys.stderr)
-    work = tempfile.mkdtemp(prefix="kvmsnap-bench-restore-", dir=args.dir)
-    rows = []
-    started = time.monotonic()
-    try:
-        for guest in guests:
-            for mem in sizes:
-                print(f"-- {guest} {size_label(mem)}", file=sys.stderr, flush=True)
-                rows += bench(guest, mem, args.runs, work, use_qemu)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report(f"restore (median of {args.runs} runs; total {time.monotonic() - started:.0f} s; "
+    args, guests, sizes, use_qemu = sweep_arguments(__doc__, "restores", "where cores and migration files go "
+                                                    "(deleted) [a new directory under $TMPDIR]")
+    rows, seconds = sweep("kvmsnap-bench-restore-", args.dir, guests, sizes,
+                          lambda guest, mem, work: bench(guest, mem, args.runs, work, use_qemu))
+    report(f"restore (median of {args.runs} runs; total {seconds:.0f} s; "
            "first_instr_ms is a proxy, see --help)", rows, "restore.json")
     if use_qemu:
         report("ratios kvmsnap / QEMU (below 1: kvmsnap is faster)", ratios(rows), "restore-ratios.json")
-
 
 if __name__ == "__main__":
     main()

@@ -21,22 +21,18 @@ the next).
 Sizes are os.stat of the written file: apparent = st_size, on_disk = st_blocks * 512. Every core is
 deleted right after it is measured. Values are medians over the runs. Results: benchmarks/results/save.json.
 """
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from common import (MiB, QEMU, Qmp, exit_on_sigterm, file_sizes, fsync_path, kill_process, kvmsnap_cmd, median,
-                    parse_size, qemu_cmd, ratio, report, size_label, stop_process, wait_console_line, wait_until)
+from common import (READY, MiB, Qmp, file_sizes, fsync_path, kill_process, kvmsnap_cmd, median, qemu_cmd, ratio,
+                    report, size_label, stop_process, sweep, sweep_arguments, wait_console_line, wait_until)
 
 from kvmsnap import control
 from kvmsnap.samples import SAMPLES
 
-READY = {"counter": "tick 1", "memtest": "memtest round 0 ok"}
 
 
 def ready_timeout(mem: int) -> float:
@@ -150,39 +146,18 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="256M,1G,4G", help="guest RAM sizes, comma-separated [%(default)s]")
-    ap.add_argument("--guests", default="counter,memtest", help="sample guests, comma-separated [%(default)s]")
-    ap.add_argument("--runs", type=int, default=3, help="saves per VMM, guest and size [%(default)s]")
-    ap.add_argument("--dir", help="where cores are written (and deleted) [a new directory under $TMPDIR]")
-    ap.add_argument("--no-qemu", action="store_true", help="kvmsnap only")
-    args = ap.parse_args()
-    exit_on_sigterm()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    guests = args.guests.split(",")
-    for g in guests:
-        if g not in READY:
-            ap.error(f"--guests: {g!r} is not one of {', '.join(READY)}")
-    use_qemu = bool(QEMU) and not args.no_qemu
-    if not use_qemu:
-        print("QEMU not used (not found, or --no-qemu): no ratios", file=sys.stderr)
-    work = tempfile.mkdtemp(prefix="kvmsnap-bench-save-", dir=args.dir)
-    rows = []
-    started = time.monotonic()
-    try:
-        for guest in guests:
-            for mem in sizes:
-                print(f"-- {guest} {size_label(mem)}", file=sys.stderr, flush=True)
-                per_vmm = bench_kvmsnap(guest, mem, args.runs, work)
-                if use_qemu:
-                    per_vmm.update(bench_qemu(guest, mem, args.runs, work))
-                rows += summarise(guest, mem, per_vmm)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report(f"save (median of {args.runs} runs; total {time.monotonic() - started:.0f} s)", rows, "save.json")
+    args, guests, sizes, use_qemu = sweep_arguments(__doc__, "saves", "where cores are written (and deleted) "
+                                                    "[a new directory under $TMPDIR]")
+
+    def one(guest, mem, work):
+        per_vmm = bench_kvmsnap(guest, mem, args.runs, work)
+        if use_qemu:
+            per_vmm.update(bench_qemu(guest, mem, args.runs, work))
+        return summarise(guest, mem, per_vmm)
+    rows, seconds = sweep("kvmsnap-bench-save-", args.dir, guests, sizes, one)
+    report(f"save (median of {args.runs} runs; total {seconds:.0f} s)", rows, "save.json")
     if use_qemu:
         report("ratios kvmsnap / QEMU (below 1: kvmsnap is faster or smaller)", ratios(rows), "save-ratios.json")
-
 
 if __name__ == "__main__":
     main()

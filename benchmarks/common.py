@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: timing, medians, QEMU and kvmsnap processes, result tables."""
+import argparse
 import json
 import os
 import shutil
@@ -187,3 +188,42 @@ def exit_on_sigterm() -> None:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+#: The console line that says a sample guest is going (memtest: all of its RAM has been written).
+READY = {"counter": "tick 1", "memtest": "memtest round 0 ok"}
+
+
+def sweep_arguments(doc: str, per: str, dir_help: str):
+    """Parse the options shared by the save and restore sweeps; returns (args, guests, sizes, use_qemu)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256M,1G,4G", help="guest RAM sizes, comma-separated [%(default)s]")
+    ap.add_argument("--guests", default="counter,memtest", help="sample guests, comma-separated [%(default)s]")
+    ap.add_argument("--runs", type=int, default=3, help=f"{per} per VMM, guest and size [%(default)s]")
+    ap.add_argument("--dir", help=dir_help)
+    ap.add_argument("--no-qemu", action="store_true", help="kvmsnap only")
+    args = ap.parse_args()
+    exit_on_sigterm()
+    guests = args.guests.split(",")
+    for g in guests:
+        if g not in READY:
+            ap.error(f"--guests: {g!r} is not one of {', '.join(READY)}")
+    use_qemu = bool(QEMU) and not args.no_qemu
+    if not use_qemu:
+        print("QEMU not used (not found, or --no-qemu): no ratios", file=sys.stderr)
+    return args, guests, [parse_size(s) for s in args.sizes.split(",")], use_qemu
+
+
+def sweep(prefix: str, work_dir, guests, sizes, one) -> tuple[list[dict], float]:
+    """``one(guest, mem, work)`` for every guest and size in a scratch directory removed at the end;
+    returns all rows and the seconds taken."""
+    work = tempfile.mkdtemp(prefix=prefix, dir=work_dir)
+    rows, started = [], time.monotonic()
+    try:
+        for guest in guests:
+            for mem in sizes:
+                print(f"-- {guest} {size_label(mem)}", file=sys.stderr, flush=True)
+                rows += one(guest, mem, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows, time.monotonic() - started
