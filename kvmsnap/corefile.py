@@ -13,6 +13,7 @@ Layout written by :func:`write_core`::
 :func:`read_core` validates the whole structure (bounded by the file size) before returning a
 :class:`Core`; any violation raises :class:`CoreFormatError` naming the file offset.
 """
+import bisect
 import contextlib
 import ctypes
 import io
@@ -50,13 +51,15 @@ _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class CoreFormatError(KvmsnapError):
-    """A core file that cannot be trusted: ``str(e) == "<path>: offset 0x<off>: <what>"``."""
+    """A core file that cannot be trusted: ``str(e) == "<path>: offset 0x<off>: <what>"``, or
+    ``"<path>: <what>"`` (``offset`` None) when the file cannot be read at all."""
 
-    def __init__(self, path: str, offset: int, what: str):
+    def __init__(self, path: str, offset: int | None, what: str):
         self.path = str(path)
         self.offset = offset
         self.what = what
-        super().__init__(f"{self.path}: offset 0x{offset:x}: {what}")
+        where = "" if offset is None else f"offset 0x{offset:x}: "
+        super().__init__(f"{self.path}: {where}{what}")
 
 
 class PhysicalAddressError(LookupError):
@@ -73,7 +76,7 @@ class WriteResult:
     size_on_disk: int            # st_blocks * 512 of the final file
     apparent_size: int = 0       # st_size
     virtual_segments: int = 0    # guest-virtual PT_LOADs written
-    virtual_truncated: bool = False   # more guest-virtual ranges existed than MAX_VIRTUAL_SEGMENTS
+    virtual_truncated: bool = False   # more than MAX_VIRTUAL_SEGMENTS, or the walk ran out
 
 
 def _align(value: int, to: int) -> int:
@@ -264,25 +267,30 @@ def virtual_ranges(state: VmState, limit: int = MAX_VIRTUAL_SEGMENTS):
 
     Identity-mapped ranges are left out (the physical PT_LOADs have p_vaddr = p_paddr), and so
     are mappings of anything that is not RAM (MMIO); ranges are split at slot boundaries.
+    ``truncated`` is also True when the page-table walk ran out of its budget (the guest's
+    tables are untrusted: see :func:`kvmsnap.pagewalk.walk`).
     """
     v0 = state.vcpus[0]
     sregs = parse_sregs(v0.sregs, v0.sregs2)
     if not pagewalk.paging_enabled(sregs.cr0, sregs.efer):
         return [], False
-    mappings = pagewalk.walk(_state_reader(state.memory), sregs.cr3, sregs.cr4, sregs.efer)
+    mappings, truncated = pagewalk.walk(_state_reader(state.memory), sregs.cr3, sregs.cr4,
+                                        sregs.efer)
     slots = sorted((r.guest_phys_addr, r.size) for r in state.memory)
+    starts = [gpa for gpa, _ in slots]
     out = []
     for vaddr, paddr, size in mappings:
         if vaddr == paddr:
             continue
-        for gpa, slot_size in slots:
+        first = max(0, bisect.bisect_right(starts, paddr) - 1)
+        for gpa, slot_size in slots[first:bisect.bisect_left(starts, paddr + size)]:
             start, end = max(paddr, gpa), min(paddr + size, gpa + slot_size)
             if start >= end:
                 continue
             if len(out) == limit:
                 return out, True
             out.append((vaddr + (start - paddr), start, end - start))
-    return out, False
+    return out, truncated
 
 
 @dataclass
@@ -336,9 +344,9 @@ def _plan(state: VmState, producer: str, host_kernel: str, max_virtual: int) -> 
                                          p_memsz=size, p_align=align))
 
     phdrs = [phdr(elf.PT_NOTE, notes_offset, 0, 0, len(notes), elf.PF_R, NOTE_ALIGN)]
-    for vaddr, paddr, size in virtual:
-        r, r_offset = next((r, o) for r, o in placed
-                           if r.guest_phys_addr <= paddr < r.guest_phys_addr + r.size)
+    starts = [r.guest_phys_addr for r, _ in placed]
+    for vaddr, paddr, size in virtual:      # each inside one slot (virtual_ranges splits them)
+        r, r_offset = placed[bisect.bisect_right(starts, paddr) - 1]
         phdrs.append(phdr(elf.PT_LOAD, r_offset + paddr - r.guest_phys_addr, vaddr, paddr, size,
                           PF_RWX, PAGE_SIZE))
     for r, r_offset in placed:
@@ -556,7 +564,7 @@ def parse_elf(path, *, strict: bool = True) -> ElfCore:
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise CoreFormatError(path, 0, f"cannot open: {e.strerror}") from None
+        raise CoreFormatError(path, None, f"cannot open: {e.strerror}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
 
@@ -728,6 +736,8 @@ class Core:
         self.pit = self.clock = self.uart = b""
         self._notes: list[Note] = image.notes
         self._slot_segments: dict[int, Segment] = {}
+        self._physical: list[Segment] = []      # the memory slots' PT_LOADs, by paddr
+        self._physical_starts: list[int] = []   # their paddrs, for bisect
         self._file = None
 
     # -- API ----------------------------------------------------------------------------------
@@ -754,7 +764,7 @@ class Core:
         """Guest-physical bytes; PhysicalAddressError if any byte is not RAM in the core."""
         out = bytearray()
         while length > 0:
-            seg = next((s for s in self._physical if s.paddr <= addr < s.paddr + s.filesz), None)
+            seg = self._physical_at(addr)
             if seg is None:
                 raise PhysicalAddressError(f"{self.path}: guest-physical 0x{addr:x} is not in "
                                            "the core")
@@ -784,9 +794,12 @@ class Core:
     def __exit__(self, *exc):
         self.close()
 
-    @property
-    def _physical(self) -> list[Segment]:
-        return [s for s in self.segments if s.physical]
+    def _physical_at(self, addr: int) -> Segment | None:
+        """The physical segment holding guest-physical ``addr`` (they never overlap)."""
+        i = bisect.bisect_right(self._physical_starts, addr) - 1
+        if i >= 0 and addr < self._physical[i].paddr + self._physical[i].filesz:
+            return self._physical[i]
+        return None
 
 
 def read_core(path) -> Core:
@@ -879,7 +892,12 @@ def read_core(path) -> Core:
                 fail(at, f"vCPU {index}: missing {N.type_name(*key)} note")
         core.vcpus.append(_read_vcpu(path, index, notes_of))
 
-    c = payload(path, vm[N.KVMSNAP_CONFIG], N.KvmsnapConfig)
+    # Restore builds the machine from KVMSNAP_CONFIG: it must describe exactly what the file holds.
+    config_note = vm[N.KVMSNAP_CONFIG]
+    c = payload(path, config_note, N.KvmsnapConfig)
+    if c.vcpus != h.nr_vcpus:
+        fail(config_note.desc_offset + 16, f"KVMSNAP_CONFIG says {c.vcpus} vCPUs but the core "
+                                           f"holds {h.nr_vcpus}")
     core.config = MachineConfig(guest=c.guest, mem_size=c.mem_size, vcpus=c.vcpus)
     irq = payload(path, vm[N.KVMSNAP_IRQCHIP], N.KvmsnapIrqchip)
     core.pic_master, core.pic_slave, core.ioapic = (bytes(irq.pic_master), bytes(irq.pic_slave),
@@ -888,6 +906,10 @@ def read_core(path) -> Core:
     core.clock = bytes(payload(path, vm[N.KVMSNAP_CLOCK], N.KvmsnapClock).clock)
     core.uart = bytes(payload(path, vm[N.KVMSNAP_UART], N.KvmsnapUart).uart)
     _read_memory_map(core, vm[N.KVMSNAP_MEMORY_MAP])
+    slots_size = sum(size for _, _, size in core.memory_map)
+    if c.mem_size != slots_size:
+        fail(config_note.desc_offset + 8, f"KVMSNAP_CONFIG mem_size 0x{c.mem_size:x} is not the "
+                                          f"size of the memory slots (0x{slots_size:x})")
     return core
 
 
@@ -914,16 +936,18 @@ def _read_memory_map(core: Core, note: Note):
         seg.physical = True
         core._slot_segments[r.slot] = seg
         core.memory_map.append((r.slot, r.guest_phys_addr, r.memory_size))
-    physical = sorted(core._physical, key=lambda s: s.paddr)
+    physical = sorted(core._slot_segments.values(), key=lambda s: s.paddr)
     for a, b in zip(physical, physical[1:]):
         if b.paddr < a.paddr + a.filesz:
             raise CoreFormatError(path, core.elf.phdrs[b.index][0],
                                   f"PT_LOAD {b.index} (0x{b.paddr:x}) overlaps the physical "
                                   f"range of PT_LOAD {a.index}")
+    core._physical = physical
+    core._physical_starts = [s.paddr for s in physical]
     for seg in core.segments:
         if seg.physical:
             continue
-        home = next((p for p in physical if p.paddr <= seg.paddr < p.paddr + p.filesz), None)
+        home = core._physical_at(seg.paddr)
         if home is None or seg.paddr + seg.filesz > home.paddr + home.filesz \
                 or seg.offset - home.offset != seg.paddr - home.paddr:
             raise CoreFormatError(path, core.elf.phdrs[seg.index][0],

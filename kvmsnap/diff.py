@@ -2,11 +2,13 @@
 name), notes (by owner, type and vCPU), and memory pages (4 KiB, merged into ranges).
 
 Memory is compared in 1 MiB chunks; a chunk that is a hole in both sparse files is equal without
-being read, so two saves of a mostly empty 4 GiB guest compare in a fraction of a second."""
+being read, so two saves of a mostly empty 4 GiB guest compare in a fraction of a second.  Only
+bytes the files hold are chunked: a range that either core lacks or does not hold in its file
+(a foreign core's ``p_memsz`` may say 2^62) is one changed range, its pages counted, not listed."""
 import os
 
 from kvmsnap import corefile, inspect
-from kvmsnap.memaccess import GuestMemory
+from kvmsnap.memaccess import CoreMemory
 
 PAGE_SIZE = 4096
 CHUNK = 1 << 20
@@ -23,7 +25,7 @@ def diff(a_path, b_path) -> dict:
             registers += _compare(va["id"], _flatten(va["sections"]), _flatten(vb["sections"]))
     registers += _compare(None, _flatten(sa.get("devices") or {}, "devices"),
                           _flatten(sb.get("devices") or {}, "devices"))
-    with GuestMemory(a_path) as ma, GuestMemory(b_path) as mb:
+    with CoreMemory(a_path) as ma, CoreMemory(b_path) as mb:
         memory = _memory(ma, mb)
     notes = _notes(a_path, b_path, sa["notes"], sb["notes"])
     return dict(a=sa["file"], b=sb["file"],
@@ -109,36 +111,55 @@ def _is_hole(fd: int, offset: int, length: int) -> bool:
         return True
 
 
-def _bytes(mem: GuestMemory, extents, lo: int, hi: int) -> tuple[bytes | None, bool]:
-    """The bytes of [lo, hi) in ``mem`` (None where not held) and whether they are a known hole."""
-    for start, end, offset, held in extents:
-        if start <= lo < end:
-            if hi > held:
-                return None, False
-            at = offset + lo - start
-            if _is_hole(mem.fileno(), at, hi - lo):
-                return b"", True
-            return mem.read(lo, hi - lo), False
-    return None, False
+def _bytes(mem: CoreMemory, extent, lo: int, hi: int) -> tuple[bytes, bool]:
+    """The bytes of [lo, hi), held in the file by ``extent``, and whether they are a known hole."""
+    start, _, offset, _ = extent
+    if _is_hole(mem.fileno(), offset + lo - start, hi - lo):
+        return b"", True
+    return mem.read(lo, hi - lo), False
 
 
-def _memory(ma: GuestMemory, mb: GuestMemory) -> dict:
+def _cuts(extents) -> set[int]:
+    """Where the comparison of ``extents`` must cut: every extent's start, end and end of the
+    bytes held, and CHUNK steps inside the held part only (the rest, however large a foreign
+    core's p_memsz says it is, is one range)."""
+    cuts = set()
+    for s, e, _, held in extents:
+        cuts.update((s, e, held))
+        cuts.update(range(s + CHUNK, held, CHUNK))
+    return cuts
+
+
+def _memory(ma: CoreMemory, mb: CoreMemory) -> dict:
     ea, eb = ma.extents(), mb.extents()
-    cuts = sorted({p for s, e, _, h in ea + eb for p in (s, e, h) if h >= s} |
-                  {s + (i + 1) * CHUNK for s, e, _, _ in ea + eb
-                   for i in range((e - s) // CHUNK)})
-    changed, compared = [], 0
+    cuts = sorted(_cuts(ea) | _cuts(eb))
+    changed: list[list[int]] = []        # [start, end) of changed pages, ascending, merged
+    compared = 0
+
+    def mark(lo, hi):
+        lo, hi = lo - lo % PAGE_SIZE, -(-hi // PAGE_SIZE) * PAGE_SIZE
+        if changed and changed[-1][1] >= lo:
+            changed[-1][1] = max(changed[-1][1], hi)
+        else:
+            changed.append([lo, hi])
+
+    ia = ib = 0
     for lo, hi in zip(cuts, cuts[1:]):
-        inside = [any(s <= lo < e for s, e, _, _ in ext) for ext in (ea, eb)]
-        if not any(inside):
+        while ia < len(ea) and ea[ia][1] <= lo:
+            ia += 1
+        while ib < len(eb) and eb[ib][1] <= lo:
+            ib += 1
+        xa = ea[ia] if ia < len(ea) and ea[ia][0] <= lo else None
+        xb = eb[ib] if ib < len(eb) and eb[ib][0] <= lo else None
+        if xa is None and xb is None:
             continue
         compared += hi - lo
-        da, hole_a = _bytes(ma, ea, lo, hi)
-        db, hole_b = _bytes(mb, eb, lo, hi)
-        if hole_a and hole_b:
+        if xa is None or xb is None or lo >= xa[3] or lo >= xb[3]:
+            mark(lo, hi)                 # in one core only, or not held in the file: unknown
             continue
-        if da is None or db is None:
-            changed += range(lo - lo % PAGE_SIZE, hi, PAGE_SIZE)
+        da, hole_a = _bytes(ma, xa, lo, hi)
+        db, hole_b = _bytes(mb, xb, lo, hi)
+        if hole_a and hole_b:
             continue
         da, db = da or bytes(hi - lo), db or bytes(hi - lo)
         if da == db:
@@ -146,14 +167,7 @@ def _memory(ma: GuestMemory, mb: GuestMemory) -> dict:
         for page in range(lo - lo % PAGE_SIZE, hi, PAGE_SIZE):
             x, y = max(page, lo) - lo, min(page + PAGE_SIZE, hi) - lo
             if da[x:y] != db[x:y]:
-                changed.append(page)
-    pages = sorted(set(changed))
-    ranges = []
-    for page in pages:
-        if ranges and ranges[-1]["end"] == page:
-            ranges[-1]["end"] += PAGE_SIZE
-            ranges[-1]["pages"] += 1
-        else:
-            ranges.append(dict(start=page, end=page + PAGE_SIZE, pages=1))
+                mark(page, page + PAGE_SIZE)
+    ranges = [dict(start=a, end=b, pages=(b - a) // PAGE_SIZE) for a, b in changed]
     return dict(address_space=ma.address_space, compared_bytes=compared,
-                changed_pages=len(pages), ranges=ranges)
+                changed_pages=sum(r["pages"] for r in ranges), ranges=ranges)

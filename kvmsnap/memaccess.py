@@ -4,7 +4,12 @@ vCPU's page tables (x86-64, 4- and 5-level, large pages), or by process address 
 kvmsnap cores use their memory slots; QEMU dumps their ``PT_LOAD`` ``p_paddr`` ranges (overlapping
 and unaligned headers allowed: any segment holding an address has the same bytes); process cores
 (gcore, kernel) have no physical memory, their ``p_vaddr`` ranges are the process's addresses.
+
+A core may have up to 65534 program headers: they are sorted into extents once, and every look-up
+is a bisection.  (Live guest RAM is :class:`kvmsnap.vmm.memory.GuestMemory`.)
 """
+import bisect
+import heapq
 import os
 
 from kvmsnap import corefile, pagewalk
@@ -20,7 +25,7 @@ class MemoryAccessError(KvmsnapError, LookupError):
     """An address that is not mapped, or whose page the core file does not hold."""
 
 
-class GuestMemory:
+class CoreMemory:
     """Reads one core's guest memory; ``kind`` is ``"kvmsnap"``, ``"guest"`` (QEMU and other
     machine dumps) or ``"process"``."""
 
@@ -53,6 +58,8 @@ class GuestMemory:
             self._physical, self._virtual = [], list(image.loads)
         self._file = open(self.path, "rb")
         self._size = os.fstat(self._file.fileno()).st_size
+        self._extents = self._build_extents()
+        self._starts = [x[0] for x in self._extents]
 
     def close(self):
         self._file.close()
@@ -71,57 +78,70 @@ class GuestMemory:
         """The address space :meth:`read` serves, as sorted, non-overlapping
         ``(start, end, file offset of start, end of the bytes held in the file)``; where
         segments overlap (QEMU paging dumps) the first one in header order wins."""
+        return [x[:4] for x in self._extents]
+
+    def _build_extents(self) -> list[tuple[int, int, int, int, object]]:
+        """:meth:`extents`, each with its segment: one sweep over the segment boundaries, with
+        the segments covering the current point in a heap by header order."""
         physical = self.kind != "process"
         segments = self._physical if physical else self._virtual
-        taken, out = [], []
-        for s in segments:
-            start = s.paddr if physical else s.vaddr
-            pieces = [(start, start + s.memsz)]
-            for lo, hi in taken:
-                pieces = [p for a, b in pieces for p in ((a, min(b, lo)), (max(a, hi), b))
-                          if p[0] < p[1]]
-            taken.append((start, start + s.memsz))
-            held = min(start + s.filesz, start + max(0, self._size - s.offset))
-            out += [(a, b, s.offset + a - start, min(b, max(a, held))) for a, b in pieces]
-        return sorted(out)
+        spans = sorted(((s.paddr if physical else s.vaddr), position, s)
+                       for position, s in enumerate(segments) if s.memsz)
+        points = sorted({p for start, _, s in spans for p in (start, start + s.memsz)})
+        active: list[tuple[int, int, int, object]] = []   # (position, start, end, segment)
+        out: list[list] = []
+        next_span = 0
+        for lo, hi in zip(points, points[1:]):
+            while next_span < len(spans) and spans[next_span][0] == lo:
+                start, position, seg = spans[next_span]
+                heapq.heappush(active, (position, start, start + seg.memsz, seg))
+                next_span += 1
+            while active and active[0][2] <= lo:
+                heapq.heappop(active)
+            if not active:
+                continue
+            _, start, _, seg = active[0]
+            if out and out[-1][4] is seg and out[-1][1] == lo:
+                out[-1][1] = hi
+            else:
+                out.append([lo, hi, seg.offset + lo - start, start, seg])
+        result = []
+        for a, b, offset, start, seg in out:
+            held = min(start + seg.filesz, start + max(0, self._size - seg.offset))
+            result.append((a, b, offset, min(b, max(a, held)), seg))
+        return result
 
     def read(self, addr: int, length: int) -> bytes:
         """Bytes of the address space :meth:`extents` describes (physical, or process)."""
-        if self.kind == "process":
-            return self._read(self._virtual, addr, length, "address")
-        return self._read(self._physical, addr, length, "guest-physical")
+        return self._read(addr, length, "address" if self.kind == "process" else "guest-physical")
 
     def fileno(self) -> int:
         return self._file.fileno()
 
     # -- reading ------------------------------------------------------------------------------
-    def _read(self, segments, addr: int, length: int, what: str) -> bytes:
-        """Bytes at ``addr`` from whichever segment of ``segments`` holds each part."""
+    def _read(self, addr: int, length: int, what: str) -> bytes:
+        """Bytes at ``addr`` from whichever extent holds each part."""
         out = bytearray()
         while length > 0:
-            seg = self._find(segments, addr)
-            if seg is None:
+            i = bisect.bisect_right(self._starts, addr) - 1
+            if i < 0 or addr >= self._extents[i][1]:
                 raise MemoryAccessError(f"{self.path}: {what} 0x{addr:x} is not in the core")
-            start = seg.paddr if segments is self._physical else seg.vaddr
-            in_file = start + seg.filesz - addr
-            if in_file <= 0 or seg.offset + (addr - start) >= self._size:
+            start, _, offset, held, seg = self._extents[i]
+            if addr >= held:
+                begin = seg.paddr if self.kind != "process" else seg.vaddr
                 raise MemoryAccessError(f"{self.path}: {what} 0x{addr:x}: its page is not in "
-                                        "the file (segment 0x{:x}+0x{:x}, 0x{:x} bytes in the "
-                                        "file)".format(start, seg.memsz, seg.filesz))
-            n = min(length, in_file, self._size - seg.offset - (addr - start))
-            self._file.seek(seg.offset + addr - start)
-            out += self._file.read(n)
+                                        f"the file (segment 0x{begin:x}+0x{seg.memsz:x}, "
+                                        f"0x{seg.filesz:x} bytes in the file)")
+            n = min(length, held - addr)
+            self._file.seek(offset + addr - start)
+            data = self._file.read(n)
+            if len(data) != n:
+                raise MemoryAccessError(f"{self.path}: {what} 0x{addr:x}: short read (file "
+                                        "changed?)")
+            out += data
             addr += n
             length -= n
         return bytes(out)
-
-    def _find(self, segments, addr):
-        physical = segments is self._physical
-        for s in segments:
-            start = s.paddr if physical else s.vaddr
-            if start <= addr < start + s.memsz:
-                return s
-        return None
 
     def read_phys(self, addr: int, length: int) -> bytes:
         """Guest-physical bytes (MemoryAccessError if any byte is not in the core)."""
@@ -129,7 +149,7 @@ class GuestMemory:
         if self.kind == "process":
             raise InputError(f"{self.path}: a process core has no guest-physical memory "
                              "(use --virtual)")
-        return self._read(self._physical, addr, length, "guest-physical")
+        return self._read(addr, length, "guest-physical")
 
     def translate(self, vcpu: int, vaddr: int) -> int:
         """The guest-physical address of ``vaddr`` through vCPU ``vcpu``'s page tables."""
@@ -151,7 +171,7 @@ class GuestMemory:
         """Guest-virtual bytes as vCPU ``vcpu`` sees them (process cores: process addresses)."""
         _check_length(length)
         if self.kind == "process":
-            return self._read(self._virtual, vaddr, length, "address")
+            return self._read(vaddr, length, "address")
         if self.machine != elf.EM_X86_64 and self.machine != elf.EM_386:
             raise InputError(f"{self.path}: virtual addresses are translated for x86 guests "
                              "only")

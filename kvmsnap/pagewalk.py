@@ -3,8 +3,10 @@ and 1 GiB pages.
 
 ``read_phys(addr, length) -> bytes`` reads guest-physical memory and raises ``LookupError`` (for
 example :class:`kvmsnap.corefile.PhysicalAddressError`) when the range is not RAM; tables it cannot
-read are skipped.  The walk is bounded: a table is read at most once, and the number of tables and
-of leaf entries visited is capped, so hostile or recursive page tables cannot make it run away.
+read are skipped.  :func:`walk` is bounded: every table it visits charges its 512 entries to one
+budget, also when the same table is reached again through other entries (the guest controls CR3:
+shared or recursive tables would otherwise be revisited up to 512^4 times), and the leaf entries it
+emits are capped; when either runs out the walk stops and says it was truncated.
 """
 import struct
 
@@ -20,7 +22,7 @@ _TABLE = struct.Struct("<512Q")
 # Leaf sizes by level (1 = PT, 2 = PD, 3 = PDPT); PS is only meaningful at levels 2 and 3.
 _LEVEL_SHIFT = {1: 12, 2: 21, 3: 30, 4: 39, 5: 48}
 
-MAX_TABLES = 1 << 16          # 256 MiB of page tables
+MAX_ENTRIES = 1 << 24         # entries examined per walk: 32768 table visits (64 GiB of 4 KiB pages)
 MAX_LEAVES = 1 << 22          # 4 Mi leaf entries (16 GiB of 4 KiB pages)
 
 
@@ -61,33 +63,19 @@ def _leaf_mask(level: int) -> int:
     return ADDR_MASK & ~((1 << _LEVEL_SHIFT[level]) - 1)
 
 
-def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_tables: int = MAX_TABLES,
-         max_leaves: int = MAX_LEAVES) -> list[tuple[int, int, int]]:
-    """Every mapping of the page tables at ``cr3``: ``[(vaddr, paddr, size)]``, sorted by vaddr,
-    with runs contiguous in both address spaces coalesced.
+def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_entries: int = MAX_ENTRIES,
+         max_leaves: int = MAX_LEAVES) -> tuple[list[tuple[int, int, int]], bool]:
+    """Every mapping of the page tables at ``cr3``: ``([(vaddr, paddr, size)], truncated)``, the
+    mappings sorted by vaddr, with runs contiguous in both address spaces coalesced.
 
     Non-present entries and tables outside RAM are skipped; reserved PS bits at levels 4/5 are
-    ignored.  The walk stops (returning what it found) after ``max_tables`` tables or
-    ``max_leaves`` leaf entries.
+    ignored.  Each table visit costs its 512 entries, each time the table is reached; the walk
+    stops (returning what it found, ``truncated`` True) before the visit that would take more than
+    ``max_entries`` entries in all, or at the ``max_leaves``-th leaf entry.
     """
     levels = _levels(cr4, efer)
     out: list[list[int]] = []
-    cache: dict[int, tuple[int, ...] | None] = {}
-    budget = {"tables": max_tables, "leaves": max_leaves, "exhausted": False}
-
-    def table(addr):
-        if addr not in cache:
-            if budget["tables"] <= 0:
-                budget["exhausted"] = True
-                return None
-            budget["tables"] -= 1
-            try:
-                data = read_phys(addr, PAGE_SIZE)
-            except LookupError:
-                data = None
-            ok = data is not None and len(data) == PAGE_SIZE
-            cache[addr] = _TABLE.unpack(data) if ok else None
-        return cache[addr]
+    entries_left, leaves_left, truncated = max_entries, max_leaves, False
 
     def emit(vaddr, paddr, size):
         if out and out[-1][0] + out[-1][2] == vaddr and out[-1][1] + out[-1][2] == paddr:
@@ -96,19 +84,29 @@ def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_tables: int = MAX_TABL
             out.append([vaddr, paddr, size])
 
     def visit(addr, level, base):
-        entries = table(addr)
-        if entries is None:
+        nonlocal entries_left, leaves_left, truncated
+        if entries_left < ENTRIES:
+            truncated = True
+            return
+        entries_left -= ENTRIES
+        try:
+            data = read_phys(addr, PAGE_SIZE)
+        except LookupError:
+            return
+        if len(data) != PAGE_SIZE:
             return
         shift = _LEVEL_SHIFT[level]
-        for i, pte in enumerate(entries):
+        for i, pte in enumerate(_TABLE.unpack(data)):
             if not pte & PTE_P:
                 continue
-            if budget["exhausted"]:
+            if truncated:
                 return
             vaddr = base | (i << shift)
             if level == 1 or (level in (2, 3) and pte & PTE_PS):
-                budget["leaves"] -= 1
-                budget["exhausted"] = budget["leaves"] <= 0
+                if leaves_left <= 0:
+                    truncated = True
+                    return
+                leaves_left -= 1
                 emit(_canonical(vaddr, levels), pte & _leaf_mask(level), 1 << shift)
             elif level > 3 and pte & PTE_PS:
                 continue            # PS is reserved in PML4E/PML5E: such an entry faults
@@ -116,7 +114,7 @@ def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_tables: int = MAX_TABL
                 visit(pte & ADDR_MASK, level - 1, vaddr)
 
     visit(cr3 & ADDR_MASK, levels, 0)
-    return [tuple(r) for r in out]
+    return [tuple(r) for r in out], truncated
 
 
 def translate(read_phys, cr3: int, cr4: int, efer: int, vaddr: int) -> int:

@@ -109,3 +109,21 @@ def guest(tmp_path):
     yield start
     for g in started:
         g.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline core fixtures (shared by test_corefile, test_inspect*, test_diff, test_mem*)
+
+@pytest.fixture
+def core_path(tmp_path):
+    """A synthetic kvmsnap core (tests/synthetic.py): 2 vCPUs, 8 MiB, paging with a high alias."""
+    from synthetic import make_state, write
+    path = tmp_path / "vm.core"
+    write(make_state(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cores(tmp_path_factory):
+    """Real cores, each kind built once per session on first use: ``dumptools.core_of(kind, cores)``."""
+    return {}, tmp_path_factory

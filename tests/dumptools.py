@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import RunningGuest, run_kvmsnap
 from kvmsnap.samples import SAMPLES
 
@@ -161,3 +163,31 @@ def gdb_read(core, address: str, length: int, tmp) -> bytes:
 
 def have(*tools) -> bool:
     return all(shutil.which(t) for t in tools)
+
+
+def core_of(kind, cores):
+    """The core of ``kind`` (kvmsnap-smp, kvmsnap-fpu, qemu-x86-paging-off/-on, qemu-arm64, gcore,
+    kernel), built on first use into the session cache of the ``cores`` fixture (conftest);
+    skips the test when the tools it needs are missing."""
+    cache, factory = cores
+    if kind not in cache:
+        d = factory.mktemp(kind)
+        if kind in ("kvmsnap-smp", "kvmsnap-fpu"):
+            cache[kind] = kvmsnap_save(d, kind.split("-")[1], d / f"{kind}.core")[0]
+        elif kind.startswith("qemu-x86"):
+            if not have("qemu-system-x86_64"):
+                pytest.skip("qemu-system-x86 is installed by .ci/setup")
+            paths = qemu_x86_dumps(str(d))
+            cache["qemu-x86-paging-off"] = paths["paging-off"]
+            cache["qemu-x86-paging-on"] = paths["paging-on"]
+        elif kind == "qemu-arm64":
+            if not have("qemu-system-aarch64", "aarch64-linux-gnu-as", "gdb-multiarch"):
+                pytest.skip("qemu-system-arm, binutils-aarch64-linux-gnu, gdb-multiarch: .ci/setup")
+            cache[kind] = arm64_dump(str(d))
+        elif kind == "gcore":
+            cache[kind] = gcore(str(d))
+        elif kind == "kernel":
+            cache[kind] = kernel_core(str(d))
+            if cache[kind] is None:
+                pytest.skip("core_pattern pipes to a handler: no kernel core file")
+    return cache[kind]

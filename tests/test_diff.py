@@ -10,7 +10,7 @@ import dumptools
 from conftest import KVM, run_kvmsnap
 from kvmsnap.diff import diff
 from kvmsnap.samples import SAMPLES
-from test_corefile import RIP, make_state, write
+from synthetic import RIP, make_state, write
 
 needs_kvm = pytest.mark.skipif(not KVM, reason="needs /dev/kvm")
 

@@ -14,18 +14,11 @@ from kvmsnap.formats import elf, x86
 from kvmsnap.describe import render_text
 from kvmsnap.inspect import summarize
 
-from test_corefile import HIGH_BASE, RIP, make_state, write
+from synthetic import HIGH_BASE, RIP, make_foreign
 
 REG_KEYS = {"rip", "rsp", "rflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9",
             "r10", "r11", "r12", "r13", "r14", "r15", "cs", "ss", "ds", "es", "fs", "gs",
             "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4", "efer"}
-
-
-@pytest.fixture
-def core_path(tmp_path):
-    path = tmp_path / "vm.core"
-    write(make_state(), path)
-    return path
 
 
 def test_summary_of_kvmsnap_core(core_path):
@@ -72,38 +65,6 @@ def test_corrupt_kvmsnap_core_is_an_error(core_path):
 
 # ---------------------------------------------------------------------------------------------
 # Foreign cores
-
-def _note(owner, n_type, desc):
-    name = owner.encode() + b"\0"
-    pad = lambda b: b + bytes(-len(b) % 4)
-    return elf.Elf64_Nhdr.build(dict(n_namesz=len(name), n_descsz=len(desc), n_type=n_type)) + \
-        pad(name) + pad(desc)
-
-
-def make_foreign(machine=elf.EM_X86_64, notes=(), loads=(), ehsize=64):
-    """A minimal ELF64 core: PT_NOTE + PT_LOADs (each a (vaddr, data))."""
-    blob = b"".join(_note(*n) for n in notes)
-    phnum = 1 + len(loads)
-    notes_at = 64 + 56 * phnum
-    data_at = notes_at + len(blob)
-    phdrs = [elf.Elf64_Phdr.build(dict(p_type=elf.PT_NOTE, p_flags=0, p_offset=notes_at,
-                                       p_vaddr=0, p_paddr=0, p_filesz=len(blob), p_memsz=0,
-                                       p_align=4))]
-    body = b""
-    for vaddr, data in loads:
-        phdrs.append(elf.Elf64_Phdr.build(dict(p_type=elf.PT_LOAD, p_flags=5,
-                                               p_offset=data_at + len(body), p_vaddr=vaddr,
-                                               p_paddr=0, p_filesz=len(data), p_memsz=len(data),
-                                               p_align=1)))
-        body += data
-    ehdr = elf.Elf64_Ehdr.build(dict(
-        e_ident=dict(EI_MAG=elf.ELFMAG, EI_CLASS=2, EI_DATA=1, EI_VERSION=1, EI_OSABI=0,
-                     EI_ABIVERSION=0, EI_PAD=bytes(7)),
-        e_type=elf.ET_CORE, e_machine=machine, e_version=1, e_entry=0, e_phoff=64, e_shoff=0,
-        e_flags=0, e_ehsize=ehsize, e_phentsize=56, e_phnum=phnum, e_shentsize=0, e_shnum=0,
-        e_shstrndx=0))
-    return ehdr + b"".join(phdrs) + blob + body
-
 
 def x86_prstatus(pid, **regs):
     values = {name: regs.get(name, 0) for name in x86.USER_REGS}

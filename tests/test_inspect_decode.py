@@ -11,8 +11,7 @@ from conftest import kvmsnap_cmd, run_kvmsnap
 from kvmsnap import notes as N
 from kvmsnap.formats import arm64, elf
 from kvmsnap.inspect import summarize
-from test_corefile import RIP
-from test_inspect import core_path, make_foreign  # noqa: F401  (core_path: a fixture)
+from synthetic import RIP, make_foreign
 
 
 def test_kvmsnap_sections(core_path):

@@ -7,37 +7,7 @@ import pytest
 
 import dumptools
 from conftest import KVM, run_kvmsnap
-
-
-@pytest.fixture(scope="module")
-def cores(tmp_path_factory):
-    """Builds each kind of core once per session (shared with test_mem_gdb through dumptools)."""
-    return dumptools.__dict__.setdefault("CACHE", {}), tmp_path_factory
-
-
-def core_of(kind, cores):
-    cache, factory = cores
-    if kind not in cache:
-        d = factory.mktemp(kind)
-        if kind in ("kvmsnap-smp", "kvmsnap-fpu"):
-            cache[kind] = dumptools.kvmsnap_save(d, kind.split("-")[1], d / f"{kind}.core")[0]
-        elif kind.startswith("qemu-x86"):
-            if not dumptools.have("qemu-system-x86_64"):
-                pytest.skip("qemu-system-x86 is installed by .ci/setup")
-            paths = dumptools.qemu_x86_dumps(str(d))
-            cache["qemu-x86-paging-off"] = paths["paging-off"]
-            cache["qemu-x86-paging-on"] = paths["paging-on"]
-        elif kind == "qemu-arm64":
-            if not dumptools.have("qemu-system-aarch64", "aarch64-linux-gnu-as", "gdb-multiarch"):
-                pytest.skip("qemu-system-arm, binutils-aarch64-linux-gnu, gdb-multiarch: .ci/setup")
-            cache[kind] = dumptools.arm64_dump(str(d))
-        elif kind == "gcore":
-            cache[kind] = dumptools.gcore(str(d))
-        elif kind == "kernel":
-            cache[kind] = dumptools.kernel_core(str(d))
-            if cache[kind] is None:
-                pytest.skip("core_pattern pipes to a handler: no kernel core file")
-    return cache[kind]
+from dumptools import core_of
 
 
 def inspect_json(core, *args) -> dict:

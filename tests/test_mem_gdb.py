@@ -8,7 +8,7 @@ import pytest
 
 import dumptools
 from conftest import KVM, kvmsnap_cmd, run_kvmsnap
-from test_inspect_gdb import core_of, cores  # noqa: F401  (shared fixture)
+from dumptools import core_of
 
 pytestmark = pytest.mark.skipif(not KVM, reason="needs /dev/kvm")
 

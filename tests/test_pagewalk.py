@@ -1,5 +1,6 @@
 """x86-64 page-table walk over page tables built in a bytearray."""
 import struct
+import time
 
 import pytest
 
@@ -56,7 +57,8 @@ def four_level():
 
 def test_walk_four_level_coalesces_and_sign_extends():
     ram, cr3 = four_level()
-    got = walk(ram.read, cr3, CR4_PAE, EFER_LMA)
+    got, truncated = walk(ram.read, cr3, CR4_PAE, EFER_LMA)
+    assert not truncated
     assert got == [
         (0, 0, GiB),
         (GiB, 2 * MiB, 2 * MiB),
@@ -73,9 +75,9 @@ def test_coalesces_runs_contiguous_in_both_spaces():
     ram.set(pdpt, 0, pd | P)
     for i in range(512):
         ram.set(pd, i, (i << 21) | P | PS)
-    assert walk(ram.read, pml4, 0, EFER_LMA) == [(0, 0, GiB)]
+    assert walk(ram.read, pml4, 0, EFER_LMA) == ([(0, 0, GiB)], False)
     ram.set(pd, 7, (100 << 21) | P | PS)
-    assert walk(ram.read, pml4, 0, EFER_LMA) == [(0, 0, 7 << 21), (7 << 21, 100 << 21, 2 * MiB),
+    assert walk(ram.read, pml4, 0, EFER_LMA)[0] == [(0, 0, 7 << 21), (7 << 21, 100 << 21, 2 * MiB),
                                                    (8 << 21, 8 << 21, GiB - (8 << 21))]
 
 
@@ -111,8 +113,8 @@ def test_five_level():
     ram.set(pdpt, 2, 0 | P | PS)
     ram.set(pml5, 511, pml4 | P)            # 0xffff000000000000 + the same tables
     cr4 = CR4_PAE | CR4_LA57
-    got = walk(ram.read, pml5, cr4, EFER_LMA)
-    assert got == [(2 * GiB, 0, GiB), (0xffff000000000000 + 2 * GiB, 0, GiB)]
+    assert walk(ram.read, pml5, cr4, EFER_LMA) == \
+        ([(2 * GiB, 0, GiB), (0xffff000000000000 + 2 * GiB, 0, GiB)], False)
     assert translate(ram.read, pml5, cr4, EFER_LMA, 0xffff000080000010) == 0x10
     # canonical under LA57 (not under 4-level paging): reaches the PML4
     with pytest.raises(TranslationError, match="PML4E not present"):
@@ -129,17 +131,17 @@ def test_tables_outside_ram_are_skipped():
     ram.set(pml4, 0, pdpt | P)
     ram.set(pml4, 1, (1 << 40) | P)         # PDPT far outside RAM
     ram.set(pdpt, 0, 0 | P | PS)
-    assert walk(ram.read, pml4, 0, EFER_LMA) == [(0, 0, GiB)]
+    assert walk(ram.read, pml4, 0, EFER_LMA) == ([(0, 0, GiB)], False)
     with pytest.raises(TranslationError, match="not in RAM"):
         translate(ram.read, pml4, 0, EFER_LMA, (1 << 39) + 5)
-    assert walk(ram.read, 1 << 40, 0, EFER_LMA) == []
+    assert walk(ram.read, 1 << 40, 0, EFER_LMA) == ([], False)
 
 
 def test_ps_in_pml4e_is_ignored():
     ram = Ram()
     pml4 = ram.table()
     ram.set(pml4, 0, 0 | P | PS)
-    assert walk(ram.read, pml4, 0, EFER_LMA) == []
+    assert walk(ram.read, pml4, 0, EFER_LMA) == ([], False)
 
 
 def test_recursive_tables_are_bounded():
@@ -148,15 +150,33 @@ def test_recursive_tables_are_bounded():
     pml4 = ram.table()
     for i in range(512):
         ram.set(pml4, i, pml4 | P)
-    got = walk(ram.read, pml4, 0, EFER_LMA, max_leaves=10000)
-    assert 0 < sum(1 for _ in got) <= 10000
-    # the same table is read once: only one table read happened
+    got, truncated = walk(ram.read, pml4, 0, EFER_LMA, max_leaves=10000)
+    assert truncated and 0 < sum(size for _, _, size in got) <= 10000 * 4096
+    # every visit is charged, also of a table already seen: reads stop with the entry budget
     calls = []
-    walk(lambda a, n: calls.append(a) or ram.read(a, n), pml4, 0, EFER_LMA, max_leaves=1000)
-    assert calls == [pml4]
+    got, truncated = walk(lambda a, n: calls.append(a) or ram.read(a, n), pml4, 0, EFER_LMA,
+                          max_entries=20 * 512)
+    assert truncated and calls == [pml4] * 20
 
 
-def test_table_budget():
+def test_shared_empty_tables_are_bounded():
+    """Every PML4E -> one PDPT, every PDPTE -> one PD, every PDE -> one empty PT: 512^3 visits of
+    the PT, each finding nothing.  The walk must give up within its entry budget, quickly."""
+    ram = Ram()
+    pml4, pdpt, pd, pt = (ram.table() for _ in range(4))
+    for i in range(512):
+        ram.set(pml4, i, pdpt | P)
+        ram.set(pdpt, i, pd | P)
+        ram.set(pd, i, pt | P)
+    reads = []
+    started = time.monotonic()
+    got, truncated = walk(lambda a, n: reads.append(a) or ram.read(a, n), pml4, 0, EFER_LMA)
+    assert time.monotonic() - started < 10
+    assert (got, truncated) == ([], True)
+    assert len(reads) == pagewalk.MAX_ENTRIES // pagewalk.ENTRIES
+
+
+def test_entry_budget():
     ram = Ram(8 * MiB)
     pml4, pdpt = ram.table(), ram.table()
     ram.set(pml4, 0, pdpt | P)
@@ -164,8 +184,10 @@ def test_table_budget():
         pd = ram.table()
         ram.set(pdpt, i, pd | P)
         ram.set(pd, 0, 0 | P | PS)
-    got = walk(ram.read, pml4, 0, EFER_LMA, max_tables=12)
-    assert len(got) == 10        # PML4, PDPT, then 10 page directories
+    got, truncated = walk(ram.read, pml4, 0, EFER_LMA, max_entries=12 * 512)
+    assert len(got) == 10 and truncated      # PML4, PDPT, then 10 page directories
+    got, truncated = walk(ram.read, pml4, 0, EFER_LMA, max_entries=302 * 512)
+    assert len(got) == 300 and not truncated
 
 
 def test_not_long_mode():

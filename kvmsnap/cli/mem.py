@@ -4,7 +4,7 @@ import sys
 import click
 
 from .. import describe
-from ..memaccess import GuestMemory
+from ..memaccess import CoreMemory
 from . import cli
 from .params import Address, Size
 
@@ -25,7 +25,7 @@ def mem(core, addr, length, virtual, vcpu, fmt):
     ADDR is guest-physical unless --virtual is given. An unmapped address or a page the core does
     not hold is an error naming the address.
     """
-    with GuestMemory(core) as memory:
+    with CoreMemory(core) as memory:
         data = memory.read_virt(vcpu, addr, length) if virtual else memory.read_phys(addr, length)
     if fmt == "raw":
         sys.stdout.buffer.write(data)
