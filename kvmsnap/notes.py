@@ -213,44 +213,38 @@ class NoteType:
     name: str
     payload: Construct | None   # layout of the descriptor, when kvmsnap decodes it
     scope: str | None           # "vm", "vcpu" for notes kvmsnap writes; None otherwise
-    description: str
 
 
 def _entries():
     vm, vcpu = "vm", "vcpu"
-    yield NoteType(OWNER_CORE, NT_PRSTATUS, "NT_PRSTATUS", x86.elf_prstatus, vcpu,
-                   "general registers (struct elf_prstatus)")
-    yield NoteType(OWNER_CORE, NT_FPREGSET, "NT_FPREGSET", x86.user_fpregs_struct, vcpu,
-                   "x87/SSE registers (FXSAVE image)")
-    yield NoteType(OWNER_LINUX, NT_X86_XSTATE, "NT_X86_XSTATE", None, vcpu,
-                   "XSAVE area, XCR0 at byte 464")
-    yield NoteType(OWNER_QEMU, NT_QEMU_CPUSTATE, "QEMU_CPUSTATE", x86.QEMUCPUState, vcpu,
-                   "QEMUCPUState (control registers, segments)")
-    yield NoteType(OWNER_VMCOREINFO, NT_VMCOREINFO, "VMCOREINFO", None, None, "guest kernel info")
+    yield NoteType(OWNER_CORE, NT_PRSTATUS, "NT_PRSTATUS", x86.elf_prstatus, vcpu)
+    yield NoteType(OWNER_CORE, NT_FPREGSET, "NT_FPREGSET", x86.user_fpregs_struct, vcpu)
+    yield NoteType(OWNER_LINUX, NT_X86_XSTATE, "NT_X86_XSTATE", None, vcpu)
+    yield NoteType(OWNER_QEMU, NT_QEMU_CPUSTATE, "QEMU_CPUSTATE", x86.QEMUCPUState, vcpu)
+    yield NoteType(OWNER_VMCOREINFO, NT_VMCOREINFO, "VMCOREINFO", None, None)
     private = [
-        (KVMSNAP_HEADER, "KVMSNAP_HEADER", KvmsnapHeader, vm, "file header: format, arch, vCPUs"),
-        (KVMSNAP_CONFIG, "KVMSNAP_CONFIG", KvmsnapConfig, vm, "machine configuration"),
-        (KVMSNAP_MEMORY_MAP, "KVMSNAP_MEMORY_MAP", KvmsnapMemoryMap, vm, "memory slots"),
-        (KVMSNAP_IRQCHIP, "KVMSNAP_IRQCHIP", KvmsnapIrqchip, vm, "PIC master, PIC slave, IOAPIC"),
-        (KVMSNAP_PIT, "KVMSNAP_PIT", KvmsnapPit, vm, "kvm_pit_state2"),
-        (KVMSNAP_CLOCK, "KVMSNAP_CLOCK", KvmsnapClock, vm, "kvm_clock_data"),
-        (KVMSNAP_UART, "KVMSNAP_UART", KvmsnapUart, vm, "16550 UART registers"),
-        (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu, "kvm_sregs2 or kvm_sregs"),
-        (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu, "KVM_GET_XSAVE2 area"),
-        (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu, "kvm_xcrs"),
-        (KVMSNAP_LAPIC, "KVMSNAP_LAPIC", KvmsnapLapic, vcpu, "kvm_lapic_state"),
-        (KVMSNAP_MSRS, "KVMSNAP_MSRS", KvmsnapMsrs, vcpu, "MSR (index, value) list"),
-        (KVMSNAP_VCPU_EVENTS, "KVMSNAP_VCPU_EVENTS", KvmsnapVcpuEvents, vcpu, "kvm_vcpu_events"),
-        (KVMSNAP_DEBUGREGS, "KVMSNAP_DEBUGREGS", KvmsnapDebugregs, vcpu, "kvm_debugregs"),
-        (KVMSNAP_MP_STATE, "KVMSNAP_MP_STATE", KvmsnapMpState, vcpu, "kvm_mp_state"),
-        (KVMSNAP_CPUID, "KVMSNAP_CPUID", KvmsnapCpuid, vcpu, "kvm_cpuid_entry2 table"),
-        (KVMSNAP_TSC_KHZ, "KVMSNAP_TSC_KHZ", KvmsnapTscKhz, vcpu, "TSC frequency (kHz)"),
+        (KVMSNAP_HEADER, "KVMSNAP_HEADER", KvmsnapHeader, vm),
+        (KVMSNAP_CONFIG, "KVMSNAP_CONFIG", KvmsnapConfig, vm),
+        (KVMSNAP_MEMORY_MAP, "KVMSNAP_MEMORY_MAP", KvmsnapMemoryMap, vm),
+        (KVMSNAP_IRQCHIP, "KVMSNAP_IRQCHIP", KvmsnapIrqchip, vm),
+        (KVMSNAP_PIT, "KVMSNAP_PIT", KvmsnapPit, vm),
+        (KVMSNAP_CLOCK, "KVMSNAP_CLOCK", KvmsnapClock, vm),
+        (KVMSNAP_UART, "KVMSNAP_UART", KvmsnapUart, vm),
+        (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu),
+        (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu),
+        (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu),
+        (KVMSNAP_LAPIC, "KVMSNAP_LAPIC", KvmsnapLapic, vcpu),
+        (KVMSNAP_MSRS, "KVMSNAP_MSRS", KvmsnapMsrs, vcpu),
+        (KVMSNAP_VCPU_EVENTS, "KVMSNAP_VCPU_EVENTS", KvmsnapVcpuEvents, vcpu),
+        (KVMSNAP_DEBUGREGS, "KVMSNAP_DEBUGREGS", KvmsnapDebugregs, vcpu),
+        (KVMSNAP_MP_STATE, "KVMSNAP_MP_STATE", KvmsnapMpState, vcpu),
+        (KVMSNAP_CPUID, "KVMSNAP_CPUID", KvmsnapCpuid, vcpu),
+        (KVMSNAP_TSC_KHZ, "KVMSNAP_TSC_KHZ", KvmsnapTscKhz, vcpu),
         # aarch64 (a later backend): not part of the x86 vCPU set that read_core requires
-        (KVMSNAP_ARM64_REGS, "KVMSNAP_ARM64_REGS", KvmsnapArm64Regs, None,
-         "KVM one-reg (id, value) list"),
+        (KVMSNAP_ARM64_REGS, "KVMSNAP_ARM64_REGS", KvmsnapArm64Regs, None),
     ]
-    for n_type, name, payload, scope, description in private:
-        yield NoteType(OWNER_KVMSNAP, n_type, name, payload, scope, description)
+    for n_type, name, payload, scope in private:
+        yield NoteType(OWNER_KVMSNAP, n_type, name, payload, scope)
 
 
 REGISTRY: dict[tuple[str, int], NoteType] = {(e.owner, e.type): e for e in _entries()}

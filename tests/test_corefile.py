@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 import tracemalloc
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from kvmsnap import corefile, notes as N
 from kvmsnap.corefile import CoreFormatError, read_core
 from kvmsnap.formats import elf, x86
-from kvmsnap.state import MemoryRegion
+from kvmsnap.state import MachineConfig, MemoryRegion
 
 from synthetic import (CODE, HIGH_BASE, K1, MiB, PD, PML4, PT, RIP, XCR0, identity_page_tables,
                        make_state, make_xsave, write, xmm, ymm_hi, zmm_hi)
@@ -226,6 +227,25 @@ def test_virtual_segments_alias_physical_bytes(core_path):
     assert virtual[0].offset == physical[0].offset          # no second copy
     assert max(s.index for s in virtual) < min(s.index for s in physical)   # virtual first
     assert physical[0].vaddr == physical[0].paddr
+
+
+def test_hostile_page_tables_truncate_the_walk_not_the_save(tmp_path):
+    """Every PML4E -> one PDPT, every PDPTE -> one PD, every PDE -> one empty PT: the walk of
+    vCPU 0's tables during a save (the guest chose CR3) stops at its budget, quickly, and the
+    save succeeds with virtual_truncated."""
+    state = make_state(1)
+    ram = state.memory[0].buffer
+    ram[PML4:PML4 + 0x5000] = bytes(0x5000)
+    pdpt, pd, pt = PML4 + 0x1000, PML4 + 0x2000, PML4 + 0x3000
+    for i in range(512):
+        struct.pack_into("<Q", ram, PML4 + 8 * i, pdpt | 3)
+        struct.pack_into("<Q", ram, pdpt + 8 * i, pd | 3)
+        struct.pack_into("<Q", ram, pd + 8 * i, pt | 3)
+    started = time.monotonic()
+    result = write(state, tmp_path / "walk.core")
+    assert time.monotonic() - started < 15
+    assert result.virtual_truncated and result.virtual_segments == 0
+    assert read_core(tmp_path / "walk.core").vm_state().vcpus == state.vcpus
 
 
 def test_virtual_segments_cap(tmp_path):
@@ -487,6 +507,35 @@ def test_vcpu_count_mismatch(core_path):
     _expect_error(core_path, note.desc_offset + 24, "nr_vcpus 0")
 
 
+def test_config_must_match_the_core(tmp_path):
+    """Restore builds the machine from KVMSNAP_CONFIG: 3 vCPUs there and 1 vCPU's notes would
+    leave 2 vCPUs unrestored; a mem_size that is not the slots' would map RAM the file lacks."""
+    path = tmp_path / "one.core"
+    write(make_state(1), path)
+    config = next(n for n in _notes(path) if n.type == N.KVMSNAP_CONFIG)
+    _patch(path, config.desc_offset + 16, struct.pack("<I", 3))
+    _expect_error(path, config.desc_offset + 16, "KVMSNAP_CONFIG says 3 vCPUs but the core "
+                                                 "holds 1")
+    _patch(path, config.desc_offset + 16, struct.pack("<I", 1))
+    for mem_size in (16 * MiB, 4 * MiB, 0):
+        _patch(path, config.desc_offset + 8, struct.pack("<Q", mem_size))
+        _expect_error(path, config.desc_offset + 8, f"mem_size {mem_size:#x} is not the size "
+                                                    r"of the memory slots \(0x800000\)")
+    _patch(path, config.desc_offset + 8, struct.pack("<Q", 8 * MiB))
+    assert read_core(path).config == MachineConfig("hello", 8 * MiB, 1)
+
+
+def test_config_counts_every_slot(tmp_path):
+    path = tmp_path / "two.core"
+    write(make_state(1, paging=False, regions=[MemoryRegion(0, 0, 2 * MiB, bytearray(2 * MiB)),
+                                               MemoryRegion(1, 4 * MiB, MiB, bytearray(MiB))]),
+          path)
+    assert read_core(path).config.mem_size == 3 * MiB
+    config = next(n for n in _notes(path) if n.type == N.KVMSNAP_CONFIG)
+    _patch(path, config.desc_offset + 8, struct.pack("<Q", 2 * MiB))
+    _expect_error(path, config.desc_offset + 8, r"size of the memory slots \(0x300000\)")
+
+
 def test_missing_vcpu_note(core_path):
     notes = _notes(core_path)
     lapic1 = [n for n in notes if n.type == N.KVMSNAP_LAPIC][1]
@@ -580,8 +629,15 @@ def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
 
 
 def test_not_a_file(tmp_path):
-    with pytest.raises(CoreFormatError, match="cannot open"):
-        read_core(tmp_path / "missing.core")
+    """One line that reads naturally: no file offset for a file that cannot be opened."""
+    missing = tmp_path / "missing.core"
+    with pytest.raises(CoreFormatError) as info:
+        read_core(missing)
+    assert str(info.value) == f"{missing}: cannot open: No such file or directory"
+    assert info.value.offset is None
+    with pytest.raises(CoreFormatError) as info:
+        read_core(tmp_path)
+    assert str(info.value) == f"{tmp_path}: cannot open: Is a directory"
 
 
 def test_random_corruption_never_escapes(core_path):

@@ -43,7 +43,6 @@ KVM_REG_ARM64 = 0x6000_0000_0000_0000
 KVM_REG_SIZE_SHIFT = 52
 KVM_REG_SIZE_MASK = 0x00f0_0000_0000_0000
 KVM_REG_ARM_COPROC_SHIFT = 16
-KVM_REG_ARM_COPROC_MASK = 0x0000_0000_0fff_0000
 KVM_REG_ARM_CORE = 0x0010
 KVM_REG_ARM_DEMUX = 0x0011
 KVM_REG_ARM64_SYSREG = 0x0013
@@ -53,9 +52,6 @@ KVM_REG_ARM_FW_FEAT_BMAP = 0x0016
 # ARM64_SYS_REG(op0, op1, CRn, CRm, op2) field positions
 SYSREG_FIELDS = (("op0", 14, 0x3), ("op1", 11, 0x7), ("crn", 7, 0xf), ("crm", 3, 0xf),
                  ("op2", 0, 0x7))
-
-# kvmsnap's KVMSNAP_ARM64_REGS entry header (the value follows, padded to 8 bytes)
-kvm_one_reg_entry = Struct("id" / Int64ul)
 
 SIZES = {user_pt_regs: 272, elf_prstatus: 392, user_fpsimd_state: 528, user_hwdebug_state: 264,
          user_sve_header: 16}

@@ -11,7 +11,6 @@ EI_NIDENT = 16
 ELFCLASS32 = 1
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
-ELFDATA2MSB = 2
 EV_CURRENT = 1
 ELFOSABI_NONE = 0
 ELFOSABI_LINUX = 3
@@ -34,7 +33,6 @@ PT_NULL, PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE = 0, 1, 2, 3, 4
 PF_X, PF_W, PF_R = 1, 2, 4
 
 PN_XNUM = 0xffff
-SHN_UNDEF = 0
 
 e_ident = Struct(
     "EI_MAG" / Bytes(4),
@@ -120,8 +118,6 @@ Elf32_Phdr = Struct(
     "p_flags" / Int32ul,
     "p_align" / Int32ul,
 )
-
-Elf32_Nhdr = Elf64_Nhdr   # identical in <elf.h>: three Elf32_Word / Elf64_Word
 
 # sizes fixed by the ELF specification
 assert Elf64_Ehdr.sizeof() == 64
