@@ -9,3 +9,11 @@ class KvmsnapError(Exception):
 class InputError(KvmsnapError):
     """Bad input from the user (a file, a flag, a value); exit status 2."""
     exit_code = 2
+
+
+class Interrupted(KvmsnapError):
+    """The user pressed Ctrl-C (SIGINT); exit status 130."""
+    exit_code = 130
+
+    def __init__(self):
+        super().__init__("interrupted")

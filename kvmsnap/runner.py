@@ -6,7 +6,7 @@ import time
 
 from . import __version__, corefile, snapshot
 from .control import ControlServer
-from .errors import InputError, KvmsnapError
+from .errors import InputError, Interrupted, KvmsnapError
 from .samples import SAMPLES
 from .state import MachineConfig
 from .vmm import Machine
@@ -134,7 +134,13 @@ class GuestSession:
 
     def run(self, paused: bool = False) -> str | None:
         """Run until the end; returns the error that stopped the guest, or None."""
-        old_term = signal.signal(signal.SIGTERM, lambda *_: self._quit.set())
+        # SIGTERM and Ctrl-C only ask the loop below to end, so neither can interrupt start-up half
+        # way (a KeyboardInterrupt inside Thread.start would leave a control thread nobody stops).
+        interrupted = threading.Event()
+        handlers = {signal.SIGTERM: lambda *_: self._quit.set()}
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:    # started in the background: keep ignoring
+            handlers[signal.SIGINT] = lambda *_: (interrupted.set(), self._quit.set())
+        old_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
             self.machine.start(paused=paused)
             if self.control:
@@ -142,8 +148,11 @@ class GuestSession:
             while not self._quit.is_set() and not self.machine.wait(0.1):
                 pass
         finally:
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             self.shutdown()
+        if interrupted.is_set():
+            raise Interrupted()
         return self.machine.error
 
     def shutdown(self) -> None:

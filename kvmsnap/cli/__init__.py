@@ -1,12 +1,24 @@
 """The ``kvmsnap`` command line. Library errors become one-line messages and exit codes here only:
 2 for bad usage or input, 1 for failures, 130 for Ctrl-C."""
+import importlib
+import signal
 import sys
 
-import click
 
-from .. import __version__
-from ..errors import KvmsnapError
-from ..kvm import KvmError
+def _exit_interrupted(_signum, _frame):
+    """Ctrl-C while kvmsnap is still starting up: nothing to clean up yet."""
+    sys.stderr.write("kvmsnap: interrupted\n")
+    raise SystemExit(130)
+
+
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # not when started with SIGINT ignored
+    signal.signal(signal.SIGINT, _exit_interrupted)
+
+import click  # noqa: E402  (after the handler: importing takes a while)
+
+from .. import __version__  # noqa: E402
+from ..errors import Interrupted, KvmsnapError  # noqa: E402
+from ..kvm import KvmError  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,8 +31,13 @@ def cli():
     """
 
 
+#: One module per command; importing it adds its command to ``cli``.
+COMMANDS = ("diff", "inspect", "mem", "restore", "run", "samples", "save")
+
+
 def _register():
-    from . import diff, inspect, mem, restore, run, samples, save  # noqa: F401  (each module adds its command to ``cli``)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}")
 
 
 def fail(message: str, code: int) -> None:
@@ -28,10 +45,16 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupt(_signum, _frame):
+    raise Interrupted()
+
+
 def main(argv=None) -> None:
     """Entry point of the ``kvmsnap`` console script."""
-    _register()
+    if signal.getsignal(signal.SIGINT) is _exit_interrupted:
+        signal.signal(signal.SIGINT, _interrupt)    # from here on, Ctrl-C unwinds (and cleans up) as our error
     try:
+        _register()
         code = cli.main(args=argv, prog_name="kvmsnap", standalone_mode=False)
     except click.UsageError as e:
         command = e.ctx.command_path if e.ctx else "kvmsnap"
