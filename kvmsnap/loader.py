@@ -131,8 +131,10 @@ def write_boot_data(memory) -> None:
     tss[TSS_LIMIT] = 0xFF
     memory.write(TSS_ADDR, bytes(tss))
 
-    memmap = [(0, 0x100000, 2)] + [(r.guest_phys_addr, r.size, 1) for r in memory.regions]
-    memmap[1] = (0x100000, memory.regions[0].size - 0x100000, 1)
+    # below 1 MiB: reserved (boot data); RAM starts at 1 MiB
+    memmap = [(0, ELF_LOAD_MIN, 2)] + [(max(r.guest_phys_addr, ELF_LOAD_MIN),
+                                        r.guest_phys_addr + r.size - max(r.guest_phys_addr, ELF_LOAD_MIN), 1)
+                                       for r in memory.regions]
     memory.write(MEMMAP_ADDR, b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in memmap))
     memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 0, 0, 0, 0,
                                               MEMMAP_ADDR, len(memmap), 0))
