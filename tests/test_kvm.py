@@ -5,8 +5,7 @@ import inspect
 import pytest
 
 from conftest import needs_kvm
-from kvmsnap.kvm import Kvm, KvmError, MsrError, Vcpu, Vm
-from kvmsnap.kvm._kvm import ffi, lib
+from kvmsnap.kvm import Cap, Kvm, KvmError, MsrError, Vcpu, Vm, ffi, lib, max_vcpus, xsave2_size
 
 pytestmark = needs_kvm
 
@@ -150,4 +149,21 @@ def test_list_ioctls_grow_their_buffer_on_e2big(monkeypatch):
     monkeypatch.setattr(lists, "_LIST_START", 2)          # KVM answers E2BIG until the buffer fits
     assert kvm.get_msr_index_list() == full_msrs
     assert kvm.get_supported_cpuid() == full_cpuid
+    kvm.close()
+
+
+def test_capability_fallbacks():
+    """api.rst: no KVM_CAP_MAX_VCPUS → KVM_CAP_NR_VCPUS → 4; no KVM_CAP_XSAVE2 → the 4096-byte kvm_xsave."""
+    class Fd:
+        def __init__(self, **caps):
+            self.caps = {Cap[name]: value for name, value in caps.items()}
+
+        def check_extension(self, cap):
+            return self.caps.get(cap, 0)
+
+    assert Cap.IRQCHIP == lib.KVM_CAP_IRQCHIP and Cap(lib.KVM_CAP_XSAVE2) is Cap.XSAVE2
+    assert [max_vcpus(Fd(MAX_VCPUS=710, NR_VCPUS=8)), max_vcpus(Fd(NR_VCPUS=8)), max_vcpus(Fd())] == [710, 8, 4]
+    assert [xsave2_size(Fd(XSAVE2=11008)), xsave2_size(Fd())] == [11008, 4096]
+    kvm = Kvm()
+    assert max_vcpus(kvm) >= 1 and xsave2_size(kvm.create_vm()) >= 4096
     kvm.close()

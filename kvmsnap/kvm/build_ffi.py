@@ -2,8 +2,11 @@
 
 Every ioctl number and struct layout comes from the kernel header at build time; the
 declarations below name fields, and cffi checks each one against the compiler's layout.
+Only the host architecture's declarations are compiled: the common part, plus one entry of
+``ARCHES`` chosen by ``platform.machine()``.
 """
 import os
+import platform
 import shutil
 import sys
 
@@ -11,26 +14,11 @@ from cffi import FFI
 
 HEADER = "/usr/include/linux/kvm.h"
 
-
-def _check_toolchain():
-    """Fail with one line naming the Debian package when the header or compiler is missing."""
-    if not os.path.exists(HEADER):
-        sys.exit(f"kvmsnap: {HEADER} not found: install the Debian package linux-libc-dev")
-    if not (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")):
-        sys.exit("kvmsnap: no C compiler found: install the Debian package gcc")
-
-
 # Constants resolved by the C compiler (``...`` = value taken from the header).
-CONSTANTS = """
+COMMON_CONSTANTS = """
 KVM_API_VERSION KVM_GET_API_VERSION KVM_CREATE_VM KVM_CHECK_EXTENSION KVM_GET_VCPU_MMAP_SIZE
-KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST KVM_GET_SUPPORTED_CPUID KVM_GET_MSRS KVM_SET_MSRS
-KVM_SET_USER_MEMORY_REGION KVM_SET_TSS_ADDR KVM_SET_IDENTITY_MAP_ADDR KVM_CREATE_IRQCHIP KVM_GET_IRQCHIP
-KVM_SET_IRQCHIP KVM_CREATE_PIT2 KVM_GET_PIT2 KVM_SET_PIT2 KVM_GET_CLOCK KVM_SET_CLOCK KVM_IRQ_LINE
-KVM_CREATE_VCPU KVM_RUN KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_GET_SREGS2
-KVM_SET_SREGS2 KVM_GET_FPU KVM_SET_FPU KVM_GET_XSAVE KVM_GET_XSAVE2 KVM_SET_XSAVE KVM_GET_XCRS
-KVM_SET_XCRS KVM_GET_LAPIC KVM_SET_LAPIC KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS KVM_GET_DEBUGREGS
-KVM_SET_DEBUGREGS KVM_GET_MP_STATE KVM_SET_MP_STATE KVM_SET_CPUID2 KVM_GET_CPUID2 KVM_GET_TSC_KHZ
-KVM_SET_TSC_KHZ KVM_GET_DIRTY_LOG KVM_KVMCLOCK_CTRL KVM_ENABLE_CAP
+KVM_SET_USER_MEMORY_REGION KVM_CREATE_IRQCHIP KVM_IRQ_LINE KVM_CREATE_VCPU KVM_RUN KVM_GET_MP_STATE
+KVM_SET_MP_STATE KVM_GET_DIRTY_LOG KVM_ENABLE_CAP
 KVM_CAP_IRQCHIP KVM_CAP_PIT2 KVM_CAP_IMMEDIATE_EXIT KVM_CAP_XSAVE KVM_CAP_XSAVE2 KVM_CAP_XCRS
 KVM_CAP_SREGS2 KVM_CAP_VCPU_EVENTS KVM_CAP_DEBUGREGS KVM_CAP_MP_STATE KVM_CAP_ADJUST_CLOCK
 KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS
@@ -46,19 +34,61 @@ KVM_INTERNAL_ERROR_EMULATION KVM_INTERNAL_ERROR_SIMUL_EX KVM_INTERNAL_ERROR_DELI
 KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
 KVM_SYSTEM_EVENT_SHUTDOWN KVM_SYSTEM_EVENT_RESET KVM_SYSTEM_EVENT_CRASH
 KVM_MP_STATE_RUNNABLE KVM_MP_STATE_UNINITIALIZED KVM_MP_STATE_INIT_RECEIVED KVM_MP_STATE_HALTED
-KVM_MP_STATE_SIPI_RECEIVED
+KVM_MP_STATE_SIPI_RECEIVED KVM_MEM_LOG_DIRTY_PAGES
+"""
+
+COMMON_CDEF = r"""
+typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef unsigned long long __u64;
+typedef long long __s64; typedef int32_t __s32;
+
+struct kvm_mp_state { __u32 mp_state; };
+struct kvm_userspace_memory_region {
+    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr;
+};
+struct kvm_irq_level { __u32 irq; __u32 level; };
+struct kvm_dirty_log { __u32 slot; __u32 padding1; void *dirty_bitmap; };
+struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };
+struct kvm_run {
+    __u8 request_interrupt_window; __u8 immediate_exit;
+    __u32 exit_reason; __u8 ready_for_interrupt_injection; __u8 if_flag; __u16 flags;
+    __u64 cr8; __u64 apic_base;
+    union {
+        struct { __u64 hardware_exit_reason; } hw;
+        struct { __u64 hardware_entry_failure_reason; __u32 cpu; } fail_entry;
+        struct { __u32 exception; __u32 error_code; } ex;
+        struct { __u8 direction; __u8 size; __u16 port; __u32 count; __u64 data_offset; } io;
+        struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; } mmio;
+        struct { __u32 suberror; __u32 ndata; __u64 data[16]; } internal;
+        struct { __u32 suberror; __u32 ndata; __u64 flags; __u8 insn_size; __u8 insn_bytes[15]; }
+            emulation_failure;
+        struct { __u32 type; __u32 ndata; __u64 data[16]; } system_event;
+        ...;
+    };
+    ...;
+};
+
+int kvmsnap_ioctl_ptr(int fd, unsigned long request, void *arg);
+int kvmsnap_ioctl_int(int fd, unsigned long request, unsigned long arg);
+int kvmsnap_install_kick_handler(int signo);
+"""
+
+X86_64_CONSTANTS = """
+KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST KVM_GET_SUPPORTED_CPUID KVM_GET_MSRS KVM_SET_MSRS
+KVM_SET_TSS_ADDR KVM_SET_IDENTITY_MAP_ADDR KVM_GET_IRQCHIP KVM_SET_IRQCHIP KVM_CREATE_PIT2 KVM_GET_PIT2
+KVM_SET_PIT2 KVM_GET_CLOCK KVM_SET_CLOCK KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS
+KVM_GET_SREGS2 KVM_SET_SREGS2 KVM_GET_FPU KVM_SET_FPU KVM_GET_XSAVE KVM_GET_XSAVE2 KVM_SET_XSAVE
+KVM_GET_XCRS KVM_SET_XCRS KVM_GET_LAPIC KVM_SET_LAPIC KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS
+KVM_GET_DEBUGREGS KVM_SET_DEBUGREGS KVM_SET_CPUID2 KVM_GET_CPUID2 KVM_GET_TSC_KHZ KVM_SET_TSC_KHZ
+KVM_KVMCLOCK_CTRL
 KVM_IRQCHIP_PIC_MASTER KVM_IRQCHIP_PIC_SLAVE KVM_IRQCHIP_IOAPIC KVM_IOAPIC_NUM_PINS
-KVM_PIT_SPEAKER_DUMMY KVM_MEM_LOG_DIRTY_PAGES KVM_APIC_REG_SIZE KVM_MAX_XCRS KVM_NR_INTERRUPTS
+KVM_PIT_SPEAKER_DUMMY KVM_APIC_REG_SIZE KVM_MAX_XCRS KVM_NR_INTERRUPTS
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX KVM_SREGS2_FLAGS_PDPTRS_VALID
 KVM_VCPUEVENT_VALID_NMI_PENDING KVM_VCPUEVENT_VALID_SIPI_VECTOR KVM_VCPUEVENT_VALID_SHADOW
 KVM_VCPUEVENT_VALID_SMM KVM_VCPUEVENT_VALID_PAYLOAD KVM_VCPUEVENT_VALID_TRIPLE_FAULT
 KVM_CLOCK_TSC_STABLE KVM_CLOCK_REALTIME KVM_CLOCK_HOST_TSC
-""".split()
+"""
 
-CDEF = "\n".join(f"#define {name} ..." for name in CONSTANTS) + r"""
-typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef unsigned long long __u64;
-typedef long long __s64; typedef int32_t __s32;
-
+X86_64_CDEF = r"""
 struct kvm_regs {
     __u64 rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
     __u64 r8, r9, r10, r11, r12, r13, r14, r15;
@@ -98,7 +128,6 @@ struct kvm_xsave { __u32 region[1024]; __u32 extra[]; };
 struct kvm_xcr { __u32 xcr; __u32 reserved; __u64 value; };
 struct kvm_xcrs { __u32 nr_xcrs; __u32 flags; struct kvm_xcr xcrs[16]; __u64 padding[16]; };
 struct kvm_debugregs { __u64 db[4]; __u64 dr6; __u64 dr7; __u64 flags; __u64 reserved[9]; };
-struct kvm_mp_state { __u32 mp_state; };
 struct kvm_vcpu_events {
     struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending; __u32 error_code; } exception;
     struct { __u8 injected; __u8 nr; __u8 soft; __u8 shadow; } interrupt;
@@ -107,9 +136,6 @@ struct kvm_vcpu_events {
     struct { __u8 smm; __u8 pending; __u8 smm_inside_nmi; __u8 latched_init; } smi;
     struct { __u8 pending; } triple_fault;
     __u8 reserved[26]; __u8 exception_has_payload; __u64 exception_payload;
-};
-struct kvm_userspace_memory_region {
-    __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr;
 };
 struct kvm_irqchip { __u32 chip_id; __u32 pad; union { char dummy[512]; __u64 _align; } chip; };
 struct kvm_pit_config { __u32 flags; __u32 pad[15]; };
@@ -122,32 +148,12 @@ struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; __u32 flags; _
 struct kvm_clock_data {
     __u64 clock; __u32 flags; __u32 pad0; __u64 realtime; __u64 host_tsc; __u32 pad[4];
 };
-struct kvm_irq_level { __u32 irq; __u32 level; };
-struct kvm_dirty_log { __u32 slot; __u32 padding1; void *dirty_bitmap; };
-struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };
-struct kvm_run {
-    __u8 request_interrupt_window; __u8 immediate_exit;
-    __u32 exit_reason; __u8 ready_for_interrupt_injection; __u8 if_flag; __u16 flags;
-    __u64 cr8; __u64 apic_base;
-    union {
-        struct { __u64 hardware_exit_reason; } hw;
-        struct { __u64 hardware_entry_failure_reason; __u32 cpu; } fail_entry;
-        struct { __u32 exception; __u32 error_code; } ex;
-        struct { __u8 direction; __u8 size; __u16 port; __u32 count; __u64 data_offset; } io;
-        struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; } mmio;
-        struct { __u32 suberror; __u32 ndata; __u64 data[16]; } internal;
-        struct { __u32 suberror; __u32 ndata; __u64 flags; __u8 insn_size; __u8 insn_bytes[15]; }
-            emulation_failure;
-        struct { __u32 type; __u32 ndata; __u64 data[16]; } system_event;
-        ...;
-    };
-    ...;
-};
-
-int kvmsnap_ioctl_ptr(int fd, unsigned long request, void *arg);
-int kvmsnap_ioctl_int(int fd, unsigned long request, unsigned long arg);
-int kvmsnap_install_kick_handler(int signo);
 """
+
+#: ``platform.machine()`` → (constants, declarations) of that architecture's ``<asm/kvm.h>`` part.
+#: "aarch64": a later issue adds its constants and structs (arm64 ``<asm/kvm.h>``: kvm_vcpu_init,
+#: kvm_one_reg, kvm_reg_list, kvm_device_attr ...); until then it installs offline only.
+ARCHES = {"x86_64": (X86_64_CONSTANTS, X86_64_CDEF)}
 
 SOURCE = r"""
 #include <linux/kvm.h>
@@ -171,10 +177,31 @@ static int kvmsnap_install_kick_handler(int signo)
 }
 """
 
-_check_toolchain()
-ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source("kvmsnap.kvm._kvm", SOURCE)
+
+def missing() -> str | None:
+    """Why the module cannot be built here, in one line naming what to install; None when it can."""
+    if os.environ.get("KVMSNAP_OFFLINE") == "1":
+        return "KVMSNAP_OFFLINE=1 is set"
+    if platform.machine() not in ARCHES:
+        return f"no KVM declarations for {platform.machine()} yet"
+    if not os.path.exists(HEADER):
+        return f"{HEADER} not found: install the Debian package linux-libc-dev"
+    if not (shutil.which(os.environ.get("CC", "cc").split()[0]) or shutil.which("gcc")):
+        return "no C compiler found: install the Debian package gcc"
+    return None
+
+
+def ffibuilder() -> FFI:
+    """The cffi builder for this host's architecture (``cffi_modules`` calls it)."""
+    constants, cdef = ARCHES[platform.machine()]
+    builder = FFI()
+    builder.cdef("\n".join(f"#define {name} ..." for name in (COMMON_CONSTANTS + constants).split())
+                 + COMMON_CDEF + cdef)
+    builder.set_source("kvmsnap.kvm._kvm", SOURCE)
+    return builder
+
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=False)
+    if reason := missing():
+        sys.exit(f"kvmsnap: cannot build kvmsnap.kvm._kvm: {reason}")
+    ffibuilder().compile(verbose=False)

@@ -1,6 +1,8 @@
-"""The one exception type of the KVM layer, and the ioctl helpers that raise it."""
+"""The exceptions of the KVM layer: ``KvmError`` for a failed ioctl, ``KvmUnavailable`` for a missing build."""
 import errno
 import os
+
+from ..errors import KvmsnapError
 
 
 class KvmError(OSError):
@@ -23,3 +25,11 @@ class MsrError(KvmError):
         self.done = done
         super().__init__(ioctl, errno.EINVAL,
                          f"MSR {index:#x} refused (handled {done} of {total})")
+
+
+class KvmUnavailable(KvmsnapError, ImportError):
+    """This installation has no compiled KVM module (or no cffi backend): live commands cannot run."""
+
+    def __init__(self, cause: ImportError):
+        super().__init__(f"no KVM support in this installation ({cause}): reinstall kvmsnap where "
+                         "<linux/kvm.h> (Debian: linux-libc-dev) and a C compiler (gcc) are present", name=cause.name)

@@ -1,13 +1,14 @@
 """``Kvm``: the /dev/kvm system file descriptor."""
+import errno
 import os
 
+from ._arch import KvmArch
 from ._ioctl import lib, ioctl_int
 from .errors import KvmError
-from .lists import cpuid_entries, get_msrs, index_list
 from .vm import Vm
 
 
-class Kvm:
+class Kvm(KvmArch):
     """An open /dev/kvm; creates ``Vm`` objects."""
 
     def __init__(self, path: str = "/dev/kvm"):
@@ -18,7 +19,7 @@ class Kvm:
         version = self.get_api_version()
         if version != lib.KVM_API_VERSION:
             os.close(self.fd)
-            raise KvmError("KVM_GET_API_VERSION", 22, f"version {version}, need {lib.KVM_API_VERSION}")
+            raise KvmError("KVM_GET_API_VERSION", errno.EINVAL, f"version {version}, need {lib.KVM_API_VERSION}")
 
     def close(self):
         if self.fd >= 0:
@@ -36,22 +37,6 @@ class Kvm:
     def get_vcpu_mmap_size(self) -> int:
         """See KVM_GET_VCPU_MMAP_SIZE."""
         return ioctl_int(self.fd, "KVM_GET_VCPU_MMAP_SIZE")
-
-    def get_msr_index_list(self) -> list[int]:
-        """See KVM_GET_MSR_INDEX_LIST: the MSRs saved/restored by KVM_GET/SET_MSRS."""
-        return index_list(self.fd, "KVM_GET_MSR_INDEX_LIST")
-
-    def get_msr_feature_index_list(self) -> list[int]:
-        """See KVM_GET_MSR_FEATURE_INDEX_LIST: feature MSRs readable on the system fd."""
-        return index_list(self.fd, "KVM_GET_MSR_FEATURE_INDEX_LIST")
-
-    def get_supported_cpuid(self) -> bytes:
-        """See KVM_GET_SUPPORTED_CPUID: raw ``kvm_cpuid_entry2`` array."""
-        return cpuid_entries(self.fd, "KVM_GET_SUPPORTED_CPUID")
-
-    def get_msrs(self, indices: list[int]) -> list[tuple[int, int]]:
-        """See KVM_GET_MSRS on the system fd (feature MSRs)."""
-        return get_msrs(self.fd, indices)
 
     def create_vm(self):
         """See KVM_CREATE_VM."""

@@ -1,11 +1,12 @@
 """``Vm``: a VM file descriptor, created by ``Kvm.create_vm``."""
 import os
 
-from ._ioctl import ffi, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
+from ._arch import VmArch
+from ._ioctl import ffi, ioctl_int, ioctl_ptr
 from .vcpu import Vcpu
 
 
-class Vm:
+class Vm(VmArch):
     """One KVM virtual machine; creates ``Vcpu`` objects."""
 
     def __init__(self, kvm, fd: int):
@@ -29,51 +30,13 @@ class Vm:
             "memory_size": size, "userspace_addr": host_addr})
         ioctl_ptr(self.fd, "KVM_SET_USER_MEMORY_REGION", region)
 
-    def set_tss_addr(self, addr: int) -> None:
-        """See KVM_SET_TSS_ADDR (three pages inside the 32-bit hole)."""
-        ioctl_int(self.fd, "KVM_SET_TSS_ADDR", addr)
-
-    def set_identity_map_addr(self, addr: int) -> None:
-        """See KVM_SET_IDENTITY_MAP_ADDR."""
-        ioctl_ptr(self.fd, "KVM_SET_IDENTITY_MAP_ADDR", ffi.new("__u64 *", addr))
-
     def create_irqchip(self) -> None:
-        """See KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and LAPICs."""
+        """See KVM_CREATE_IRQCHIP: the in-kernel interrupt controllers (x86: PIC, IOAPIC and LAPICs)."""
         ioctl_int(self.fd, "KVM_CREATE_IRQCHIP")
-
-    def get_irqchip(self, chip_id: int) -> bytes:
-        """See KVM_GET_IRQCHIP: raw ``struct kvm_irqchip``."""
-        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
-        ioctl_ptr(self.fd, "KVM_GET_IRQCHIP", chip)
-        return as_bytes(chip)
-
-    def set_irqchip(self, data: bytes) -> None:
-        """See KVM_SET_IRQCHIP (``chip_id`` is inside ``data``)."""
-        set_struct(self.fd, "KVM_SET_IRQCHIP", "struct kvm_irqchip", data)
 
     def irq_line(self, irq: int, level: int) -> None:
         """See KVM_IRQ_LINE."""
         ioctl_ptr(self.fd, "KVM_IRQ_LINE", ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
-
-    def create_pit2(self, flags: int = 0) -> None:
-        """See KVM_CREATE_PIT2."""
-        ioctl_ptr(self.fd, "KVM_CREATE_PIT2", ffi.new("struct kvm_pit_config *", {"flags": flags}))
-
-    def get_pit2(self) -> bytes:
-        """See KVM_GET_PIT2: raw ``struct kvm_pit_state2``."""
-        return as_bytes(get_struct(self.fd, "KVM_GET_PIT2", "struct kvm_pit_state2"))
-
-    def set_pit2(self, data: bytes) -> None:
-        """See KVM_SET_PIT2."""
-        set_struct(self.fd, "KVM_SET_PIT2", "struct kvm_pit_state2", data)
-
-    def get_clock(self) -> bytes:
-        """See KVM_GET_CLOCK: raw ``struct kvm_clock_data``."""
-        return as_bytes(get_struct(self.fd, "KVM_GET_CLOCK", "struct kvm_clock_data"))
-
-    def set_clock(self, data: bytes) -> None:
-        """See KVM_SET_CLOCK."""
-        set_struct(self.fd, "KVM_SET_CLOCK", "struct kvm_clock_data", data)
 
     def get_dirty_log(self, slot: int, pages: int) -> bytes:
         """See KVM_GET_DIRTY_LOG: one bit per page of ``slot`` (needs KVM_MEM_LOG_DIRTY_PAGES)."""
