@@ -1,5 +1,12 @@
-"""Text for humans from :func:`kvmsnap.inspect.summarize`, :mod:`kvmsnap.memaccess` reads and
+"""Text for humans from :func:`kvmsnap.summary.summarize`, guest-memory reads and
 :func:`kvmsnap.diff.diff` results.  Only layout lives here; every value comes decoded."""
+WIDTH = 120                  # no line of render_text is longer
+NBSP = "\xa0"                # joins the words of one item so that _fill never breaks inside it
+PIT_CHANNELS = ("system timer, IRQ0", "DRAM refresh, legacy", "PC speaker")
+IOAPIC_DEFAULT = dict(vector=0, delivery_mode="fixed", dest_mode="physical", delivery_status=0,
+                      polarity="active high", remote_irr=0, trigger="edge", masked=1, dest_id=0)
+PROCESS_ONLY = ("ppid", "pgrp", "sid", "signal", "cursig", "sigpend", "sighold", "pr_utime",
+                "pr_stime")          # NT_PRSTATUS fields that a VM's vCPU leaves zero
 
 
 def _hex(value) -> str:
@@ -8,18 +15,57 @@ def _hex(value) -> str:
     return value if isinstance(value, str) else f"0x{value:x}"
 
 
-def _bits(reg: dict, *extra: str) -> str:
-    """``0x80050033 [PE MP ET NE WP AM PG]`` plus named fields."""
+def _bits(reg: dict | None, *extra: str) -> str:
+    """``0x80050033 [PE MP ET NE WP AM PG]`` plus named fields; ``-`` for null."""
+    if reg is None:
+        return "-"
     text = f"{_hex(reg['value'])} [{' '.join(reg['flags'])}]"
     fields = [f"{k}={_hex(reg[k]) if isinstance(reg[k], int) and reg[k] > 9 else reg[k]}"
               for k in extra if k in reg]
     return text + (" " + " ".join(fields) if fields else "")
 
 
+def _fill(head: str, text: str) -> list[str]:
+    """``head`` then ``text``, broken at spaces to stay within WIDTH, continued under the text;
+    a word longer than what is left of a line is broken.  Greedy, as textwrap, without its
+    import-time regular expressions."""
+    indent = " " * min(len(head), WIDTH // 2)
+    lines, line, empty = [], head, True
+    for word in text.split(" "):
+        if not empty and word and len(line) + 1 + len(word) > WIDTH:
+            lines.append(line)
+            line, empty = indent, True
+        line, empty = (line + word if empty else f"{line} {word}"), empty and not word
+        while len(line) > WIDTH:
+            lines.append(line[:WIDTH])
+            line = indent + line[WIDTH:]
+    lines.append(line)
+    return [line.replace(NBSP, " ").rstrip() for line in lines]
+
+
+def _items(items, sep=", ") -> str:
+    """``items`` joined by ``sep`` for :func:`_fill`, which then breaks only between items."""
+    return sep.join(str(item).replace(" ", NBSP) for item in items)
+
+
 def _grid(items, width=3) -> list[str]:
     items = list(items)
     return ["  " + "  ".join(f"{name:<9}{_hex(value):>18}" for name, value in items[i:i + width])
             for i in range(0, len(items), width)]
+
+
+def _wide(name: str, value: str) -> list[str]:
+    """A register wider than 64 bits; one too long for a line (zmm) in 256-bit parts, high first."""
+    head = f"  {name:<10}"
+    if len(head) + len(value) <= WIDTH:
+        return [head + value]
+    digits = value[2:]
+    return [(head + "0x" if i == 0 else " " * (len(head) + 2)) + digits[i:i + 64]
+            for i in range(0, len(digits), 64)]
+
+
+def _nonzero(value) -> bool:
+    return (int(value, 16) if isinstance(value, str) else value) != 0
 
 
 def hexdump(data: bytes, base: int = 0) -> str:
@@ -36,36 +82,45 @@ def hexdump(data: bytes, base: int = 0) -> str:
 # ---------------------------------------------------------------------------------------------
 # inspect
 
-def render_text(summary: dict) -> str:
-    """The summary as text: header, memory, notes, then every vCPU section and device."""
+def render_text(summary: dict, show_all: bool = False) -> str:
+    """The summary as text: header, memory, notes, then every vCPU section and device.
+
+    Lines stay within WIDTH columns.  Unless ``show_all``, all-zero vector registers and CPUID
+    leaves, zero process-only thread fields and IOAPIC pins at their reset value are left out
+    (and counted)."""
     wanted = set(summary.get("selected", {}).get("sections") or ())
     show = (lambda name: not wanted or name in wanted)
-    lines = [f"file:         {summary['file']}",
-             f"kind:         {summary['kind']}",
-             f"architecture: {summary['arch']}",
-             f"producer:     {summary['producer'] or 'unknown'}"]
+    selected = summary.get("selected", {}).get("vcpu")
+    total = summary.get("vcpu_count")
+    of = f" of {total}" if selected is not None and total is not None else ""
+    lines = _fill("file:         ", summary["file"]) + [
+        f"kind:         {summary['kind']}",
+        f"architecture: {summary['arch']}",
+        f"producer:     {summary['producer'] or 'unknown'}"]
     if summary.get("format"):
         lines.append(f"format:       {summary['format']['major']}.{summary['format']['minor']}")
     if summary.get("host_kernel"):
         lines.append(f"host kernel:  {summary['host_kernel']}")
     if summary.get("config"):
         c = summary["config"]
-        lines.append(f"guest:        {c['guest']}  ({c['mem_size'] // (1 << 20)} MiB, "
-                     f"{c['vcpus']} vCPUs)")
-    lines.append(f"vCPUs:        {len(summary['vcpus'])}")
+        lines += _fill("guest:        ", f"{c['guest']}  ({c['mem_size'] // (1 << 20)} MiB, "
+                                         f"{c['vcpus']} vCPUs)")
+    lines.append(f"vCPUs:        {len(summary['vcpus'])}" if selected is None
+                 else f"vCPU:         {selected}{of}")
     if show("memory"):
         lines += _memory(summary)
     if show("notes"):
         lines += _notes(summary["notes"])
     for v in summary["vcpus"]:
-        lines += _vcpu(v, show)
+        lines += _vcpu(v, show, show_all, of)
     if summary.get("devices") and show("devices"):
-        lines += _devices(summary["devices"])
+        lines += _devices(summary["devices"], show_all)
     if summary.get("process") and show("process"):
         lines += _process(summary["process"])
     if summary.get("vmcoreinfo") and show("vmcoreinfo"):
-        lines += ["", "VMCOREINFO:"] + [f"  {k} = {v}" for k, v in
-                                        summary["vmcoreinfo"]["fields"].items()]
+        lines += ["", "VMCOREINFO:"]
+        for k, v in summary["vmcoreinfo"]["fields"].items():
+            lines += _fill(f"  {k} = ", v)
     return "\n".join(lines) + "\n"
 
 
@@ -78,14 +133,13 @@ def _memory(summary) -> list[str]:
     lines += ["", "Memory segments (PT_LOAD):",
               f"  {'paddr':>18}  {'vaddr':>18}  {'size':>12}  {'offset':>12}  kind"]
     for m in summary["memory"]:
-        kind = "physical" if m["physical"] else ("virtual" if summary["kind"] == "kvmsnap"
-                                                 else "")
+        kind = ["physical"] if m["physical"] else ["virtual"] * (summary["kind"] == "kvmsnap")
         if m["beyond_eof"]:
-            kind += " (past end of file)"
+            kind.append("(past end of file)")
         if m["filesz"] < m["size"]:
-            kind += f" (0x{m['filesz']:x} bytes in file)"
-        lines.append(f"  {m['paddr']:#18x}  {m['vaddr']:#18x}  {m['size']:#12x}  "
-                     f"{m['offset']:#12x}  {kind}".rstrip())
+            kind.append(f"(0x{m['filesz']:x} bytes in file)")
+        lines += _fill(f"  {m['paddr']:#18x}  {m['vaddr']:#18x}  {m['size']:#12x}  "
+                       f"{m['offset']:#12x}  ", _items(kind, " "))
     return lines
 
 
@@ -99,18 +153,32 @@ def _notes(notes) -> list[str]:
     return lines
 
 
-def _vcpu(v, show) -> list[str]:
-    header = f"vCPU {v['id']}"
+def _vcpu(v, show, show_all, of) -> list[str]:
+    header = f"vCPU {v['id']}{of}"
     if v.get("pid") is not None:
         header += f" (pid {v['pid']})"
     lines = ["", header + ":"]
     sections = v.get("sections", {})
-    if not sections and show("regs"):
-        lines += _grid(v["regs"].items())
+    if "regs" not in sections and show("regs"):       # i386 and short NT_PRSTATUS: flat only
+        lines += [" regs:"] + _grid(v["regs"].items())
     for name, data in sections.items():
-        render = _SECTION_RENDERERS.get(name, _generic)
-        lines += [f" {name}:"] + render(data)
+        if name in _FILTERED_RENDERERS:
+            body = _FILTERED_RENDERERS[name](data, show_all)
+        else:
+            body = _SECTION_RENDERERS.get(name, _generic)(data)
+        lines += [f" {name}:"] + body
     return lines
+
+
+def _thread(t, show_all) -> list[str]:
+    """pid, fpvalid, and the process-only fields that are not zero (all with ``show_all``)."""
+    words = []
+    for k, v in t.items():
+        times = isinstance(v, dict)          # pr_utime, pr_stime
+        if show_all or k not in PROCESS_ONLY or (any(v.values()) if times else v):
+            words.append(f"{k} {v['tv_sec']}.{v['tv_usec']:06d} s" if times else
+                         f"{k} {_hex(v) if k in ('sigpend', 'sighold') else v}")
+    return _fill("  ", _items(words))
 
 
 def _regs(r) -> list[str]:
@@ -118,7 +186,7 @@ def _regs(r) -> list[str]:
     lines = _grid(flat)
     for name in ("rflags", "pstate"):
         if name in r:
-            lines.append(f"  {name:<8}{_bits(r[name], 'iopl', 'mode', 'btype')}")
+            lines += _fill(f"  {name:<8}", _bits(r[name], "iopl", "mode", "btype"))
     return lines
 
 
@@ -129,10 +197,10 @@ def _segments(s) -> list[str]:
             lines.append(f"  {name:<4} base {_hex(seg['base'])} limit {_hex(seg['limit'])} "
                          f"({seg['entries']} entries)")
         elif "attributes" in seg:
-            lines.append(f"  {name:<4} {seg['selector']:#06x} (index {seg['index']}, "
-                         f"{'LDT' if seg['ti'] else 'GDT'}, RPL {seg['rpl']}) base "
-                         f"{_hex(seg['base'])} limit {_hex(seg['limit'])}: "
-                         f"{', '.join(seg['attributes'])}")
+            lines += _fill(f"  {name:<4} {seg['selector']:#06x} (index {seg['index']}, "
+                           f"{'LDT' if seg['ti'] else 'GDT'}, RPL {seg['rpl']}) base "
+                           f"{_hex(seg['base'])} limit {_hex(seg['limit'])}: ",
+                           _items(seg["attributes"]))
         else:
             base = f" base {_hex(seg['base'])}" if "base" in seg else ""
             lines.append(f"  {name:<4} {seg['selector']:#06x}{base}")
@@ -143,7 +211,7 @@ def _control(c) -> list[str]:
     lines = []
     for name, value in c.items():
         if isinstance(value, dict) and "flags" in value:
-            lines.append(f"  {name:<10}{_bits(value, 'address')}")
+            lines += _fill(f"  {name:<10}", _bits(value, "address"))
         elif isinstance(value, dict):
             lines.append(f"  {name:<10}{_hex(value['value'])} (table {_hex(value['table'])}, "
                          f"PCID {value['pcid']})")
@@ -154,8 +222,7 @@ def _control(c) -> list[str]:
 
 def _debug(d) -> list[str]:
     lines = _grid((f"dr{n}", d[f"dr{n}"]) for n in range(4))
-    lines.append(f"  dr6     {_bits(d['dr6'])}")
-    lines.append(f"  dr7     {_bits(d['dr7'])}")
+    lines += _fill("  dr6     ", _bits(d["dr6"])) + _fill("  dr7     ", _bits(d["dr7"]))
     for b in d["dr7"]["breakpoints"]:
         scope = "+".join(k for k in ("local", "global") if b[k])
         lines.append(f"    breakpoint {b['n']}: {b['condition']} {b['length']} bytes at "
@@ -163,28 +230,34 @@ def _debug(d) -> list[str]:
     return lines
 
 
-def _fpu(f) -> list[str]:
-    lines = []
+def _fpu(f, show_all) -> list[str]:
+    """x87, SSE/AVX/AVX-512 (x86) or FP/SIMD (aarch64); all-zero registers counted, not shown."""
     if "x87" in f:
         x = f["x87"]
-        lines += [f"  xcr0      {_bits(f['xcr0'])}", f"  xstate_bv {_bits(f['xstate_bv'])}",
-                  f"  fcw       {_bits(x['fcw'], 'precision', 'rounding')}",
-                  f"  fsw       {_bits(x['fsw'], 'top')}",
-                  f"  ftw       {_hex(x['ftw'])} (tag word {_hex(x['tag'])})  fop "
-                  f"{_hex(x['fop'])}  fip {_hex(x['fip'])}  fdp {_hex(x['fdp'])}"]
-        lines += [f"  st{i}       {r}" for i, r in enumerate(x["st"])]
-        lines.append(f"  mxcsr     {_bits(f['mxcsr'], 'rounding')}  mask {_hex(f['mxcsr_mask'])}")
-        for kind in ("zmm", "ymm", "xmm"):       # the widest set holds the narrower ones
-            if kind in f:
-                lines += [f"  {kind}{i:<6}{v}" for i, v in enumerate(f[kind])]
-                break
-        if "k" in f:
-            lines += _grid((f"k{i}", v) for i, v in enumerate(f["k"]))
-        if "pkru" in f:
-            lines.append(f"  pkru      {_hex(f['pkru'])}")
+        lines = (_fill("  xcr0      ", _bits(f["xcr0"]))
+                 + _fill("  xstate_bv ", _bits(f["xstate_bv"]))
+                 + _fill("  fcw       ", _bits(x["fcw"], "precision", "rounding"))
+                 + _fill("  fsw       ", _bits(x["fsw"], "top"))
+                 + [f"  ftw       {_hex(x['ftw'])} (tag word {_hex(x['tag'])})  fop "
+                    f"{_hex(x['fop'])}  fip {_hex(x['fip'])}  fdp {_hex(x['fdp'])}"]
+                 + _fill("  mxcsr     ", f"{_bits(f['mxcsr'], 'rounding')}  mask "
+                                         f"{_hex(f['mxcsr_mask'])}"))
+        wide = [(f"st{i}", r) for i, r in enumerate(x["st"])]
+        kind = next((k for k in ("zmm", "ymm", "xmm") if k in f), None)  # widest holds the rest
+        wide += [(f"{kind}{i}", v) for i, v in enumerate(f[kind])] if kind else []
+        opmask = [(f"k{i}", v) for i, v in enumerate(f.get("k", ()))]
     else:                                          # aarch64
-        lines += [f"  v{i:<8}{v}" for i, v in enumerate(f["v"])]
-        lines += [f"  fpsr     {_bits(f['fpsr'])}", f"  fpcr     {_bits(f['fpcr'], 'rounding')}"]
+        lines = _fill("  fpsr      ", _bits(f["fpsr"])) + _fill("  fpcr      ",
+                                                               _bits(f["fpcr"], "rounding"))
+        wide, opmask = [(f"v{i}", v) for i, v in enumerate(f["v"])], []
+    wide_shown, opmask_shown = ([(n, v) for n, v in regs if show_all or _nonzero(v)]
+                                for regs in (wide, opmask))
+    lines += [line for n, v in wide_shown for line in _wide(n, v)] + _grid(opmask_shown)
+    if "pkru" in f:
+        lines.append(f"  pkru      {_hex(f['pkru'])}")
+    hidden = len(wide) + len(opmask) - len(wide_shown) - len(opmask_shown)
+    if hidden:
+        lines.append(f"  {hidden} all-zero registers not shown; --all shows them")
     return lines
 
 
@@ -198,9 +271,10 @@ def _lapic(a) -> list[str]:
              f"{a['version']['max_lvt']})  TPR {_hex(a['tpr'])}  PPR {_hex(a['ppr'])}  "
              f"LDR {_hex(a['ldr'])}  DFR {_hex(a['dfr'])}",
              f"  SVR {_hex(a['svr']['value'])}: spurious vector {_hex(a['svr']['spurious_vector'])}"
-             f", APIC {'enabled' if a['svr']['enabled'] else 'disabled'}",
-             f"  ISR {a['isr']}  IRR {a['irr']}  TMR {a['tmr']}",
-             f"  ESR {_bits(a['esr'])}  ICR {_hex(a['icr']['value'])}"]
+             f", APIC {'enabled' if a['svr']['enabled'] else 'disabled'}"]
+    for name in ("isr", "irr", "tmr"):
+        lines += _fill(f"  {name.upper()} ", _items(map(_hex, a[name])) or "none")
+    lines += _fill("  ESR ", f"{_bits(a['esr'])}  ICR {_hex(a['icr']['value'])}")
     for name, lvt in a["lvt"].items():
         words = [f"vector {_hex(lvt['vector'])}", "masked" if lvt["masked"] else "unmasked"]
         words += [str(lvt[k]) for k in ("mode", "delivery_mode", "trigger", "polarity") if k in lvt]
@@ -211,10 +285,15 @@ def _lapic(a) -> list[str]:
     return lines
 
 
-def _cpuid(rows) -> list[str]:
-    return [f"  {r['function']:#010x}.{r['index']:<3} eax {r['eax']:08x} ebx {r['ebx']:08x} "
-            f"ecx {r['ecx']:08x} edx {r['edx']:08x}  {' '.join(r['features'])}".rstrip()
-            for r in rows]
+def _cpuid(rows, show_all) -> list[str]:
+    shown = [r for r in rows if show_all or any(r[k] for k in ("eax", "ebx", "ecx", "edx"))]
+    lines = [line for r in shown for line in _fill(
+        f"  {r['function']:#010x}.{r['index']:<3} eax {r['eax']:08x} ebx {r['ebx']:08x} "
+        f"ecx {r['ecx']:08x} edx {r['edx']:08x}  ", " ".join(r["features"]))]
+    if len(rows) > len(shown):
+        lines.append(f"  {len(rows) - len(shown)} all-zero CPUID leaves not shown; --all shows "
+                     "them")
+    return lines
 
 
 def _sysregs(rows) -> list[str]:
@@ -227,18 +306,17 @@ def _generic(data, indent=2) -> list[str]:
     pad = " " * indent
     if isinstance(data, dict):
         if "value" in data and "flags" in data:
-            return [pad + _bits(data)]
+            return _fill(pad, _bits(data))
         lines = []
         for k, v in data.items():
             if isinstance(v, (dict, list)) and v and not _flat_list(v):
                 lines += [f"{pad}{k}:"] + _generic(v, indent + 2)
             else:
-                lines.append(f"{pad}{k}: {_scalar(v)}")
+                lines += _fill(f"{pad}{k}: ", _scalar(v))
         return lines
-    if isinstance(data, list):
-        return [line for item in data for line in _generic(item, indent)] \
-            if not _flat_list(data) else [pad + _scalar(data)]
-    return [pad + _scalar(data)]
+    if isinstance(data, list) and not _flat_list(data):
+        return [line for item in data for line in _generic(item, indent)]
+    return _fill(pad, _scalar(data))
 
 
 def _flat_list(v) -> bool:
@@ -249,32 +327,53 @@ def _scalar(v) -> str:
     if isinstance(v, bool) or v is None:
         return str(v).lower()
     if isinstance(v, int):
-        return str(v) if 0 <= v < 10 else f"{v} ({v:#x})"
+        return str(v) if 0 <= v < 10 else f"{v}{NBSP}({v:#x})"
     if isinstance(v, list):
-        return "[" + ", ".join(map(_scalar, v)) + "]"
+        return "[" + _items(map(_scalar, v)) + "]"
     if isinstance(v, dict):
         return "{}"
     return str(v)
 
 
 _SECTION_RENDERERS = dict(regs=_regs, segments=_segments, control=_control, debug=_debug,
-                          fpu=_fpu, msrs=_msrs, lapic=_lapic, cpuid=_cpuid, sysregs=_sysregs)
+                          msrs=_msrs, lapic=_lapic, sysregs=_sysregs)
+_FILTERED_RENDERERS = dict(thread=_thread, fpu=_fpu, cpuid=_cpuid)    # these take show_all
 
 
-def _devices(d) -> list[str]:
+def _devices(d, show_all) -> list[str]:
     lines = ["", "Devices:"]
     for name, state in d.items():
         if name == "ioapic":
-            lines.append(f"  ioapic: base {_hex(state['base_address'])}, id {state['id']}, "
-                         f"irr {_hex(state['irr'])}")
-            for p in state["redirtbl"]:
-                if not p["masked"] or p["vector"]:
-                    lines.append(f"    pin {p['pin']:>2}: vector {_hex(p['vector'])}, "
-                                 f"{p['delivery_mode']}, {p['dest_mode']} {p['dest_id']}, "
-                                 f"{p['trigger']}, {p['polarity']}"
-                                 + (", masked" if p["masked"] else ""))
+            lines += _ioapic(state, show_all)
+        elif name == "pit":
+            lines.append(f"  pit: flags {_hex(state['flags'])}")
+            for n, c in enumerate(state["channels"]):
+                words = [f"mode {c['mode']} ({c['mode_name']})", f"access {c['access']}"]
+                words += [f"{k} {c[k]}" for k in c if k not in ("mode", "mode_name", "access",
+                                                                 "rw_mode")]
+                lines += _fill(f"    channel {n} ({PIT_CHANNELS[n]}): ", _items(words))
         else:
             lines += [f"  {name}:"] + _generic(state, 4)
+    return lines
+
+
+def _ioapic(state, show_all) -> list[str]:
+    """Base, ID, IRR, and the redirection table without the pins still at their reset value."""
+    lines = [f"  ioapic: base {_hex(state['base_address'])}, id {state['id']}, "
+             f"ioregsel {_hex(state['ioregsel'])}, irr {_hex(state['irr'])}"]
+    pins = state["redirtbl"]
+    shown = [p for p in pins
+             if show_all or any(p[k] != v for k, v in IOAPIC_DEFAULT.items())]
+    for p in shown:
+        flags = ["masked" if p["masked"] else "unmasked"] + ["remote IRR"] * p["remote_irr"] \
+            + ["delivery pending"] * p["delivery_status"]
+        lines.append(f"    pin {p['pin']:>2}: vector {_hex(p['vector'])}, {p['delivery_mode']}, "
+                     f"{p['dest_mode']} destination {p['dest_id']}, {p['trigger']}, "
+                     f"{p['polarity']}, {', '.join(flags)}")
+    hidden = len(pins) - len(shown)
+    if hidden:
+        count = f"{hidden} of {len(pins)}" if shown else f"all {len(pins)}"
+        lines.append(f"    {count} pins masked with default settings, not shown; --all shows them")
     return lines
 
 
@@ -282,13 +381,14 @@ def _process(p) -> list[str]:
     lines = ["", "Process:"]
     if "prpsinfo" in p:
         i = p["prpsinfo"]
-        lines.append(f"  {i['fname']} (pid {i['pid']}, ppid {i['ppid']}, uid {i['uid']}, "
-                     f"state {i['sname']}): {i['psargs']}")
+        lines += _fill(f"  {i['fname']} (pid {i['pid']}, ppid {i['ppid']}, uid {i['uid']}, "
+                       f"state {i['sname']}): ", i["psargs"])
     if "auxv" in p:
         lines += [f"  {a['name'] or a['type']:<22} {_hex(a['value'])}" for a in p["auxv"]]
     if "files" in p:
-        lines += [f"  {m['start']:#018x}-{m['end']:#018x} {m['offset']:#10x}  {m['path']}"
-                  for m in p["files"]["mappings"]]
+        for m in p["files"]["mappings"]:
+            lines += _fill(f"  {m['start']:#018x}-{m['end']:#018x} {m['offset']:#10x}  ",
+                           m["path"])
     return lines
 
 

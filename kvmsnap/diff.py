@@ -7,16 +7,17 @@ bytes the files hold are chunked: a range that either core lacks or does not hol
 (a foreign core's ``p_memsz`` may say 2^62) is one changed range, its pages counted, not listed."""
 import os
 
-from kvmsnap import corefile, inspect
-from kvmsnap.memaccess import CoreMemory
+from kvmsnap import summary
+from kvmsnap.formats.reader import parse_elf
+from kvmsnap.memory import PAGE_SIZE, Extent
+from kvmsnap.memory.core import CoreMemory
 
-PAGE_SIZE = 4096
 CHUNK = 1 << 20
 
 
 def diff(a_path, b_path) -> dict:
     """The differences between the cores at ``a_path`` and ``b_path`` as plain data."""
-    sa, sb = inspect.summarize(a_path), inspect.summarize(b_path)
+    sa, sb = summary.summarize(a_path), summary.summarize(b_path)
     registers = []
     vcpus_b = {v["id"]: v for v in sb["vcpus"]}
     for va in sa["vcpus"]:
@@ -25,7 +26,7 @@ def diff(a_path, b_path) -> dict:
             registers += _compare(va["id"], _flatten(va["sections"]), _flatten(vb["sections"]))
     registers += _compare(None, _flatten(sa.get("devices") or {}, "devices"),
                           _flatten(sb.get("devices") or {}, "devices"))
-    with CoreMemory(a_path) as ma, CoreMemory(b_path) as mb:
+    with CoreMemory.open(a_path) as ma, CoreMemory.open(b_path) as mb:
         memory = _memory(ma, mb)
     notes = _notes(a_path, b_path, sa["notes"], sb["notes"])
     return dict(a=sa["file"], b=sb["file"],
@@ -79,7 +80,7 @@ def _compare(vcpu, a: dict, b: dict) -> list[dict]:
 
 def _notes(a_path, b_path, a_list, b_list) -> list[dict]:
     def keyed(path, entries):
-        image = corefile.parse_elf(path, strict=False)
+        image = parse_elf(path, strict=False)
         out, seen = {}, {}
         for note, entry in zip(image.notes, entries):
             key = (entry["vcpu"], note.owner, note.type)
@@ -111,10 +112,9 @@ def _is_hole(fd: int, offset: int, length: int) -> bool:
         return True
 
 
-def _bytes(mem: CoreMemory, extent, lo: int, hi: int) -> tuple[bytes, bool]:
+def _bytes(mem: CoreMemory, extent: Extent, lo: int, hi: int) -> tuple[bytes, bool]:
     """The bytes of [lo, hi), held in the file by ``extent``, and whether they are a known hole."""
-    start, _, offset, _ = extent
-    if _is_hole(mem.fileno(), offset + lo - start, hi - lo):
+    if _is_hole(mem.fileno(), extent.backing + lo - extent.start, hi - lo):
         return b"", True
     return mem.read(lo, hi - lo), False
 
@@ -124,9 +124,9 @@ def _cuts(extents) -> set[int]:
     bytes held, and CHUNK steps inside the held part only (the rest, however large a foreign
     core's p_memsz says it is, is one range)."""
     cuts = set()
-    for s, e, _, held in extents:
-        cuts.update((s, e, held))
-        cuts.update(range(s + CHUNK, held, CHUNK))
+    for e in extents:
+        cuts.update((e.start, e.end, e.held))
+        cuts.update(range(e.start + CHUNK, e.held, CHUNK))
     return cuts
 
 
@@ -145,16 +145,16 @@ def _memory(ma: CoreMemory, mb: CoreMemory) -> dict:
 
     ia = ib = 0
     for lo, hi in zip(cuts, cuts[1:]):
-        while ia < len(ea) and ea[ia][1] <= lo:
+        while ia < len(ea) and ea[ia].end <= lo:
             ia += 1
-        while ib < len(eb) and eb[ib][1] <= lo:
+        while ib < len(eb) and eb[ib].end <= lo:
             ib += 1
-        xa = ea[ia] if ia < len(ea) and ea[ia][0] <= lo else None
-        xb = eb[ib] if ib < len(eb) and eb[ib][0] <= lo else None
+        xa = ea[ia] if ia < len(ea) and ea[ia].start <= lo else None
+        xb = eb[ib] if ib < len(eb) and eb[ib].start <= lo else None
         if xa is None and xb is None:
             continue
         compared += hi - lo
-        if xa is None or xb is None or lo >= xa[3] or lo >= xb[3]:
+        if xa is None or xb is None or lo >= xa.held or lo >= xb.held:
             mark(lo, hi)                 # in one core only, or not held in the file: unknown
             continue
         da, hole_a = _bytes(ma, xa, lo, hi)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from construct import (Aligned, Array, Bytes, Construct, Int16ul, Int32ul, Int64ul, PascalString,
                        Rebuild, Struct, len_, this)
 
-from kvmsnap.formats import arm64, x86
+from kvmsnap.arch.aarch64 import layouts as arm64
+from kvmsnap.arch.x86_64 import layouts as x86
 
 # ---------------------------------------------------------------------------------------------
 # Owners
@@ -68,6 +69,8 @@ KVMSNAP_IRQCHIP = 0x4b530004
 KVMSNAP_PIT = 0x4b530005
 KVMSNAP_CLOCK = 0x4b530006
 KVMSNAP_UART = 0x4b530007
+KVMSNAP_DIGEST = 0x4b530008      # reserved: integrity digests, last note, patched after memory
+KVMSNAP_BASE = 0x4b530009        # reserved: the base core of an incremental core
 
 KVMSNAP_SREGS = 0x4b530101
 KVMSNAP_XSAVE = 0x4b530102
@@ -83,9 +86,6 @@ KVMSNAP_TSC_KHZ = 0x4b53010a
 KVMSNAP_ARM64_REGS = 0x4b530201   # aarch64 vCPU: KVM_GET_REG_LIST ids with their values
 
 KVMSNAP_MAGIC = b"KVMSNAP\0"
-ARCH_X86_64 = 1
-ARCH_AARCH64 = 2               # reserved
-ARCH_NAMES = {ARCH_X86_64: "x86_64", ARCH_AARCH64: "aarch64"}
 
 NOTE_VERSION_MAJOR = 1
 NOTE_VERSION_MINOR = 0
@@ -249,11 +249,8 @@ def _entries():
 
 REGISTRY: dict[tuple[str, int], NoteType] = {(e.owner, e.type): e for e in _entries()}
 
-VM_NOTES = tuple(t for (o, t), e in REGISTRY.items() if o == OWNER_KVMSNAP and e.scope == "vm")
-# Every vCPU's note set, in the order kvmsnap writes it (NT_PRSTATUS first, as gdb requires).
-VCPU_NOTES = ((OWNER_CORE, NT_PRSTATUS), (OWNER_CORE, NT_FPREGSET), (OWNER_LINUX, NT_X86_XSTATE),
-              (OWNER_QEMU, NT_QEMU_CPUSTATE)) + tuple(
-    (o, t) for (o, t), e in REGISTRY.items() if o == OWNER_KVMSNAP and e.scope == "vcpu")
+#: VM-wide notes every kvmsnap core has, whatever its architecture (which adds its own).
+FORMAT_NOTES = (KVMSNAP_HEADER, KVMSNAP_CONFIG, KVMSNAP_MEMORY_MAP)
 
 
 def lookup(owner: str, n_type: int) -> NoteType | None:

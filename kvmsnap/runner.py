@@ -4,7 +4,7 @@ import signal
 import threading
 import time
 
-from . import __version__, corefile, snapshot
+from . import save
 from .control import ControlServer
 from .errors import InputError, Interrupted, KvmsnapError
 from .samples import SAMPLES
@@ -109,10 +109,8 @@ class GuestSession:
         self.machine.pause()
         t_paused = time.perf_counter()
         try:
-            state = snapshot.capture(self.machine)
             try:
-                result = corefile.write_core(state, path, producer=f"kvmsnap {__version__}",
-                                             host_kernel=os.uname().release, progress=progress)
+                result = save.save(self.machine, path, progress)
             except OSError as e:
                 raise KvmsnapError(f"cannot write {path}: {e.strerror or e}") from None
         except BaseException:

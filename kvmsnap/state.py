@@ -1,36 +1,9 @@
-"""Machine state as plain data: raw kernel structs as KVM returns them, one field per GET ioctl.
+"""One snapshot type: what capture produces, the core writer consumes, the core reader produces and
+restore consumes.  vCPU state is the architecture's (``kvmsnap.arch.<arch>.state``), raw kernel
+structs as KVM returns them; devices carry their state as named blobs (docs/core-format.md)."""
+from dataclasses import dataclass
 
-Capture (``kvmsnap.snapshot``) fills these; the core writer turns them into ELF notes; the core
-reader gives them back for restore. Byte fields hold the exact ``<linux/kvm.h>`` struct bytes.
-"""
-from dataclasses import dataclass, field
-
-
-@dataclass
-class VcpuState:
-    """One vCPU, in the order the fields are read (see ``kvmsnap.snapshot``)."""
-    index: int
-    mp_state: int                  # struct kvm_mp_state.mp_state
-    regs: bytes                    # struct kvm_regs (144 bytes)
-    sregs: bytes                   # struct kvm_sregs2 (320) when sregs2 is True, else struct kvm_sregs (312)
-    sregs2: bool
-    xsave: bytes                   # KVM_GET_XSAVE2 area, length = KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) (>= 4096)
-    xcrs: bytes                    # struct kvm_xcrs (392)
-    lapic: bytes                   # struct kvm_lapic_state (1024)
-    msrs: list[tuple[int, int]]    # (index, value) for every listed MSR that reads back, in index-list order
-    debugregs: bytes               # struct kvm_debugregs (128)
-    cpuid: bytes                   # nent * struct kvm_cpuid_entry2 (40 bytes each), as given to KVM_SET_CPUID2
-    tsc_khz: int
-    events: bytes                  # struct kvm_vcpu_events (64), read last
-
-
-@dataclass
-class MemoryRegion:
-    """One KVM memory slot: guest-physical range backed by a host mapping (``buffer``)."""
-    slot: int
-    guest_phys_addr: int
-    size: int
-    buffer: object = field(repr=False, default=None)   # a writable buffer (mmap) of ``size`` bytes
+from kvmsnap.memory import GuestMemory
 
 
 @dataclass
@@ -42,14 +15,31 @@ class MachineConfig:
 
 
 @dataclass
-class VmState:
-    """The whole VM: per-vCPU state plus VM-wide devices and memory."""
+class CoreInfo:
+    """Where a snapshot read from a file came from (KVMSNAP_HEADER)."""
+    path: str
+    format_major: int
+    format_minor: int
+    host_kernel: str     # uname -r of the host that saved
+    producer: str        # e.g. "kvmsnap 0.1.0"
+    elf: object          # the parsed file (kvmsnap.formats.reader.ElfCore): notes, segments
+
+
+@dataclass
+class Snapshot:
+    """A whole VM at one instant."""
+    arch: str                        # architecture package name: "x86_64", "aarch64"
     config: MachineConfig
-    vcpus: list[VcpuState]
-    pic_master: bytes   # struct kvm_irqchip (520), chip_id KVM_IRQCHIP_PIC_MASTER
-    pic_slave: bytes    # struct kvm_irqchip (520), chip_id KVM_IRQCHIP_PIC_SLAVE
-    ioapic: bytes       # struct kvm_irqchip (520), chip_id KVM_IRQCHIP_IOAPIC
-    pit: bytes          # struct kvm_pit_state2 (112)
-    clock: bytes        # struct kvm_clock_data (48)
-    uart: bytes         # kvmsnap.vmm.uart.Uart.state_bytes() (documented in docs/core-format.md)
-    memory: list[MemoryRegion]
+    vcpus: list                      # the architecture's vCPU states, in index order
+    devices: dict[str, bytes]        # device name -> state blob (names per architecture)
+    memory: GuestMemory              # guest RAM: live, or one core's
+    info: CoreInfo | None = None     # set when read from a core
+
+    def close(self) -> None:
+        self.memory.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

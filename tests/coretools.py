@@ -1,9 +1,9 @@
 """Test helpers for real cores: gdb and readelf runs, console sequences, rewriting a saved core."""
-import mmap
 import re
 import subprocess
 
-from kvmsnap import corefile
+from kvmsnap.formats.kvmsnap import read_core
+from kvmsnap.formats.writer import write_core
 
 
 def gdb(core, *commands, timeout=60) -> str:
@@ -46,12 +46,7 @@ def console_lines(*paths) -> list[str]:
 
 
 def rewrite_core(src, dst, change):
-    """Read the core ``src``, let ``change(state)`` edit its VmState, write the result to ``dst``."""
-    with corefile.read_core(src) as core, open(src, "rb") as f:
-        state = core.vm_state()
-        for region in state.memory:              # the mappings go with ``state``
-            seg = core.segment_for_region(region)
-            region.buffer = mmap.mmap(f.fileno(), region.size, mmap.MAP_PRIVATE,
-                                      mmap.PROT_READ | mmap.PROT_WRITE, offset=seg.offset)
-        change(state)
-        corefile.write_core(state, str(dst), producer="test rewrite", host_kernel="test")
+    """Read the core ``src``, let ``change(snapshot)`` edit it, write the result to ``dst``."""
+    with read_core(src) as snapshot:
+        change(snapshot)
+        write_core(snapshot, str(dst), producer="test rewrite", host_kernel="test")

@@ -1,11 +1,15 @@
-"""Synthetic cores for the offline tests (no KVM): ``make_state`` builds a plausible VmState from
+"""Synthetic cores for the offline tests (no KVM): ``make_state`` builds a plausible Snapshot from
 the construct layouts (a format test, not a fake KVM) and ``write`` saves it as a kvmsnap core;
 ``make_foreign`` builds minimal foreign ELF cores."""
 import struct
 
-from kvmsnap.corefile import write_core
-from kvmsnap.formats import elf, x86
-from kvmsnap.state import MachineConfig, MemoryRegion, VcpuState, VmState
+from kvmsnap.arch.x86_64 import layouts as x86
+from kvmsnap.arch.x86_64.state import VcpuState
+from kvmsnap.formats import elf
+from kvmsnap.formats.writer import write_core
+from kvmsnap.memory import Slot
+from kvmsnap.memory.ram import GuestRam
+from kvmsnap.state import MachineConfig, Snapshot
 
 MiB = 1 << 20
 RIP = 0x100123
@@ -106,13 +110,14 @@ def make_irqchip(chip_id):
     return x86.kvm_irqchip.build(dict(chip_id=chip_id, pad=0, chip=chip))
 
 
-def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> VmState:
+def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> Snapshot:
+    """``regions``: ``(Slot, buffer)`` pairs instead of one slot of ``mem`` bytes at 0."""
     ram = bytearray(mem)
     if paging:
         identity_page_tables(ram)
     ram[RIP:RIP + len(CODE)] = CODE
     ram[0x300000:0x300010] = b"hello kvmsnap!!!"
-    memory = regions if regions is not None else [MemoryRegion(0, 0, mem, ram)]
+    memory = GuestRam(regions if regions is not None else [(Slot(0, 0, mem), ram)])
     uart = x86.UartState.build(dict(dll=1, dlm=0, ier=0, iir=1, fcr=0, lcr=3, mcr=8, lsr=0x60,
                                     msr=0xb0, scr=0))
     pit = x86.kvm_pit_state2.build(dict(channels=[dict(
@@ -121,10 +126,12 @@ def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> VmState:
         gate=1, count_load_time=123456789 + n) for n in range(3)], flags=0, reserved=[0] * 9))
     clock = x86.kvm_clock_data.build(dict(clock=987654321, flags=2, pad0=0, realtime=0,
                                           host_tsc=0, pad=[0] * 4))
-    return VmState(config=MachineConfig("hello", sum(r.size for r in memory), nvcpus),
-                   vcpus=[make_vcpu(i, paging=paging) for i in range(nvcpus)],
-                   pic_master=make_irqchip(0), pic_slave=make_irqchip(1), ioapic=make_irqchip(2),
-                   pit=pit, clock=clock, uart=uart, memory=memory)
+    return Snapshot(arch="x86_64",
+                    config=MachineConfig("hello", sum(s.size for s in memory.slots()), nvcpus),
+                    vcpus=[make_vcpu(i, paging=paging) for i in range(nvcpus)],
+                    devices=dict(pic_master=make_irqchip(0), pic_slave=make_irqchip(1),
+                                 ioapic=make_irqchip(2), pit=pit, clock=clock, uart=uart),
+                    memory=memory)
 
 
 def write(state, path, **kw):

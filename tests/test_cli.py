@@ -1,6 +1,7 @@
 """Command-line behaviour: help, bad input gives one line on stderr and exit 2."""
 import json
 import os
+import re
 
 import pytest
 
@@ -16,13 +17,41 @@ def one_line_error(result, code, *words):
         assert w in lines[0], lines[0]
 
 
-def test_help_lists_commands():
+COMMANDS = ("diff", "inspect", "mem", "restore", "run", "samples", "save")
+
+
+def test_help_lists_every_command_untruncated():
     r = run_kvmsnap("--help")
-    assert r.returncode == 0
-    for cmd in ("run", "samples"):
-        assert cmd in r.stdout
+    assert r.returncode == 0 and r.stderr == ""
+    commands = r.stdout.split("Commands:")[1]
+    assert tuple(re.findall(r"^  (\w+) ", commands, re.M)) == COMMANDS, commands
+    assert "..." not in commands and "(summarised as ranges of changed 4 KiB pages)." in " ".join(commands.split())
+    bare = run_kvmsnap()                            # no arguments: the same help, on stdout, exit 0
+    assert (bare.returncode, bare.stdout, bare.stderr) == (0, r.stdout, "")
     r = run_kvmsnap("run", "--help")
     assert r.returncode == 0 and "--mem" in r.stdout and "--control" in r.stdout and "--cpus" in r.stdout
+
+
+def test_json_errors_are_json_on_stdout(core_path, tmp_path):
+    """With --json an error is {"error", "exit"} on stdout too, with the same exit status and the
+    same one line on stderr."""
+    missing = tmp_path / "none.core"
+    for args, status in [(("inspect", missing, "--json"), 1), (("diff", core_path, missing, "--json"), 1),
+                         (("inspect", core_path, "--json", "--vcpu", "x"), 2),
+                         (("inspect", "--json", "--bogus", core_path), 2), (("samples", "--json", "extra"), 2)]:
+        r = run_kvmsnap(*args)
+        error = json.loads(r.stdout)
+        assert error["exit"] == status and error["error"] and set(error) == {"error", "exit"}, error
+        assert r.returncode == status and r.stderr == f"kvmsnap: {error['error']}\n", (args, r.stderr)
+    one_line_error(run_kvmsnap("inspect", missing), 1, str(missing))
+    one_line_error(run_kvmsnap("inspect", "--", "--json"), 1, "--json")     # a file named --json
+
+
+def test_inspect_all_and_raw(core_path):
+    r = run_kvmsnap("inspect", core_path, "--all")
+    assert r.returncode == 0 and "rip" in r.stdout, r.stderr
+    r = run_kvmsnap("inspect", core_path, "--raw", "NT_PRSTATUS", "--json")
+    assert r.returncode == 0 and bytes.fromhex(json.loads(r.stdout)["data"]), r.stderr
 
 
 def test_samples_lists_built_images():

@@ -13,10 +13,18 @@ import tracemalloc
 
 import pytest
 
-from kvmsnap import corefile, notes as N
-from kvmsnap.corefile import CoreFormatError, read_core
-from kvmsnap.formats import elf, x86
-from kvmsnap.state import MachineConfig, MemoryRegion
+from kvmsnap import notes as N
+from kvmsnap.arch import aarch64
+from kvmsnap.arch.x86_64 import layouts as x86
+from kvmsnap.arch.x86_64.notes import VCPU_NOTES
+from kvmsnap.arch.x86_64.xsave import xstate_size
+from kvmsnap.formats import elf, layout
+from kvmsnap.formats.kvmsnap import FORMAT_MAJOR, read_core
+from kvmsnap.formats.reader import CoreFormatError, parse_elf
+from kvmsnap.formats.writer import ZERO_CHUNK
+from kvmsnap.memory import Slot
+from kvmsnap.memory.pagemap import touched_runs
+from kvmsnap.state import MachineConfig
 
 from synthetic import (CODE, HIGH_BASE, K1, MiB, PD, PML4, PT, RIP, XCR0, identity_page_tables,
                        make_state, make_xsave, write, xmm, ymm_hi, zmm_hi)
@@ -31,24 +39,24 @@ def test_round_trip_gives_identical_state(tmp_path):
     result = write(state, path)
     assert result.path == str(path) and result.bytes_written > 0
     core = read_core(path)
-    got = core.vm_state()
+    got = core
     assert got.config == state.config
     assert got.vcpus == state.vcpus
     for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart"):
-        assert getattr(got, name) == getattr(state, name), name
-    assert [(r.slot, r.guest_phys_addr, r.size, r.buffer) for r in got.memory] == \
-        [(0, 0, 8 * MiB, None)]
-    assert core.header.major == corefile.FORMAT_MAJOR and core.header.vcpus == 2
-    assert core.header.producer == "kvmsnap test" and core.header.host_kernel == "6.1.0-test"
-    assert core.read_phys(0x300000, 16) == b"hello kvmsnap!!!"
-    assert core.read_phys(RIP, 8) == CODE
-    seg = core.segment_for_region(got.memory[0])
-    assert seg.physical and seg.offset % 4096 == 0 and seg.filesz == 8 * MiB
+        assert got.devices[name] == state.devices[name], name
+    assert got.memory.slots() == [Slot(0, 0, 8 * MiB)]
+    assert core.info.format_major == FORMAT_MAJOR and len(core.vcpus) == 2
+    assert core.info.producer == "kvmsnap test" and core.info.host_kernel == "6.1.0-test"
+    assert core.memory.read(0x300000, 16) == b"hello kvmsnap!!!"
+    assert core.memory.read(RIP, 8) == CODE
+    seg = next(s for s in core.info.elf.loads if s.physical)
+    assert core.memory.slot_offset(0) == seg.offset
+    assert seg.offset % 4096 == 0 and seg.filesz == 8 * MiB
     with open(path, "rb") as f:
         f.seek(seg.offset + 0x300000)
         assert f.read(16) == b"hello kvmsnap!!!"
     with pytest.raises(LookupError):
-        core.read_phys(8 * MiB - 4, 8)
+        core.memory.read(8 * MiB - 4, 8)
     core.close()
 
 
@@ -56,8 +64,8 @@ def test_round_trip_two_slots_sregs_and_no_paging(tmp_path):
     low, high = bytearray(2 * MiB), bytearray(1 * MiB)
     low[0x7c00:0x7c02] = b"\xeb\xfe"
     high[-4:] = b"\xde\xad\xbe\xef"
-    state = make_state(1, paging=False, regions=[MemoryRegion(1, 1 << 32, 1 * MiB, high),
-                                                  MemoryRegion(0, 0, 2 * MiB, low)])
+    state = make_state(1, paging=False, regions=[(Slot(1, 1 << 32, 1 * MiB), high),
+                                                  (Slot(0, 0, 2 * MiB), low)])
     v = state.vcpus[0]
     s2 = x86.kvm_sregs2.parse(v.sregs)
     v.sregs = x86.kvm_sregs.build(dict({k: s2[k] for k in (
@@ -70,22 +78,22 @@ def test_round_trip_two_slots_sregs_and_no_paging(tmp_path):
     result = write(state, path)
     assert result.virtual_segments == 0
     core = read_core(path)
-    assert core.vm_state().vcpus == state.vcpus
-    assert core.memory_map == [(0, 0, 2 * MiB), (1, 1 << 32, 1 * MiB)]
-    assert core.read_phys((1 << 32) + MiB - 4, 4) == b"\xde\xad\xbe\xef"
-    assert core.read_phys(0x7c00, 2) == b"\xeb\xfe"
-    assert [s.physical for s in core.segments] == [True, True]
+    assert core.vcpus == state.vcpus
+    assert core.memory.slots() == [Slot(0, 0, 2 * MiB), Slot(1, 1 << 32, 1 * MiB)]
+    assert core.memory.read((1 << 32) + MiB - 4, 4) == b"\xde\xad\xbe\xef"
+    assert core.memory.read(0x7c00, 2) == b"\xeb\xfe"
+    assert [s.physical for s in core.info.elf.loads] == [True, True]
 
 
 def test_notes_order_and_types(core_path):
     core = read_core(core_path)
-    notes = core.notes()
+    notes = core.info.elf.notes
     assert (notes[0].owner, notes[0].type) == ("KVMSNAP", N.KVMSNAP_HEADER)
     keys = [(n.owner, n.type) for n in notes]
     first_prstatus = keys.index(("CORE", N.NT_PRSTATUS))
     assert all(n.vcpu is None for n in notes[:first_prstatus])
     per_vcpu = keys[first_prstatus:]
-    assert per_vcpu == list(N.VCPU_NOTES) * 2
+    assert per_vcpu == list(VCPU_NOTES) * 2
     assert [n.vcpu for n in notes[first_prstatus:]] == [0] * 14 + [1] * 14
     # private types cannot collide with CORE/LINUX types (readelf labels core notes by type)
     for owner, n_type in keys:
@@ -95,7 +103,7 @@ def test_notes_order_and_types(core_path):
 
 def test_xstate_note_is_linux_layout(core_path):
     core = read_core(core_path)
-    note = next(n for n in core.notes() if n.type_name == "NT_X86_XSTATE" and n.vcpu == 0)
+    note = next(n for n in core.info.elf.notes if n.type_name == "NT_X86_XSTATE" and n.vcpu == 0)
     assert note.size == 2688            # standard size for XCR0 0xe7: gdb >= 14 needs it exact
     assert struct.unpack_from("<Q", note.desc, 464)[0] == XCR0
     assert note.desc[472:512] == bytes(40)
@@ -108,11 +116,11 @@ def test_xstate_size_from_cpuid_leaf_d():
                                                     ebx=offset, ecx=0, edx=0, padding=[0] * 3))
                     for i, offset, size in ((2, 576, 256), (5, 832, 64), (6, 896, 512),
                                             (7, 1408, 1024), (9, 2432, 8)))
-    assert corefile.xstate_size(0x2e7, leaf, 4096) == 2440     # AMD layout
-    assert corefile.xstate_size(0x2e7, b"", 4096) == 2696      # Intel defaults
-    assert corefile.xstate_size(0x7, b"", 4096) == 832
-    assert corefile.xstate_size(0x3, b"", 4096) == 576
-    assert corefile.xstate_size(0x60000 | 0x2e7, b"", 4096) == 4096   # AMX: capped
+    assert xstate_size(0x2e7, leaf, 4096) == 2440     # AMD layout
+    assert xstate_size(0x2e7, b"", 4096) == 2696      # Intel defaults
+    assert xstate_size(0x7, b"", 4096) == 832
+    assert xstate_size(0x3, b"", 4096) == 576
+    assert xstate_size(0x60000 | 0x2e7, b"", 4096) == 4096   # AMX: capped
 
 
 # =============================================================================================
@@ -121,15 +129,15 @@ def test_xstate_size_from_cpuid_leaf_d():
 def test_sparse_64mib_guest_is_small_on_disk(tmp_path):
     mem = 64 * MiB
     state = make_state(1, mem=mem)
-    ram = state.memory[0].buffer
+    ram = state.memory.buffers()[0][0]
     ram[40 * MiB:40 * MiB + 5] = b"tail!"
     calls = []
     result = write(state, tmp_path / "sparse.core", progress=lambda d, t: calls.append((d, t)))
     assert result.apparent_size > mem
     assert result.size_on_disk < 2 * MiB, result
     assert result.bytes_written < 1 * MiB
-    assert calls[-1] == (mem, mem) and len(calls) == mem // corefile.ZERO_CHUNK
-    assert read_core(tmp_path / "sparse.core").read_phys(40 * MiB, 5) == b"tail!"
+    assert calls[-1] == (mem, mem) and len(calls) == mem // ZERO_CHUNK
+    assert read_core(tmp_path / "sparse.core").memory.read(40 * MiB, 5) == b"tail!"
 
 
 @pytest.mark.parametrize("flags", ["private", "shared"])
@@ -145,17 +153,17 @@ def test_sparse_anonymous_mappings(tmp_path, flags):
     ram[RIP:RIP + len(CODE)] = CODE
     ram[200 * MiB + 4095] = 7                          # last byte of a page
     ram[201 * MiB:201 * MiB + 4096] = bytes(4096)      # touched, but zero: still a hole
-    assert corefile._untouched_pages(ram, size) is not None or flags == "shared"
-    state = make_state(1, mem=size, regions=[MemoryRegion(0, 0, size, ram)])
+    state = make_state(1, mem=size, regions=[(Slot(0, 0, size), ram)])
+    assert touched_runs(state.memory.buffers()[0][1], size) is not None or flags == "shared"
     t0 = time.monotonic()
     result = write(state, tmp_path / "anon.core")
     if flags == "private":
         assert time.monotonic() - t0 < 2
     assert result.bytes_written < 64 * 1024
     core = read_core(tmp_path / "anon.core")
-    assert core.read_phys(200 * MiB + 4088, 16) == bytes(7) + b"\7" + bytes(8)
-    assert core.read_phys(RIP, 8) == CODE
-    assert core.read_phys(0, 1 << 20)[:PML4] == bytes(PML4)
+    assert core.memory.read(200 * MiB + 4088, 16) == bytes(7) + b"\7" + bytes(8)
+    assert core.memory.read(RIP, 8) == CODE
+    assert core.memory.read(0, 1 << 20)[:PML4] == bytes(PML4)
 
 
 # =============================================================================================
@@ -208,8 +216,8 @@ def test_bad_state_is_refused_before_writing(tmp_path):
 
 def test_virtual_segments_alias_physical_bytes(core_path):
     core = read_core(core_path)
-    virtual = [s for s in core.segments if not s.physical]
-    physical = [s for s in core.segments if s.physical]
+    virtual = [s for s in core.info.elf.loads if not s.physical]
+    physical = [s for s in core.info.elf.loads if s.physical]
     assert [(s.vaddr, s.paddr, s.filesz) for s in virtual] == [(HIGH_BASE, 0, 8 * MiB)]
     assert virtual[0].offset == physical[0].offset          # no second copy
     assert max(s.index for s in virtual) < min(s.index for s in physical)   # virtual first
@@ -221,7 +229,7 @@ def test_hostile_page_tables_truncate_the_walk_not_the_save(tmp_path):
     vCPU 0's tables during a save (the guest chose CR3) stops at its budget, quickly, and the
     save succeeds with virtual_truncated."""
     state = make_state(1)
-    ram = state.memory[0].buffer
+    ram = state.memory.buffers()[0][0]
     ram[PML4:PML4 + 0x5000] = bytes(0x5000)
     pdpt, pd, pt = PML4 + 0x1000, PML4 + 0x2000, PML4 + 0x3000
     for i in range(512):
@@ -232,12 +240,12 @@ def test_hostile_page_tables_truncate_the_walk_not_the_save(tmp_path):
     result = write(state, tmp_path / "walk.core")
     assert time.monotonic() - started < 15
     assert result.virtual_truncated and result.virtual_segments == 0
-    assert read_core(tmp_path / "walk.core").vm_state().vcpus == state.vcpus
+    assert read_core(tmp_path / "walk.core").vcpus == state.vcpus
 
 
 def test_virtual_segments_cap(tmp_path):
     state = make_state(1)
-    ram = state.memory[0].buffer
+    ram = state.memory.buffers()[0][0]
     # PD[0] -> a page table mapping VA 0..2M to scattered 4 KiB pages (no coalescing possible)
     struct.pack_into("<Q", ram, PD, PT | 3)
     for i in range(512):
@@ -245,7 +253,7 @@ def test_virtual_segments_cap(tmp_path):
     result = write(state, tmp_path / "cap.core", max_virtual_segments=100)
     assert result.virtual_segments == 100 and result.virtual_truncated
     core = read_core(tmp_path / "cap.core")
-    assert sum(not s.physical for s in core.segments) == 100
+    assert sum(not s.physical for s in core.info.elf.loads) == 100
 
 
 # =============================================================================================
@@ -285,7 +293,7 @@ def test_pyelftools_walks_every_note_and_segment(core_path):
         assert len(loads) == 2
         assert loads[1].data()[0x300000:0x300010] == b"hello kvmsnap!!!"
     core = read_core(core_path)
-    assert seen == [(n.owner, n.size) for n in core.notes()]
+    assert seen == [(n.owner, n.size) for n in core.info.elf.notes]
 
 
 def _gdb(core, *commands):
@@ -340,7 +348,7 @@ def test_gdb_reads_instruction_bytes_at_pc(core_path):
 def test_gdb_prefers_virtual_segment_over_identity(tmp_path):
     """VA 0x100000 mapped to PA 0x300000: gdb must read through the virtual PT_LOAD."""
     state = make_state(1)
-    ram = state.memory[0].buffer
+    ram = state.memory.buffers()[0][0]
     struct.pack_into("<Q", ram, PD, PT | 3)
     for i in range(512):
         struct.pack_into("<Q", ram, PT + 8 * i, (i << 12) | 3)
@@ -350,7 +358,7 @@ def test_gdb_prefers_virtual_segment_over_identity(tmp_path):
     out = _gdb(path, "x/s 0x100000")
     assert '"hello kvmsnap!!!"' in out
     core = read_core(path)
-    assert core.read_phys(0x100000, 8) != b"hello kv"        # physical view is unchanged
+    assert core.memory.read(0x100000, 8) != b"hello kv"        # physical view is unchanged
 
 
 # =============================================================================================
@@ -442,7 +450,7 @@ def test_truncated_files(core_path):
 
 
 def _notes(path):
-    return corefile.parse_elf(path).notes
+    return parse_elf(path).notes
 
 
 def test_note_size_past_end_of_segment(core_path):
@@ -480,7 +488,7 @@ def test_newer_note_major_refused(core_path):
 
 def test_bad_magic_and_arch(core_path):
     note = _notes(core_path)[0]
-    _patch(core_path, note.desc_offset + 20, struct.pack("<I", N.ARCH_AARCH64))
+    _patch(core_path, note.desc_offset + 20, struct.pack("<I", aarch64.ARCH_ID))
     _expect_error(core_path, note.desc_offset + 20, "aarch64")
     _patch(core_path, note.desc_offset + 8, b"KVMSNOP\0")
     _expect_error(core_path, note.desc_offset + 8, "magic")
@@ -514,8 +522,8 @@ def test_config_must_match_the_core(tmp_path):
 
 def test_config_counts_every_slot(tmp_path):
     path = tmp_path / "two.core"
-    write(make_state(1, paging=False, regions=[MemoryRegion(0, 0, 2 * MiB, bytearray(2 * MiB)),
-                                               MemoryRegion(1, 4 * MiB, MiB, bytearray(MiB))]),
+    write(make_state(1, paging=False, regions=[(Slot(0, 0, 2 * MiB), bytearray(2 * MiB)),
+                                               (Slot(1, 4 * MiB, MiB), bytearray(MiB))]),
           path)
     assert read_core(path).config.mem_size == 3 * MiB
     config = next(n for n in _notes(path) if n.type == N.KVMSNAP_CONFIG)
@@ -572,8 +580,8 @@ def _memory_map(path):
 def test_overlapping_physical_segments(tmp_path):
     a, b = bytearray(2 * MiB), bytearray(2 * MiB)
     path = tmp_path / "ov.core"
-    write(make_state(1, paging=False, regions=[MemoryRegion(0, 0, 2 * MiB, a),
-                                               MemoryRegion(1, 4 * MiB, 2 * MiB, b)]), path)
+    write(make_state(1, paging=False, regions=[(Slot(0, 0, 2 * MiB), a),
+                                               (Slot(1, 4 * MiB, 2 * MiB), b)]), path)
     note, mm = _memory_map(path)
     second = mm.regions[1]
     at = _phdr(path, second.phdr_index)
@@ -598,7 +606,7 @@ def test_virtual_segment_must_alias_ram(core_path):
 
 def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
     """A 1.1 writer appends fields: a 1.0 reader ignores them."""
-    original = corefile._note
+    original = layout.note_bytes
 
     def grow(owner, n_type, desc):
         if owner == "KVMSNAP":
@@ -606,13 +614,13 @@ def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
             struct.pack_into("<II", desc, 0, 1 << 16 | 1, len(desc))
         return original(owner, n_type, bytes(desc))
 
-    monkeypatch.setattr(corefile, "_note", grow)
+    monkeypatch.setattr(layout, "note_bytes", grow)
     state = make_state()
     write(state, tmp_path / "minor.core")
     monkeypatch.undo()
     core = read_core(tmp_path / "minor.core")
-    assert core.vm_state().vcpus == state.vcpus
-    assert core.uart == state.uart
+    assert core.vcpus == state.vcpus
+    assert core.devices["uart"] == state.devices["uart"]
 
 
 def test_not_a_file(tmp_path):

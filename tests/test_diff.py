@@ -21,7 +21,7 @@ def test_changed_rip_and_page_are_named(tmp_path):
     regs = bytearray(state.vcpus[1].regs)
     struct.pack_into("<Q", regs, 128, RIP + 0x40)            # kvm_regs.rip
     state.vcpus[1].regs = bytes(regs)
-    state.memory[0].buffer[0x300008] ^= 0xff
+    state.memory.buffers()[0][0][0x300008] ^= 0xff
     write(state, tmp_path / "b.core")
     d = diff(tmp_path / "a.core", tmp_path / "b.core")
     assert [(r["vcpu"], r["name"], r["a"], r["b"]) for r in d["registers"]] == \

@@ -7,7 +7,9 @@ import construct
 import pytest
 
 from kvmsnap import notes as N
-from kvmsnap.formats import elf, x86
+from kvmsnap.arch.x86_64.notes import VCPU_NOTES
+from kvmsnap.arch.x86_64 import layouts as x86
+from kvmsnap.formats import elf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,5 +183,5 @@ def test_private_types_do_not_collide():
     # pyelftools names ET_CORE notes by type alone: ours must stay unnamed there
     from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE
     assert not set(private) & set(ENUM_CORE_NOTE_N_TYPE.values())
-    assert N.VCPU_NOTES[0] == ("CORE", N.NT_PRSTATUS)
-    assert N.VM_NOTES[0] == N.KVMSNAP_HEADER
+    assert VCPU_NOTES[0] == ("CORE", N.NT_PRSTATUS)
+    assert N.FORMAT_NOTES[0] == N.KVMSNAP_HEADER

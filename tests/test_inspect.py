@@ -9,10 +9,11 @@ import subprocess
 import pytest
 
 from kvmsnap import notes as N
-from kvmsnap.corefile import CoreFormatError
-from kvmsnap.formats import elf, x86
+from kvmsnap.formats.reader import CoreFormatError
+from kvmsnap.arch.x86_64 import layouts as x86
+from kvmsnap.formats import elf
 from kvmsnap.describe import render_text
-from kvmsnap.inspect import summarize
+from kvmsnap.summary import summarize
 
 from synthetic import HIGH_BASE, RIP, make_foreign
 
@@ -240,7 +241,9 @@ def test_short_prstatus_has_no_registers(tmp_path):
     path = tmp_path / "short.core"
     path.write_bytes(make_foreign(notes=[("CORE", 1, bytes(100))]))
     s = summarize(path)
-    assert s["vcpus"] == [dict(id=0, pid=None, regs={k: None for k in REG_KEYS}, sections={})]
+    assert s["vcpus"] == [dict(id=0, pid=None, regs={k: None for k in REG_KEYS}, mp_state=None,
+                               tsc_khz=None, apic_base=None, msrs=None, xcr0=None, xsave_size=None,
+                               sections={})]
 
 
 def test_random_corruption_of_foreign_core(tmp_path):

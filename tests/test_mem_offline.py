@@ -9,9 +9,10 @@ import pytest
 
 from conftest import kvmsnap_cmd
 from kvmsnap.diff import diff
-from kvmsnap.formats import x86
-from kvmsnap.memaccess import CoreMemory, MemoryAccessError
-from kvmsnap.state import MemoryRegion
+from kvmsnap.arch.x86_64 import layouts as x86
+from kvmsnap.memory import AddressError as MemoryAccessError
+from kvmsnap.memory.core import CoreMemory
+from kvmsnap.memory import Slot
 from synthetic import make_foreign, make_state, write
 
 
@@ -33,9 +34,10 @@ def test_first_segment_in_header_order_wins(tmp_path):
                                          (0x2000, 0x5000, 0x3000, 0x3000),
                                          (0x0, 0x8000, 0x8000, 0x9000)]) + bytes(0x10000))
     path.write_bytes(path.read_bytes()[:0x3000].ljust(0x3000, b"\0") + data[0x3000:])
-    with CoreMemory(path) as m:
-        assert m.extents() == [(0, 0x1000, 0x8000, 0x1000), (0x1000, 0x3000, 0x3000, 0x3000),
-                               (0x3000, 0x5000, 0x6000, 0x5000), (0x5000, 0x9000, 0xd000, 0x8000)]
+    with CoreMemory.open(path) as m:
+        assert [(e.start, e.end, e.backing, e.held) for e in m.extents()] == [
+            (0, 0x1000, 0x8000, 0x1000), (0x1000, 0x3000, 0x3000, 0x3000),
+            (0x3000, 0x5000, 0x6000, 0x5000), (0x5000, 0x9000, 0xd000, 0x8000)]
         assert m.read_phys(0xfff, 1) == b"C"
         assert m.read_phys(0x1ffe, 4) == b"AAAA"
         assert m.read_phys(0x2ffe, 4) == b"AABB"
@@ -59,7 +61,7 @@ def test_huge_memsz_is_one_range(tmp_path):
     assert d["memory"]["compared_bytes"] == 1 << 62
     r = timed("diff", path, path, limit=5)
     assert f"{pages} pages differ in 1 ranges".encode() in r.stdout
-    with CoreMemory(path) as m:
+    with CoreMemory.open(path) as m:
         assert m.read_phys(0x100000, 4) == b"\x7fELF"
         with pytest.raises(MemoryAccessError, match="not in the file"):
             m.read_phys(0x101000, 1)
@@ -72,7 +74,7 @@ def many_slots_core(path, slots=32000):
     table = bytearray(4096)
     struct.pack_into("<QQ", table, 0, 0 | 1, 0 | 1 | 0x80)     # -> itself; a large page at 0
     zero = bytes(4096)
-    regions = [MemoryRegion(i, i * 4096, 4096, bytes(table) if i == 0 else zero)
+    regions = [(Slot(i, i * 4096, 4096), bytes(table) if i == 0 else zero)
                for i in range(slots)]
     state = make_state(1, regions=regions)
     sregs = x86.kvm_sregs2.parse(state.vcpus[0].sregs)
@@ -101,7 +103,7 @@ def test_many_program_headers_foreign(tmp_path):
     path = tmp_path / "many-foreign.core"
     page = bytes(range(256)) * 16
     path.write_bytes(make_foreign(phdrs=phdrs).ljust(at, b"\0") + page)
-    with CoreMemory(path) as m:
+    with CoreMemory.open(path) as m:
         assert len(m.extents()) == 2 * 60000 + 1     # and the big one between and around
     timed("inspect", path, limit=8)
     last = 0x100000 + 0x2000 * 59999

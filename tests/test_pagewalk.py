@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from kvmsnap import pagewalk
-from kvmsnap.pagewalk import PageWalkError, TranslationError, translate, walk
+from kvmsnap.arch.x86_64 import paging as pagewalk
+from kvmsnap.arch.x86_64.paging import PageWalkError, TranslationError, translate, walk
 
 EFER_LMA = 1 << 10
 CR4_PAE = 1 << 5

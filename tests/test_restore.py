@@ -9,9 +9,12 @@ import pytest
 
 from conftest import RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap
 from coretools import assert_continuous, console_lines, rewrite_core, sequence
-from kvmsnap import corefile, cpuid, notes
+from kvmsnap import notes
+from kvmsnap.arch.x86_64 import cpuid
+from kvmsnap.arch.x86_64.host import effective_cpuid
+from kvmsnap.arch.x86_64.vcpu import LAPIC_TMCCT
+from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.kvm import Kvm
-from kvmsnap.restore import LAPIC_TMCCT, _effective_cpuid
 
 pytestmark = needs_kvm
 
@@ -73,8 +76,8 @@ def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample, mem, n
 
 
 def _notes_by_key(core):
-    with corefile.read_core(core) as c:
-        return {(n.owner, n.type, n.vcpu): n.desc for n in c.notes()}, c
+    with read_core(core) as c:
+        return {(n.owner, n.type, n.vcpu): n.desc for n in c.info.elf.notes}, c
 
 
 # Fields that move on by themselves between restoring and saving again (docs/restore.md).
@@ -110,10 +113,10 @@ def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
     assert a.keys() == b.keys()
     differing = [k for k in a if _mask_volatile(k, a[k]) != _mask_volatile(k, b[k])]
     assert differing == []
-    with corefile.read_core(first) as ca, corefile.read_core(second) as cb:
-        for _slot, gpa, size in ca.memory_map:
+    with read_core(first) as ca, read_core(second) as cb:
+        for gpa, size in ((s.gpa, s.size) for s in ca.memory.slots()):
             for off in range(0, size, 1 << 20):
-                assert ca.read_phys(gpa + off, 1 << 20) == cb.read_phys(gpa + off, 1 << 20), hex(gpa + off)
+                assert ca.memory.read(gpa + off, 1 << 20) == cb.memory.read(gpa + off, 1 << 20), hex(gpa + off)
 
 
 @pytest.mark.slow
@@ -175,7 +178,7 @@ def _restores(tmp_path, core, *flags):
 def test_cpuid_feature_this_host_lacks_is_refused(tmp_path, counter_core):
     core, _ = counter_core
     kvm = Kvm()
-    host, _ = _effective_cpuid(kvm)
+    host, _ = effective_cpuid(kvm)
     kvm.close()
     leaf, sub, reg, bit, name = next((l, s, r, b, n) for (l, s, r), bits in cpuid.FEATURES.items()
                                      for b, n in bits.items() if not cpuid.lookup(host, l, s)[cpuid._REG[r]] >> b & 1)
@@ -220,8 +223,8 @@ def test_truncated_core(tmp_path, counter_core):
 
 def test_newer_format_major(tmp_path, counter_core):
     core, _ = counter_core
-    with corefile.read_core(core) as c:
-        header = next(n for n in c.notes() if n.type == notes.KVMSNAP_HEADER)
+    with read_core(core) as c:
+        header = next(n for n in c.info.elf.notes if n.type == notes.KVMSNAP_HEADER)
     data = bytearray(core.read_bytes())
     struct.pack_into("<H", data, header.desc_offset + 16, 99)          # format_major
     bad = tmp_path / "newer.core"
@@ -234,8 +237,8 @@ def test_core_missing_one_vcpus_notes(guest, tmp_path):
     g.wait_lines(2, r"^cpu1")
     core = tmp_path / "smp.core"
     save_quit(g, core)
-    with corefile.read_core(core) as c:
-        lapic1 = next(n for n in c.notes() if n.type == notes.KVMSNAP_LAPIC and n.vcpu == 1)
+    with read_core(core) as c:
+        lapic1 = next(n for n in c.info.elf.notes if n.type == notes.KVMSNAP_LAPIC and n.vcpu == 1)
     data = bytearray(core.read_bytes())
     struct.pack_into("<I", data, lapic1.offset + 8, 0x4B5301FF)         # n_type: an unknown private note
     bad = tmp_path / "missing.core"
@@ -252,7 +255,7 @@ def test_single_vcpu_samples_save_and_restore_with_two_vcpus(guest, tmp_path, sa
     g.wait_lines(2, "^" + stream.split(" (")[0], timeout=60)
     core = tmp_path / "two.core"
     save_quit(g, core)
-    with corefile.read_core(core) as c:
+    with read_core(core) as c:
         assert [v.index for v in c.vcpus] == [0, 1]
     r = Restored(tmp_path, core, console=tmp_path / "two.console")
     before = len(console_lines(g.console))

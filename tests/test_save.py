@@ -12,8 +12,11 @@ from elftools.elf.elffile import ELFFile
 
 from conftest import needs_kvm, run_kvmsnap
 from coretools import gdb, gdb_values
-from kvmsnap import corefile, cpuid, snapshot
-from kvmsnap.inspect import summarize
+from kvmsnap.save import capture
+from kvmsnap.arch.x86_64 import cpuid
+from kvmsnap.formats.kvmsnap import read_core
+from kvmsnap.formats.writer import write_core
+from kvmsnap.summary import summarize
 from kvmsnap.samples import SAMPLES
 from kvmsnap.state import MachineConfig
 from kvmsnap.vmm import Machine
@@ -44,11 +47,11 @@ def fpu_save(tmp_path_factory):
         time.sleep(0.02)
     m.pause()
     vcpu = m.vcpus[0]
-    kvm = {"regs": vcpu.get_regs(), "sregs": vcpu.get_sregs2(), "xsave": vcpu.get_xsave2(m.xsave_size),
+    kvm = {"regs": vcpu.get_regs(), "sregs": vcpu.get_sregs2(), "xsave": vcpu.get_xsave2(m.vcpu_caps.xsave_size),
            "cpuid": vcpu.get_cpuid2()}
-    state = snapshot.capture(m)
+    state = capture(m)
     core = tmp / "fpu.core"
-    corefile.write_core(state, str(core), producer="test", host_kernel=os.uname().release)
+    write_core(state, str(core), producer="test", host_kernel=os.uname().release)
     rip = struct.unpack_from("<Q", kvm["regs"], 16 * 8)[0]
     kvm["ram_at_rip"] = m.memory.read(rip, 8)
     kvm["ram_image"] = m.memory.read(0x100000, 0x4000)
@@ -104,8 +107,8 @@ def test_gdb_reads_instruction_bytes_and_physical_ram(fpu_save):
     core, kvm = fpu_save
     out = gdb(core, "x/8xb $pc")
     assert [int(b, 16) for b in out.split(":")[1].split()] == list(kvm["ram_at_rip"])
-    with corefile.read_core(core) as c:
-        assert c.read_phys(0x100000, 0x4000) == kvm["ram_image"]
+    with read_core(core) as c:
+        assert c.memory.read(0x100000, 0x4000) == kvm["ram_image"]
 
 
 def test_elf_tools_read_the_core_cleanly(guest, tmp_path):
@@ -149,7 +152,7 @@ def test_save_timer_between_interrupts_and_it_runs_on(guest, tmp_path):
     g.wait_lines(3, r"^timer tick")
     core, reply = save(g, tmp_path)
     assert reply["paused_ms"] > 0
-    with corefile.read_core(core) as c:
+    with read_core(core) as c:
         lvt_timer = struct.unpack_from("<I", c.vcpus[0].lapic, 0x320)[0]
         assert lvt_timer & (1 << 17) and not lvt_timer & (1 << 16)        # periodic, unmasked
     n = len(g.lines())
@@ -162,8 +165,8 @@ def test_save_memtest_1g_while_running(guest, tmp_path):
     g.wait_lines(1, r"^memtest round 0 ok", timeout=120)
     core, reply = save(g, tmp_path)
     assert reply["apparent_size"] >= 1 << 30 and reply["bytes_written"] > 512 << 20
-    with corefile.read_core(core) as c:
-        assert sum(size for _slot, _gpa, size in c.memory_map) == 1 << 30
+    with read_core(core) as c:
+        assert sum(s.size for s in c.memory.slots()) == 1 << 30
     n = len(g.lines())
     lines = g.wait_lines(n + 1, timeout=120)
     assert all(" ok " in l for l in lines if l.startswith("memtest round"))
@@ -177,8 +180,8 @@ def test_save_4g_counter(guest, tmp_path):
     core, reply = save(g, tmp_path)
     assert reply["apparent_size"] > 4 << 30
     assert reply["size_on_disk"] < 64 << 20
-    with corefile.read_core(core) as c:
-        assert [(gpa, size) for _s, gpa, size in c.memory_map] == [(0, 3 << 30), (4 << 30, 1 << 30)]
+    with read_core(core) as c:
+        assert [(s.gpa, s.size) for s in c.memory.slots()] == [(0, 3 << 30), (4 << 30, 1 << 30)]
 
 
 def test_save_json_fields(guest, tmp_path):

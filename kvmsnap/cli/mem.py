@@ -1,15 +1,11 @@
 """``kvmsnap mem``: read guest memory from a core file."""
-import sys
-
 import click
 
-from .. import describe
-from ..memaccess import CoreMemory
-from . import cli
 from .params import Address, Size
+from .render import Result
 
 
-@cli.command()
+@click.command()
 @click.argument("core", type=click.Path(dir_okay=False))
 @click.argument("addr", type=Address())
 @click.argument("length", type=Size(), default=64)
@@ -25,10 +21,8 @@ def mem(core, addr, length, virtual, vcpu, fmt):
     ADDR is guest-physical unless --virtual is given. An unmapped address or a page the core does
     not hold is an error naming the address.
     """
-    with CoreMemory(core) as memory:
+    from .. import describe
+    from ..memory.core import CoreMemory
+    with CoreMemory.open(core) as memory:
         data = memory.read_virt(vcpu, addr, length) if virtual else memory.read_phys(addr, length)
-    if fmt == "raw":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        click.echo(describe.hexdump(data, addr).rstrip("\n"))
+    return Result(data, bytes if fmt == "raw" else lambda d: describe.hexdump(d, addr))

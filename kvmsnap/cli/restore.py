@@ -1,14 +1,11 @@
 """``kvmsnap restore``: run a guest on from a core file, exactly where it was saved."""
 import click
 
-from .. import corefile
-from ..restore import Policy, build_machine
-from ..runner import GuestSession
-from . import cli
+from .render import warn
 from .run import GuestFailed, open_console
 
 
-@cli.command()
+@click.command()
 @click.argument("core", type=click.Path(dir_okay=False))
 @click.option("--console", default="stdio", show_default=True, metavar="stdio|PATH",
               help="Where the guest's serial console goes (a file is appended to).")
@@ -29,13 +26,14 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
     (or read, with --memory eager), which is never modified. Every register set is read back
     and compared after restoring.
     """
+    from ..restore import Policy, restore as restore_core
+    from ..runner import GuestSession
     policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
                     eager_memory=memory_mode == "eager")
     with open_console(console) as sink:
-        with corefile.read_core(core) as saved:
-            machine = build_machine(saved, sink, policy)
-        for warning in policy.warnings:
-            click.echo(f"kvmsnap: warning: {warning}", err=True)
+        machine, warnings = restore_core(core, sink, policy)
+        for warning in warnings:
+            warn(warning)
         error = GuestSession(machine, control).run(paused=paused)
     if error:
         raise GuestFailed(error)

@@ -5,10 +5,11 @@ import sys
 import click
 
 from ..errors import InputError, KvmsnapError
-from ..runner import GuestSession
-from ..samples import DEFAULT
-from . import cli
 from .params import Address, Size
+
+
+class GuestFailed(KvmsnapError):
+    """The guest stopped with an error."""
 
 
 def open_console(console: str):
@@ -21,8 +22,8 @@ def open_console(console: str):
         raise InputError(f"{console}: cannot open console file: {e.strerror}") from None
 
 
-@cli.command()
-@click.argument("guest", default=DEFAULT)
+@click.command()
+@click.argument("guest", required=False)
 @click.option("--mem", "mem_size", type=Size(), default="256M", show_default=True, help="Guest RAM size.")
 @click.option("--cpus", type=click.IntRange(1, 1024), help="Number of vCPUs [default: the sample's, else 1].")
 @click.option("--console", default="stdio", show_default=True, metavar="stdio|PATH",
@@ -37,12 +38,10 @@ def run(guest, mem_size, cpus, console, control, load_addr, paused):
     started in 16-bit real mode at --load-addr. Ends when the guest stops, on `quit` over
     --control, on SIGTERM, or on Ctrl-C.
     """
+    from ..runner import GuestSession
+    from ..samples import DEFAULT
     with open_console(console) as sink:
-        session = GuestSession.boot(guest, mem_size, cpus, sink, control, load_addr)
+        session = GuestSession.boot(guest or DEFAULT, mem_size, cpus, sink, control, load_addr)
         error = session.run(paused=paused)
     if error:
         raise GuestFailed(error)
-
-
-class GuestFailed(KvmsnapError):
-    """The guest stopped with an error (exit 1)."""

@@ -1,22 +1,20 @@
 """``kvmsnap samples``: list the built-in guests and where their images are."""
-import json
 import os
 
 import click
 
-from ..samples import SAMPLES
-from . import cli
+from .render import Result, json_option
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
-def samples(as_json):
+def _text(data) -> str:
+    return "\n".join(f"{r['name']:<9} {r['path']}{'' if r['built'] else '  (not built)'}\n          {r['description']}"
+                     for r in data["samples"])
+
+
+@click.command()
+@json_option
+def samples():
     """List the sample guests with the path of each built image (usable with QEMU or gdb)."""
-    rows = [{"name": s.name, "vcpus": s.vcpus, "path": s.path, "built": os.path.exists(s.path),
-             "description": s.description} for s in SAMPLES.values()]
-    if as_json:
-        click.echo(json.dumps({"samples": rows}, indent=2))
-        return
-    for r in rows:
-        state = "" if r["built"] else "  (not built)"
-        click.echo(f"{r['name']:<9} {r['path']}{state}\n          {r['description']}")
+    from ..samples import SAMPLES
+    return Result({"samples": [{"name": s.name, "vcpus": s.vcpus, "path": s.path, "built": os.path.exists(s.path),
+                                "description": s.description} for s in SAMPLES.values()]}, _text)

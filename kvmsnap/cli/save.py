@@ -1,12 +1,10 @@
 """``kvmsnap save``: ask a running ``kvmsnap run`` to write its guest to an ELF core."""
-import json
 import os
 import sys
 
 import click
 
-from .. import control
-from . import cli
+from .render import Result, json_option
 
 
 class _Progress:
@@ -24,28 +22,28 @@ class _Progress:
             click.echo("\r\033[K", err=True, nl=False)
 
 
-@cli.command()
+def _text(r) -> str:
+    return (f"saved {r['path']}: {r['apparent_size']} bytes, {r['size_on_disk']} on disk, "
+            f"guest paused {r['paused_ms']:.1f} ms, {r['wall_ms']:.1f} ms in all" + ("; guest ended" if r["quit"] else ""))
+
+
+@click.command()
 @click.option("--control", "sock", required=True, metavar="SOCKET", help="Control socket of `kvmsnap run`.")
 @click.argument("out", type=click.Path(dir_okay=False, writable=False))
 @click.option("--quit", "quit_after", is_flag=True, help="End the guest after saving, without running it further.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def save(sock, out, quit_after, as_json):
+@json_option
+def save(sock, out, quit_after):
     """Save the guest behind SOCKET to the ELF core OUT.
 
     The guest is paused, its whole state written to a temporary file beside OUT, synced and
     renamed to OUT, then resumed (or ended, with --quit). On failure no file is left at OUT and
     the guest keeps running.
     """
+    from .. import control
     progress = _Progress()
     try:
         reply = control.request(sock, "save", path=os.path.abspath(out), quit=quit_after, on_progress=progress)
     finally:
         progress.done()
-    result = {k: reply[k] for k in ("path", "paused_ms", "wall_ms", "bytes_written", "apparent_size",
-                                    "size_on_disk", "quit")}
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        click.echo(f"saved {result['path']}: {result['apparent_size']} bytes, {result['size_on_disk']} on disk, "
-                   f"guest paused {result['paused_ms']:.1f} ms, {result['wall_ms']:.1f} ms in all"
-                   + ("; guest ended" if quit_after else ""))
+    return Result({k: reply[k] for k in ("path", "paused_ms", "wall_ms", "bytes_written", "apparent_size",
+                                         "size_on_disk", "quit")}, _text)

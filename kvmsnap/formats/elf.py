@@ -3,7 +3,10 @@
 Only the pieces kvmsnap reads or writes: file header, program header, section header, note header,
 for ELFCLASS64 (what kvmsnap writes) and ELFCLASS32 (foreign cores the inspector may be given).
 """
-from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+import collections
+import struct
+
+from construct import Bytes, Int8ul, Int16ul, Int32sl, Int32ul, Int64sl, Int64ul, Padding, Struct
 
 # e_ident
 ELFMAG = b"\x7fELF"
@@ -24,6 +27,8 @@ EM_ARM = 40
 EM_X86_64 = 62
 EM_AARCH64 = 183
 EM_RISCV = 243
+MACHINE_CONSTANTS = {EM_386: "EM_386", EM_ARM: "EM_ARM", EM_X86_64: "EM_X86_64",
+                     EM_AARCH64: "EM_AARCH64", EM_RISCV: "EM_RISCV"}
 MACHINE_NAMES = {EM_386: "i386", EM_ARM: "arm", EM_X86_64: "x86_64", EM_AARCH64: "aarch64",
                  EM_RISCV: "riscv"}
 
@@ -126,3 +131,92 @@ assert Elf64_Shdr.sizeof() == 64
 assert Elf64_Nhdr.sizeof() == 12
 assert Elf32_Ehdr.sizeof() == 52
 assert Elf32_Phdr.sizeof() == 32
+# Linux core-dump ABI (include/uapi/linux/elfcore.h), 64-bit, around an architecture's pr_reg.
+elf_siginfo = Struct("si_signo" / Int32sl, "si_code" / Int32sl, "si_errno" / Int32sl)
+timeval = Struct("tv_sec" / Int64sl, "tv_usec" / Int64sl)
+
+def linux_elf_prstatus(pr_reg):
+    """The 64-bit Linux ``struct elf_prstatus`` around an architecture's ``pr_reg``."""
+    return Struct(
+        "pr_info" / elf_siginfo,
+        "pr_cursig" / Int16ul,
+        Padding(2),                   # alignment of pr_sigpend
+        "pr_sigpend" / Int64ul,
+        "pr_sighold" / Int64ul,
+        "pr_pid" / Int32sl,
+        "pr_ppid" / Int32sl,
+        "pr_pgrp" / Int32sl,
+        "pr_sid" / Int32sl,
+        "pr_utime" / timeval,
+        "pr_stime" / timeval,
+        "pr_cutime" / timeval,
+        "pr_cstime" / timeval,
+        "pr_reg" / pr_reg,
+        "pr_fpvalid" / Int32sl,
+        Padding(4),                   # sizeof is a multiple of 8
+    )
+
+
+
+SHENTSIZE = {64: Elf64_Shdr.sizeof(), 32: 40}       # Elf32_Shdr: ten 32-bit words
+
+
+def offsets(struct_: Struct) -> dict[str, int]:
+    """Byte offset of each named field of ``struct_`` up to its first variable-size field (for
+    messages that name where in a file a bad field is)."""
+    result, position = {}, 0
+    for sub in struct_.subcons:
+        if sub.name:
+            result[sub.name] = position
+        try:
+            position += sub.sizeof()
+        except Exception:           # construct's SizeofError: the rest depends on the data
+            break
+    return result
+
+
+def row_parser(name: str, struct_: Struct):
+    """A parser of ``struct_`` (integer fields only) into a named tuple: the same layout, derived
+    from the construct declaration, for tables of up to 65534 entries (construct parses ~100 times
+    slower)."""
+    names = [sub.name for sub in struct_.subcons]
+    layout = struct.Struct("<" + "".join(sub.subcon.fmtstr.lstrip("<") for sub in struct_.subcons))
+    assert layout.size == struct_.sizeof(), struct_
+    row = collections.namedtuple(name, names)
+    return lambda data: row._make(layout.unpack(data))
+
+
+def align(value: int, to: int) -> int:
+    """``value`` rounded up to a multiple of ``to``."""
+    return (value + to - 1) // to * to
+
+
+_NHDR = row_parser("Elf64_Nhdr", Elf64_Nhdr)
+NHDR_SIZE = Elf64_Nhdr.sizeof()
+
+
+class NoteError(ValueError):
+    """A malformed note table; ``offset`` is where in it the bad note starts."""
+
+    def __init__(self, offset: int, what: str):
+        super().__init__(what)
+        self.offset = offset
+
+
+def iter_notes(data: bytes, note_align: int = 4):
+    """``(offset, owner, n_type, desc offset, desc)`` of each note in a PT_NOTE's bytes (names and
+    descriptors padded to ``note_align``); NoteError at the first one that does not fit."""
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < NHDR_SIZE:
+            raise NoteError(pos, f"{len(data) - pos} stray bytes at the end of PT_NOTE (shorter "
+                                 "than a note header)")
+        h = _NHDR(data[pos:pos + NHDR_SIZE])
+        name_at = pos + NHDR_SIZE
+        desc_at = name_at + align(h.n_namesz, note_align)
+        if desc_at + h.n_descsz > len(data):
+            raise NoteError(pos, f"note (namesz {h.n_namesz}, descsz {h.n_descsz}) extends past "
+                                 "the end of PT_NOTE")
+        owner = data[name_at:name_at + h.n_namesz].split(b"\0", 1)[0].decode("ascii", "replace")
+        yield pos, owner, h.n_type, desc_at, data[desc_at:desc_at + h.n_descsz]
+        pos = min(desc_at + align(h.n_descsz, note_align), len(data))

@@ -1,94 +1,80 @@
-"""Guest memory in a core file: by guest-physical address, or by guest-virtual address through a
-vCPU's page tables (x86-64, 4- and 5-level, large pages), or by process address in process cores.
+"""Guest memory in one core file: by guest-physical address, or by guest-virtual address through a
+vCPU's page tables (the core's architecture walks them), or by process address in process cores.
 
-kvmsnap cores use their memory slots; QEMU dumps their ``PT_LOAD`` ``p_paddr`` ranges (overlapping
+kvmsnap cores hold their memory slots; QEMU dumps their ``PT_LOAD`` ``p_paddr`` ranges (overlapping
 and unaligned headers allowed: any segment holding an address has the same bytes); process cores
 (gcore, kernel) have no physical memory, their ``p_vaddr`` ranges are the process's addresses.
-
-A core may have up to 65534 program headers: they are sorted into extents once, and every look-up
-is a bisection.  (Live guest RAM is :class:`kvmsnap.vmm.memory.GuestMemory`.)
+A core may have up to 65534 program headers: they are swept into extents once, and every look-up
+is a bisection.
 """
-import bisect
 import heapq
 import os
 
-from kvmsnap import corefile, pagewalk
+from kvmsnap import arch
 from kvmsnap import notes as N
-from kvmsnap.errors import InputError, KvmsnapError
-from kvmsnap.formats import elf, x86
+from kvmsnap.errors import InputError
+from kvmsnap.formats.reader import ElfCore, Segment, parse_elf
+from kvmsnap.memory import PAGE_SIZE, AddressError, Extent, GuestMemory, Slot, file_data_runs
 
-PAGE_SIZE = 4096
-MAX_READ = 64 << 20
-
-
-class MemoryAccessError(KvmsnapError, LookupError):
-    """An address that is not mapped, or whose page the core file does not hold."""
+MAX_READ = 64 << 20          # bytes read_phys/read_virt give at most
 
 
-class CoreMemory:
-    """Reads one core's guest memory; ``kind`` is ``"kvmsnap"``, ``"guest"`` (QEMU and other
-    machine dumps) or ``"process"``."""
+class CoreMemory(GuestMemory):
+    """One core's memory; ``kind`` is ``"kvmsnap"``, ``"guest"`` (QEMU and other machine dumps) or
+    ``"process"``.  ``Extent.backing`` is the file offset of the extent's start."""
 
-    def __init__(self, path):
-        image = corefile.parse_elf(path, strict=False)
+    def __init__(self, image: ElfCore, kind: str, *, slots: dict[int, Segment] | None = None,
+                 paging: list | None = None):
         self.path = image.path
+        self.kind = kind
         self.machine = image.ehdr.e_machine
-        self._paging = []             # per vCPU: (cr0, cr3, cr4, efer) or None
-        first = image.notes[0] if image.notes else None
-        if first is not None and (first.owner, first.type) == (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER):
-            core = corefile.read_core(path)
-            self.kind = "kvmsnap"
-            self._physical = [s for s in core.segments if s.physical]
-            self._virtual = []
-            for v in core.vcpus:
-                s = corefile.parse_sregs(v.sregs, v.sregs2)
-                self._paging.append((s.cr0, s.cr3, s.cr4, s.efer))
-        elif any(n.owner == N.OWNER_QEMU for n in image.notes) or \
-                any(s.paddr for s in image.loads):
-            self.kind = "guest"
-            self._physical, self._virtual = list(image.loads), []
-            lma = x86.EFER_LMA if self.machine == elf.EM_X86_64 else 0   # QEMU: EM_X86_64 iff LMA
-            for n in image.notes:
-                if (n.owner, n.type) == (N.OWNER_QEMU, N.NT_QEMU_CPUSTATE) \
-                        and n.size >= x86.QEMUCPUSTATE_SIZE_V1_MIN:
-                    st = x86.QEMUCPUState.parse(n.desc.ljust(x86.QEMUCPUState.sizeof(), b"\0"))
-                    self._paging.append((st.cr[0], st.cr[3], st.cr[4], lma))
-        else:
-            self.kind = "process"
-            self._physical, self._virtual = [], list(image.loads)
+        self._slots = slots or {}
+        self._paging = paging or []          # per vCPU: the architecture's paging state, or None
+        if kind == "process":
+            self.space = "address"
+        segments = list(self._slots.values()) if kind == "kvmsnap" else image.loads
         self._file = open(self.path, "rb")
         self._size = os.fstat(self._file.fileno()).st_size
-        self._extents = self._build_extents()
-        self._starts = [x[0] for x in self._extents]
+        super().__init__(self.path, self._sweep(segments, physical=kind != "process"))
+
+    @classmethod
+    def open(cls, path) -> "CoreMemory":
+        """The memory of any core: kvmsnap's (validated in full), machine dumps, process cores."""
+        image = parse_elf(path, strict=False)
+        first = image.notes[0] if image.notes else None
+        if first is not None and (first.owner, first.type) == (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER):
+            from kvmsnap.formats import kvmsnap as kvmsnap_format
+            return kvmsnap_format.read_core(path).memory
+        if any(n.owner == N.OWNER_QEMU for n in image.notes) or any(s.paddr for s in image.loads):
+            return cls(image, "guest", paging=arch.foreign_paging(image))
+        return cls(image, "process")
 
     def close(self):
         self._file.close()
 
-    def __enter__(self):
-        return self
+    def slots(self) -> list[Slot]:
+        return sorted((Slot(n, s.paddr, s.filesz) for n, s in self._slots.items()),
+                      key=lambda s: s.gpa)
 
-    def __exit__(self, *exc):
-        self.close()
+    def slot_offset(self, slot: int) -> int:
+        """File offset of a memory slot's bytes (page-aligned: the slot can be mmap()ed there)."""
+        return self._slots[slot].offset
 
     @property
     def address_space(self) -> str:
         return "process" if self.kind == "process" else "physical"
 
-    def extents(self) -> list[tuple[int, int, int, int]]:
-        """The address space :meth:`read` serves, as sorted, non-overlapping
-        ``(start, end, file offset of start, end of the bytes held in the file)``; where
-        segments overlap (QEMU paging dumps) the first one in header order wins."""
-        return [x[:4] for x in self._extents]
+    def fileno(self) -> int:
+        return self._file.fileno()
 
-    def _build_extents(self) -> list[tuple[int, int, int, int, object]]:
-        """:meth:`extents`, each with its segment: one sweep over the segment boundaries, with
-        the segments covering the current point in a heap by header order."""
-        physical = self.kind != "process"
-        segments = self._physical if physical else self._virtual
+    def _sweep(self, segments, physical: bool) -> list[Extent]:
+        """Non-overlapping extents of ``segments``; where they overlap (QEMU paging dumps) the
+        first in header order wins.  One sweep over the boundaries, with the segments covering
+        the current point in a heap by header order."""
         spans = sorted(((s.paddr if physical else s.vaddr), position, s)
                        for position, s in enumerate(segments) if s.memsz)
         points = sorted({p for start, _, s in spans for p in (start, start + s.memsz)})
-        active: list[tuple[int, int, int, object]] = []   # (position, start, end, segment)
+        active: list[tuple[int, int, int, Segment]] = []   # (position, start, end, segment)
         out: list[list] = []
         next_span = 0
         for lo, hi in zip(points, points[1:]):
@@ -105,80 +91,66 @@ class CoreMemory:
                 out[-1][1] = hi
             else:
                 out.append([lo, hi, seg.offset + lo - start, start, seg])
-        result = []
+        extents = []
         for a, b, offset, start, seg in out:
             held = min(start + seg.filesz, start + max(0, self._size - seg.offset))
-            result.append((a, b, offset, min(b, max(a, held)), seg))
-        return result
+            extents.append(Extent(a, b, min(b, max(a, held)), offset, seg))
+        return extents
 
-    def read(self, addr: int, length: int) -> bytes:
-        """Bytes of the address space :meth:`extents` describes (physical, or process)."""
-        return self._read(addr, length, "address" if self.kind == "process" else "guest-physical")
+    def _fetch(self, extent: Extent, addr: int, out: memoryview) -> None:
+        n = os.preadv(self._file.fileno(), [out], extent.backing + addr - extent.start)
+        if n != len(out):
+            raise AddressError(f"{self.path}: {self.space} 0x{addr:x}: short read (file changed?)")
 
-    def fileno(self) -> int:
-        return self._file.fileno()
+    def _where(self) -> str:
+        return "in the core"
 
-    # -- reading ------------------------------------------------------------------------------
-    def _read(self, addr: int, length: int, what: str) -> bytes:
-        """Bytes at ``addr`` from whichever extent holds each part."""
-        out = bytearray()
-        while length > 0:
-            i = bisect.bisect_right(self._starts, addr) - 1
-            if i < 0 or addr >= self._extents[i][1]:
-                raise MemoryAccessError(f"{self.path}: {what} 0x{addr:x} is not in the core")
-            start, _, offset, held, seg = self._extents[i]
-            if addr >= held:
-                begin = seg.paddr if self.kind != "process" else seg.vaddr
-                raise MemoryAccessError(f"{self.path}: {what} 0x{addr:x}: its page is not in "
-                                        f"the file (segment 0x{begin:x}+0x{seg.memsz:x}, "
-                                        f"0x{seg.filesz:x} bytes in the file)")
-            n = min(length, held - addr)
-            self._file.seek(offset + addr - start)
-            data = self._file.read(n)
-            if len(data) != n:
-                raise MemoryAccessError(f"{self.path}: {what} 0x{addr:x}: short read (file "
-                                        "changed?)")
-            out += data
-            addr += n
-            length -= n
-        return bytes(out)
+    def _not_held(self, addr: int, extent: Extent) -> str:
+        seg = extent.origin
+        begin = seg.vaddr if self.kind == "process" else seg.paddr
+        return (f"{self.path}: {self.space} 0x{addr:x}: its page is not in the file (segment "
+                f"0x{begin:x}+0x{seg.memsz:x}, 0x{seg.filesz:x} bytes in the file)")
 
+    def data_runs(self, start: int, end: int):
+        """Holes of the sparse file are known zero (SEEK_DATA/SEEK_HOLE)."""
+        for extent in self.extents_in(start, end):
+            lo, hi = max(start, extent.start), min(end, extent.held)
+            if lo < hi:
+                base = extent.backing - extent.start
+                for a, b in file_data_runs(self.fileno(), base + lo, base + hi):
+                    yield a - base, b - base
+
+    # -- for the mem command ------------------------------------------------------------------
     def read_phys(self, addr: int, length: int) -> bytes:
-        """Guest-physical bytes (MemoryAccessError if any byte is not in the core)."""
+        """Guest-physical bytes (AddressError if any byte is not in the core)."""
         _check_length(length)
         if self.kind == "process":
-            raise InputError(f"{self.path}: a process core has no guest-physical memory "
-                             "(use --virtual)")
-        return self._read(addr, length, "guest-physical")
+            raise InputError(f"{self.path}: a process core has no guest-physical memory, only "
+                             "process (virtual) addresses")
+        return self.read(addr, length)
 
     def translate(self, vcpu: int, vaddr: int) -> int:
         """The guest-physical address of ``vaddr`` through vCPU ``vcpu``'s page tables."""
         if not 0 <= vcpu < len(self._paging):
             raise InputError(f"{self.path}: no paging state for vCPU {vcpu} "
                              f"({len(self._paging)} known)")
-        cr0, cr3, cr4, efer = self._paging[vcpu]
-        if not cr0 & x86.CR0_PG:
-            return vaddr                     # paging off: linear = physical
-        if not pagewalk.paging_enabled(cr0, efer):
-            raise InputError(f"{self.path}: vCPU {vcpu} uses 32-bit paging; only IA-32e "
-                             "(4- and 5-level) page tables are walked")
+        paging = arch.for_machine(self.machine).paging
         try:
-            return pagewalk.translate(self.read_phys, cr3, cr4, efer, vaddr)
-        except pagewalk.TranslationError as e:
-            raise MemoryAccessError(f"{self.path}: vCPU {vcpu}: guest-virtual {e}") from None
+            return paging.virtual_to_physical(self.read, self._paging[vcpu], vaddr)
+        except paging.PageWalkError as e:
+            raise InputError(f"{self.path}: vCPU {vcpu}: {e}") from None
+        except LookupError as e:
+            raise AddressError(f"{self.path}: vCPU {vcpu}: guest-virtual {e}") from None
 
     def read_virt(self, vcpu: int, vaddr: int, length: int) -> bytes:
         """Guest-virtual bytes as vCPU ``vcpu`` sees them (process cores: process addresses)."""
         _check_length(length)
         if self.kind == "process":
-            return self._read(vaddr, length, "address")
-        if self.machine != elf.EM_X86_64 and self.machine != elf.EM_386:
-            raise InputError(f"{self.path}: virtual addresses are translated for x86 guests "
-                             "only")
+            return self.read(vaddr, length)
         out = bytearray()
         while length > 0:
             n = min(length, PAGE_SIZE - vaddr % PAGE_SIZE)
-            out += self.read_phys(self.translate(vcpu, vaddr), n)
+            out += self.read(self.translate(vcpu, vaddr), n)
             vaddr += n
             length -= n
         return bytes(out)

@@ -1,8 +1,10 @@
 """What the VMM does with each KVM_RUN exit: port I/O, MMIO, and the exits that stop the guest."""
 import struct
 
-from ..kvm._kvm import lib
-from . import uart
+from kvmsnap.kvm import lib
+from kvmsnap.arch.x86_64 import layouts
+from kvmsnap.formats.elf import offsets
+from kvmsnap.vmm import uart
 
 EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and not n.startswith("KVM_EXIT_IO_")}
 INTERNAL_ERRORS = {
@@ -13,6 +15,8 @@ INTERNAL_ERRORS = {
 }
 SYSTEM_EVENTS = {lib.KVM_SYSTEM_EVENT_SHUTDOWN: "shutdown", lib.KVM_SYSTEM_EVENT_RESET: "reset",
                  lib.KVM_SYSTEM_EVENT_CRASH: "crash"}
+_RIP_AT = offsets(layouts.kvm_regs)["rip"]
+_CS_BASE_AT = offsets(layouts.kvm_sregs)["cs"] + offsets(layouts.kvm_segment)["base"]
 #: Port the guest writes to for a clean power-off (QEMU's isa-debug-exit convention: any value).
 POWEROFF_PORT = 0x501
 
@@ -76,8 +80,8 @@ class ExitHandler:
 def _where(vcpu) -> str:
     """'RIP 0x… (CS base 0x…)' for messages; tolerant of a vCPU whose state cannot be read."""
     try:
-        rip = struct.unpack_from("<Q", vcpu.get_regs(), 16 * 8)[0]
-        cs_base = struct.unpack_from("<Q", vcpu.get_sregs(), 0)[0]
+        rip = struct.unpack_from("<Q", vcpu.get_regs(), _RIP_AT)[0]
+        cs_base = struct.unpack_from("<Q", vcpu.get_sregs(), _CS_BASE_AT)[0]
     except OSError:
         return "an unknown RIP"
     return f"RIP {rip:#x}" + (f" (CS base {cs_base:#x})" if cs_base else "")

@@ -9,16 +9,14 @@ import signal
 import threading
 import time
 
-from .. import cpuid, loader
-from ..errors import InputError, KvmsnapError
-from ..kvm import Kvm, KvmError
-from ..kvm._kvm import ffi, lib
-from ..state import MachineConfig
-from .exits import ExitHandler, GuestStopped
-from .memory import GuestMemory
-from .uart import Uart
+from kvmsnap import arch
+from kvmsnap.errors import InputError, KvmsnapError
+from kvmsnap.kvm import Kvm, KvmError, lib, max_vcpus
+from kvmsnap.memory.ram import GuestRam
+from kvmsnap.state import MachineConfig
+from kvmsnap.vmm.exits import ExitHandler, GuestStopped
+from kvmsnap.vmm.uart import Uart
 
-TSS_ADDR, IDENTITY_MAP_ADDR = 0xFFFBD000, 0xFFFBC000
 KICK_SIGNAL = signal.SIGUSR1
 MIN_MEM = 2 << 20
 
@@ -27,16 +25,29 @@ class MachineError(KvmsnapError):
     """The machine cannot be built or stopped with an error; the message is one line for the user."""
 
 
+class HostArch:
+    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``."""
+
+    def __init__(self):
+        package = arch.host()
+        self.name = package.NAME
+        self.vm, self.vcpu, self.boot = (arch.live(package, m) for m in ("vm", "vcpu", "boot"))
+
+
 class Machine:
     """A VM built from a ``MachineConfig``; ``boot`` loads an image, ``start`` runs the vCPUs."""
 
-    def __init__(self, config: MachineConfig, console, memory: GuestMemory | None = None):
+    def __init__(self, config: MachineConfig, console, memory: GuestRam | None = None,
+                 saved_msrs: list[int] | None = None):
+        """``memory``: RAM to use (restore), else fresh RAM; ``saved_msrs``: the MSRs a snapshot
+        of this machine holds (restore keeps the core's), else every listed MSR that reads back."""
         if config.mem_size < MIN_MEM or config.mem_size % 4096:
-            raise InputError(f"--mem {config.mem_size}: guest RAM must be a multiple of 4 KiB and at least 2 MiB")
+            raise InputError(f"{config.mem_size} bytes of guest RAM: it must be a multiple of 4 KiB "
+                             "and at least 2 MiB", setting="mem_size")
         self.config = config
+        self.arch = HostArch()
         self.vm = None
         self.vcpus = []
-        self._host_views = []
         self.memory = memory
         self.kvm = Kvm()
         try:
@@ -52,70 +63,38 @@ class Machine:
         self._parked = 0
         self._threads: list[threading.Thread] = []
         self.error: str | None = None       # why the guest stopped, when it failed
-        self.msr_indices: list[int] | None = None   # MSRs saved in a snapshot, found on first capture
+        self._saved_msrs = saved_msrs
         lib.kvmsnap_install_kick_handler(KICK_SIGNAL)
 
-    def _build(self, memory: GuestMemory | None) -> None:
+    def _build(self, memory: GuestRam | None) -> None:
         """The VM, its in-kernel devices, RAM slots and vCPUs."""
-        for cap in ("KVM_CAP_IRQCHIP", "KVM_CAP_PIT2", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_XSAVE",
-                    "KVM_CAP_XCRS", "KVM_CAP_VCPU_EVENTS", "KVM_CAP_DEBUGREGS", "KVM_CAP_MP_STATE"):
-            if not self.kvm.check_extension(getattr(lib, cap)):
-                raise MachineError(f"this host's KVM lacks {cap}, which kvmsnap needs")
-        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or 4  # "Default to 4" (api.rst)
-        if not 1 <= self.config.vcpus <= max_vcpus:
-            raise InputError(f"--cpus {self.config.vcpus}: this host's KVM allows 1 to {max_vcpus} vCPUs")
+        limit = max_vcpus(self.kvm)
+        if not 1 <= self.config.vcpus <= limit:
+            raise InputError(f"{self.config.vcpus} vCPUs: this host's KVM allows 1 to {limit}",
+                             setting="vcpus")
         self.vm = self.kvm.create_vm()
-        self.vm.set_tss_addr(TSS_ADDR)
-        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
-        self.vm.create_irqchip()
-        self.vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
-        self.memory = memory or GuestMemory.anonymous(self.config.mem_size)
-        for region in self.memory.regions:
-            view = ffi.from_buffer(region.buffer)
-            self._host_views.append(view)
-            self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
-                                           int(ffi.cast("uintptr_t", view)))
-        self.sregs2 = bool(self.kvm.check_extension(lib.KVM_CAP_SREGS2))
-        self.xsave_size = max(self.vm.check_extension(lib.KVM_CAP_XSAVE2), 4096)
-        self.supported_cpuid = self.kvm.get_supported_cpuid()
+        self.arch.vm.setup_vm(self.kvm, self.vm)
+        self.memory = memory or GuestRam.anonymous(self.arch.vm.ram_layout(self.config.mem_size))
+        for slot, (_, address) in zip(self.memory.slots(), self.memory.buffers()):
+            self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address)
         for i in range(self.config.vcpus):
             self.vcpus.append(self.vm.create_vcpu(i))
+        self.vcpu_caps = self.arch.vcpu.VcpuCaps.of(self.kvm, self.vm)
+
+    @property
+    def saved_msrs(self) -> list[int]:
+        """The MSRs a snapshot of this machine holds: given (restore keeps the core's), else every
+        listed MSR that reads back once the guest's CPUID is set (found on first use)."""
+        if self._saved_msrs is None:
+            self._saved_msrs = self.arch.vcpu.readable_msrs(self.vcpus[0],
+                                                            self.kvm.get_msr_index_list())
+        return self._saved_msrs
 
     # --- building -------------------------------------------------------------------------------
     def boot(self, image: bytes, name: str, flat_addr: int | None = None) -> None:
-        """Load ``image`` and put the vCPUs in the image's entry state (docs/boot-protocol.md): every
-        vCPU for a long-mode image, the BSP alone for a real-mode one."""
-        entry = loader.load_image(image, name, self.memory, flat_addr)
-        if entry.mode == "long":
-            loader.write_boot_data(self.memory)
-        for vcpu in self.vcpus:
-            vcpu.set_cpuid2(cpuid.for_vcpu(self.supported_cpuid, vcpu.index))
-            if entry.mode == "real" and vcpu.index:
-                continue                # as on hardware, APs wait for INIT/SIPI in their reset state
-            sregs = ffi.new("struct kvm_sregs2 *")
-            ffi.memmove(sregs, vcpu.get_sregs2(), ffi.sizeof(sregs[0]))
-            regs = ffi.new("struct kvm_regs *")
-            regs.rip = entry.rip
-            regs.rflags = loader.RFLAGS_RESERVED
-            if entry.mode == "long":
-                loader.long_mode_sregs(sregs, entry.cpl)
-                regs.rdi, regs.rsi = loader.START_INFO_ADDR, vcpu.index
-                if entry.cpl == 3:
-                    regs.rflags |= loader.RFLAGS_IOPL3
-            else:
-                loader.real_mode_sregs(sregs, entry.cs_base)
-            vcpu.set_sregs2(bytes(ffi.buffer(sregs)))
-            vcpu.set_regs(bytes(ffi.buffer(regs)))
-            if entry.mode == "long":
-                self._set_xcr0(vcpu, loader.guest_xcr0(self.supported_cpuid))
-            vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
-
-    @staticmethod
-    def _set_xcr0(vcpu, value: int) -> None:
-        xcrs = ffi.new("struct kvm_xcrs *")
-        xcrs.nr_xcrs = 1
-        xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, value
-        vcpu.set_xcrs(bytes(ffi.buffer(xcrs)))
+        """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md)."""
+        self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
+                            self.kvm.get_supported_cpuid())
 
     def _pulse_irq(self, irq: int) -> None:
         self.vm.irq_line(irq, 1)
@@ -242,9 +221,5 @@ class Machine:
         if self.vm is not None:
             self.vm.close()
         self.kvm.close()
-        self._host_views = []
-        for region in self.memory.regions if self.memory else []:
-            try:
-                region.buffer.close()
-            except BufferError:
-                pass                    # a view is still alive (a caller's); the mapping goes with it
+        if self.memory is not None:
+            self.memory.close()

@@ -1,6 +1,8 @@
 """A 16550 UART at I/O port 0x3f8 (IRQ 4): the guest console, output only."""
 import threading
 
+from kvmsnap.arch.x86_64.layouts import UartState
+
 BASE = 0x3F8
 PORTS = range(BASE, BASE + 8)
 IRQ = 4
@@ -12,8 +14,6 @@ LSR_THRE_TEMT = 0x60      # transmitter empty: output is consumed at once
 IIR_NONE, IIR_THRE = 0x01, 0x02
 IER_THRE = 0x02
 
-#: Register fields saved in a core, in this order (see docs/core-format.md, UART state).
-STATE_FIELDS = ("dll", "dlm", "ier", "iir", "fcr", "lcr", "mcr", "lsr", "msr", "scr")
 
 
 class Uart:
@@ -27,14 +27,15 @@ class Uart:
         self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
         self.lcr, self.mcr, self.lsr, self.msr, self.scr = 0x03, 0x08, LSR_THRE_TEMT, 0xB0, 0
 
-    def state(self) -> dict:
-        """The register file as a dict of ``STATE_FIELDS``."""
-        return {name: getattr(self, name) for name in STATE_FIELDS}
+    def state_bytes(self) -> bytes:
+        """The register file as its device blob (layouts.UartState, docs/core-format.md)."""
+        return UartState.build({sub.name: getattr(self, sub.name) for sub in UartState.subcons})
 
-    def load_state(self, state: dict) -> None:
-        """Restore the register file saved by ``state``."""
-        for name in STATE_FIELDS:
-            setattr(self, name, int(state[name]) & 0xFF)
+    def load_state_bytes(self, blob: bytes) -> None:
+        """Restore the register file from :meth:`state_bytes`."""
+        state = UartState.parse(blob)
+        for sub in UartState.subcons:
+            setattr(self, sub.name, state[sub.name])
 
     def write(self, offset: int, value: int) -> None:
         """Guest ``out`` to BASE + offset."""

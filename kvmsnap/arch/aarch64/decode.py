@@ -4,7 +4,7 @@ as op0/op1/CRn/CRm/op2 and by name where known)."""
 import struct
 
 from kvmsnap.decode.bits import DecodeError, bitreg, field, parse, plain, wide
-from kvmsnap.formats import arm64
+from kvmsnap.arch.aarch64 import layouts as arm64
 
 PSTATE = {31: "N", 30: "Z", 29: "C", 28: "V", 25: "TCO", 24: "DIT", 23: "UAO", 22: "PAN",
           21: "SS", 20: "IL", 12: "SSBS", 9: "D", 8: "A", 7: "I", 6: "F"}

@@ -6,7 +6,7 @@
 """
 from construct import Array, Bytes, Int16ul, Int32ul, Int64ul, Struct
 
-from kvmsnap.formats.x86 import linux_elf_prstatus
+from kvmsnap.formats.elf import linux_elf_prstatus
 
 # struct user_pt_regs: x0..x30, sp, pc, pstate
 USER_PT_REGS = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")

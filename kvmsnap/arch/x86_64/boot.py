@@ -1,12 +1,18 @@
-"""Guest image loaders: ELF64 images in long mode (CPL0 or CPL3) and flat binaries in real mode.
+"""Booting x86 guests: ELF64 images in long mode (CPL0 or CPL3) and flat binaries in real mode.
 
 The entry state is documented in docs/boot-protocol.md; this module is its implementation.
 """
 import struct
 from dataclasses import dataclass
 
-from . import cpuid
-from .errors import InputError
+from kvmsnap.arch.x86_64 import cpuid
+from kvmsnap.arch.x86_64.layouts import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
+                                         CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME,
+                                         EFER_NXE, EFER_SCE, RFLAGS_IOPL3,
+                                         RFLAGS_RESERVED)
+from kvmsnap.errors import InputError
+from kvmsnap.formats import elf
+from kvmsnap.kvm import ffi, lib
 
 # Boot data the loader keeps below 1 MiB (docs/boot-protocol.md)
 GDT_ADDR, START_INFO_ADDR, MEMMAP_ADDR, TSS_ADDR = 0x1000, 0x2000, 0x2100, 0x4000
@@ -26,14 +32,8 @@ IO_BITMAP_OFFSET = 104
 #: TSS with a full I/O permission bitmap (all ports allowed) and its 0xff terminator byte.
 TSS_LIMIT = IO_BITMAP_OFFSET + 8192
 
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE = 1 << 5, 1 << 9, 1 << 10, 1 << 18
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
-RFLAGS_RESERVED, RFLAGS_IOPL3 = 0x2, 0x3000
 
-ELFMAG = b"\x7fELF"
-EM_X86_64, ET_EXEC, PT_LOAD, PT_NOTE = 62, 2, 1, 4
-KVMSNAP_BOOT_NOTE = (b"kvmsnap", 1)
+KVMSNAP_BOOT_NOTE = ("kvmsnap", 1)
 REALMODE_DEFAULT_ADDR = 0x7C00
 
 
@@ -52,7 +52,7 @@ class EntryState:
 
 def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> EntryState:
     """Copy an image into guest RAM and say how to enter it. ELF64 by magic, else a flat binary."""
-    if data[:4] == ELFMAG:
+    if data[:4] == elf.ELFMAG:
         return _load_elf(data, name, memory)
     addr = REALMODE_DEFAULT_ADDR if flat_addr is None else flat_addr
     if not data:
@@ -68,36 +68,40 @@ def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> 
 def _require_ram(memory, name: str, addr: int, size: int) -> None:
     if not memory.contains(addr, size):
         raise LoadError(f"{name}: needs guest RAM at {addr:#x}-{addr + size:#x}, but the guest has only "
-                        f"{memory.top >> 20} MiB: use a larger --mem")
+                        f"{memory.top >> 20} MiB: give it more memory", setting="mem_size")
+
+
+_PHDR = elf.row_parser("Elf64_Phdr", elf.Elf64_Phdr)
 
 
 def _load_elf(data: bytes, name: str, memory) -> EntryState:
-    if len(data) < 64:
+    if len(data) < elf.Elf64_Ehdr.sizeof():
         raise LoadError(f"{name}: truncated ELF header")
-    ei_class, ei_data = data[4], data[5]
-    e_type, e_machine = struct.unpack_from("<HH", data, 16)
-    if ei_class != 2 or ei_data != 1 or e_machine != EM_X86_64:
-        raise LoadError(f"{name}: not an x86-64 ELF image (class {ei_class}, machine {e_machine}); "
-                        "kvmsnap runs x86_64 guests")
-    if e_type != ET_EXEC:
-        raise LoadError(f"{name}: ELF type {e_type} is not an executable (ET_EXEC)")
-    e_entry, e_phoff = struct.unpack_from("<QQ", data, 24)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
-    if e_phentsize != 56 or e_phoff + e_phnum * 56 > len(data):
-        raise LoadError(f"{name}: program header table at {e_phoff:#x} lies outside the file")
-    entry = EntryState("long", rip=e_entry, cpl=0)
-    for i in range(e_phnum):
-        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
-            "<IIQQQQQ", data, e_phoff + i * 56)
-        if p_offset + p_filesz > len(data) or p_filesz > p_memsz:
-            raise LoadError(f"{name}: segment {i} at file offset {p_offset:#x} lies outside the file")
-        if p_type == PT_LOAD and p_memsz:
-            if p_paddr < ELF_LOAD_MIN:
-                raise LoadError(f"{name}: segment {i} loads at {p_paddr:#x}, below 1 MiB (reserved for boot data)")
-            _require_ram(memory, name, p_paddr, p_memsz)
-            memory.write(p_paddr, data[p_offset:p_offset + p_filesz] + bytes(p_memsz - p_filesz))
-        elif p_type == PT_NOTE:
-            boot = _find_note(data[p_offset:p_offset + p_filesz], *KVMSNAP_BOOT_NOTE)
+    ident = elf.e_ident.parse(data)
+    ehdr = elf.Elf64_Ehdr.parse(data)
+    if ident.EI_CLASS != elf.ELFCLASS64 or ident.EI_DATA != elf.ELFDATA2LSB \
+            or ehdr.e_machine != elf.EM_X86_64:
+        raise LoadError(f"{name}: not an x86-64 ELF image (class {ident.EI_CLASS}, machine "
+                        f"{ehdr.e_machine}); kvmsnap runs x86_64 guests")
+    if ehdr.e_type != elf.ET_EXEC:
+        raise LoadError(f"{name}: ELF type {ehdr.e_type} is not an executable (ET_EXEC)")
+    entsize = elf.Elf64_Phdr.sizeof()
+    if ehdr.e_phentsize != entsize or ehdr.e_phoff + ehdr.e_phnum * entsize > len(data):
+        raise LoadError(f"{name}: program header table at {ehdr.e_phoff:#x} lies outside the file")
+    entry = EntryState("long", rip=ehdr.e_entry, cpl=0)
+    for i in range(ehdr.e_phnum):
+        at = ehdr.e_phoff + i * entsize
+        p = _PHDR(data[at:at + entsize])
+        if p.p_offset + p.p_filesz > len(data) or p.p_filesz > p.p_memsz:
+            raise LoadError(f"{name}: segment {i} at file offset {p.p_offset:#x} lies outside the file")
+        if p.p_type == elf.PT_LOAD and p.p_memsz:
+            if p.p_paddr < ELF_LOAD_MIN:
+                raise LoadError(f"{name}: segment {i} loads at {p.p_paddr:#x}, below 1 MiB (reserved for "
+                                "boot data)")
+            _require_ram(memory, name, p.p_paddr, p.p_memsz)
+            memory.write(p.p_paddr, data[p.p_offset:p.p_offset + p.p_filesz] + bytes(p.p_memsz - p.p_filesz))
+        elif p.p_type == elf.PT_NOTE:
+            boot = _boot_note(data[p.p_offset:p.p_offset + p.p_filesz])
             if boot is not None and len(boot) >= 12:
                 rip, cpl = struct.unpack_from("<QI", boot)
                 if cpl not in (0, 3):
@@ -106,18 +110,14 @@ def _load_elf(data: bytes, name: str, memory) -> EntryState:
     return entry
 
 
-def _find_note(notes: bytes, owner: bytes, ntype: int):
-    off = 0
-    while off + 12 <= len(notes):
-        namesz, descsz, t = struct.unpack_from("<III", notes, off)
-        name_off = off + 12
-        desc_off = name_off + (namesz + 3 & ~3)
-        end = desc_off + (descsz + 3 & ~3)
-        if end > len(notes):
-            return None
-        if notes[name_off:name_off + namesz].rstrip(b"\0") == owner and t == ntype:
-            return notes[desc_off:desc_off + descsz]
-        off = end
+def _boot_note(notes: bytes) -> bytes | None:
+    """The descriptor of the kvmsnap boot note (owner "kvmsnap", type 1), if the table has one."""
+    try:
+        for _, owner, n_type, _, desc in elf.iter_notes(notes):
+            if (owner, n_type) == KVMSNAP_BOOT_NOTE:
+                return desc
+    except elf.NoteError:
+        pass
     return None
 
 
@@ -132,9 +132,8 @@ def write_boot_data(memory) -> None:
     memory.write(TSS_ADDR, bytes(tss))
 
     # below 1 MiB: reserved (boot data); RAM starts at 1 MiB
-    memmap = [(0, ELF_LOAD_MIN, 2)] + [(max(r.guest_phys_addr, ELF_LOAD_MIN),
-                                        r.guest_phys_addr + r.size - max(r.guest_phys_addr, ELF_LOAD_MIN), 1)
-                                       for r in memory.regions]
+    memmap = [(0, ELF_LOAD_MIN, 2)] + [(max(s.gpa, ELF_LOAD_MIN), s.end - max(s.gpa, ELF_LOAD_MIN), 1)
+                                       for s in memory.slots()]
     memory.write(MEMMAP_ADDR, b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in memmap))
     memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 0, 0, 0, 0,
                                               MEMMAP_ADDR, len(memmap), 0))
@@ -177,3 +176,35 @@ def real_mode_sregs(sregs, cs_base: int) -> None:
 def guest_xcr0(cpuid_table: bytes) -> int:
     """XCR0 for a long-mode entry: the guest-usable components the CPUID table offers."""
     return cpuid.supported_xcr0(cpuid_table) & cpuid.GUEST_XCR0_MASK
+
+
+def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supported_cpuid: bytes) -> None:
+    """Load ``image`` and put the vCPUs in its entry state: every vCPU for a long-mode image, the
+    BSP alone for a real-mode one (as on hardware, APs wait for INIT/SIPI in their reset state)."""
+    entry = load_image(image, name, memory, flat_addr)
+    if entry.mode == "long":
+        write_boot_data(memory)
+    for vcpu in vcpus:
+        vcpu.set_cpuid2(cpuid.for_vcpu(supported_cpuid, vcpu.index))
+        if entry.mode == "real" and vcpu.index:
+            continue
+        sregs = ffi.new("struct kvm_sregs2 *")
+        ffi.memmove(sregs, vcpu.get_sregs2(), ffi.sizeof(sregs[0]))
+        regs = ffi.new("struct kvm_regs *")
+        regs.rip = entry.rip
+        regs.rflags = RFLAGS_RESERVED
+        if entry.mode == "long":
+            long_mode_sregs(sregs, entry.cpl)
+            regs.rdi, regs.rsi = START_INFO_ADDR, vcpu.index
+            if entry.cpl == 3:
+                regs.rflags |= RFLAGS_IOPL3
+        else:
+            real_mode_sregs(sregs, entry.cs_base)
+        vcpu.set_sregs2(bytes(ffi.buffer(sregs)))
+        vcpu.set_regs(bytes(ffi.buffer(regs)))
+        if entry.mode == "long":
+            xcrs = ffi.new("struct kvm_xcrs *")
+            xcrs.nr_xcrs = 1
+            xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, guest_xcr0(supported_cpuid)
+            vcpu.set_xcrs(bytes(ffi.buffer(xcrs)))
+        vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)

@@ -1,8 +1,11 @@
 """CPUID tables as raw ``kvm_cpuid_entry2`` arrays: look-ups and the per-vCPU patches we apply."""
 import struct
 
-ENTRY_SIZE = 40            # sizeof(struct kvm_cpuid_entry2)
-_ENTRY = struct.Struct("<10I")   # function index flags eax ebx ecx edx padding[3]
+from kvmsnap.arch.x86_64.layouts import kvm_cpuid_entry2
+
+ENTRY_SIZE = kvm_cpuid_entry2.sizeof()
+_ENTRY = struct.Struct(f"<{ENTRY_SIZE // 4}I")   # kvm_cpuid_entry2 is all u32: function index
+                                                 # flags eax ebx ecx edx padding[3]
 
 #: XSAVE components a sample guest may enable: x87, SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM (no AMX).
 GUEST_XCR0_MASK = 0b1110_0111

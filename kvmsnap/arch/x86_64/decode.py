@@ -2,14 +2,17 @@
 registers, the XSAVE area by component, MSRs, CPUID leaves, pending events and MP state."""
 import struct
 
-from kvmsnap import cpuid as cpuid_table
+from kvmsnap.arch.x86_64 import cpuid as cpuid_table
+from kvmsnap.arch.x86_64 import xsave as xsave_facts
+from kvmsnap.arch.x86_64.xsave import XCR0_LEGACY
 from kvmsnap.decode.bits import bitreg, field, flag_names, parse, plain, u64s, wide
-from kvmsnap.formats import x86
-from kvmsnap.msrnames import MSR_NAMES
+from kvmsnap.arch.x86_64 import layouts as x86
+from kvmsnap.arch.x86_64.msrs import MSR_NAMES
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
         "r13", "r14", "r15", "rip")
 SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
+CONTROL = ("cr0", "cr2", "cr3", "cr4", "efer")
 
 RFLAGS = {0: "CF", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF", 11: "OF",
           14: "NT", 16: "RF", 17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID"}
@@ -59,6 +62,42 @@ def prstatus(desc: bytes) -> dict:
                   sighold=pr.pr_sighold, fpvalid=pr.pr_fpvalid,
                   **{name: plain(pr[name]) for name in ("pr_utime", "pr_stime")})
     return dict(thread=thread, regs=regs)
+
+
+def thread(desc: bytes) -> tuple[dict, dict]:
+    """A thread (vCPU) from its NT_PRSTATUS: flat registers, and its ``thread``, ``regs`` and
+    ``segments`` sections."""
+    pr = prstatus(desc)
+    flat = {name: pr["regs"][name] for name in GPRS + ("rflags",) + SELECTORS
+            + ("fs_base", "gs_base")}
+    return flat, dict(thread=pr["thread"], regs=regs_section(pr["regs"]),
+                      segments=segments_from_prstatus(pr["regs"]))
+
+
+def vcpu(v, pr_desc: bytes) -> dict:
+    """A kvmsnap vCPU (arch.x86_64.state.VcpuState) and its NT_PRSTATUS, decoded."""
+    from kvmsnap.arch.x86_64.notes import parse_sregs
+    from kvmsnap.arch.x86_64.lapic import lapic
+    sregs = parse_sregs(v)
+    xcr0 = xsave_facts.xcr0_of(v.xcrs)
+    values, sections = thread(pr_desc)
+    values.update(fs_base=sregs.fs.base, gs_base=sregs.gs.base,
+                  **{name: sregs[name] for name in CONTROL})
+    sections.update(
+        segments=segments_from_sregs(sregs),
+        control=control(sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer, sregs.cr8, xcr0,
+                        sregs.apic_base),
+        debug=debug(v.debugregs),
+        fpu=xsave(v.xsave, XCR0_LEGACY if xcr0 is None else xcr0, v.cpuid),
+        msrs=msrs(v.msrs),
+        lapic=lapic(v.lapic, x2apic=bool(sregs.apic_base >> 10 & 1)),
+        events=events(v.events),
+        mp_state=mp_state(v.mp_state),
+        cpuid=cpuid(v.cpuid),
+    )
+    return dict(id=v.index, pid=v.index + 1, regs=values, mp_state=v.mp_state, tsc_khz=v.tsc_khz,
+                apic_base=sregs.apic_base, msrs=len(v.msrs), xcr0=xcr0, xsave_size=len(v.xsave),
+                sections=sections)
 
 
 def regs_section(regs: dict) -> dict:
@@ -137,19 +176,15 @@ def segments_from_prstatus(regs: dict) -> dict:
 # Control registers
 
 def control(cr0, cr2, cr3, cr4, efer=None, cr8=None, xcr0=None, apic_base=None) -> dict:
-    """The ``control`` section: CR0, CR2, CR3, CR4, CR8, EFER, XCR0 and APIC base by bit."""
-    out = dict(cr0=bitreg(cr0, CR0), cr2=cr2,
-               cr3=dict(value=cr3, table=cr3 & 0x000f_ffff_ffff_f000, pcid=cr3 & 0xfff),
-               cr4=bitreg(cr4, CR4))
-    if cr8 is not None:
-        out["cr8"] = cr8
-    if efer is not None:
-        out["efer"] = bitreg(efer, EFER)
-    if xcr0 is not None:
-        out["xcr0"] = bitreg(xcr0, XCR0)
-    if apic_base is not None:
-        out["apic_base"] = bitreg(apic_base, APIC_BASE, address=apic_base & ~0xfff)
-    return out
+    """The ``control`` section: CR0, CR2, CR3, CR4, CR8, EFER, XCR0 and APIC base by bit; a
+    register the file does not hold is None."""
+    return dict(cr0=bitreg(cr0, CR0), cr2=cr2,
+                cr3=dict(value=cr3, table=cr3 & 0x000f_ffff_ffff_f000, pcid=cr3 & 0xfff),
+                cr4=bitreg(cr4, CR4), cr8=cr8,
+                efer=None if efer is None else bitreg(efer, EFER),
+                xcr0=None if xcr0 is None else bitreg(xcr0, XCR0),
+                apic_base=None if apic_base is None else bitreg(apic_base, APIC_BASE,
+                                                                 address=apic_base & ~0xfff))
 
 
 def debug(raw: bytes) -> dict:
@@ -196,19 +231,12 @@ def x87_tag(ftw: int, fsw: int, st: list[bytes]) -> int:
 def _components(area: bytes, xcr0: int, cpuid: bytes | None) -> dict:
     """bit -> bytes of each XSAVE component enabled in ``xcr0`` and inside ``area``; a component
     whose XSTATE_BV bit is clear is in its initial state (None)."""
-    leaf_d = {}
-    if cpuid:
-        for row in cpuid_table.entries(cpuid):
-            if row[0] == 0xd and row[1] >= 2 and row[3]:
-                leaf_d[row[1]] = (row[4], row[3])
     header = area[x86.XSAVE_HDR_OFFSET:x86.XSAVE_HDR_OFFSET + 8]
-    xstate_bv = int.from_bytes(header, "little") if len(header) == 8 else 0x3
+    xstate_bv = int.from_bytes(header, "little") if len(header) == 8 else XCR0_LEGACY
     out = {}
-    for bit in range(2, 64):
-        if xcr0 >> bit & 1:
-            offset, size = leaf_d.get(bit) or x86.XFEATURES.get(bit, ("", 0, 0))[1:]
-            if size and offset + size <= len(area):
-                out[bit] = area[offset:offset + size] if xstate_bv >> bit & 1 else None
+    for bit, (offset, size) in xsave_facts.components(xcr0, cpuid).items():
+        if offset + size <= len(area):
+            out[bit] = area[offset:offset + size] if xstate_bv >> bit & 1 else None
     return out, xstate_bv
 
 
@@ -218,7 +246,7 @@ def xsave(area: bytes, xcr0: int, cpuid: bytes | None = None) -> dict:
     Components whose XSTATE_BV bit is clear read as their initial values, as XRSTOR loads them."""
     legacy = area[:x86.XSAVE_LEGACY_SIZE]
     fx = parse(x86.user_fpregs_struct, legacy, "FXSAVE area")
-    comps, xstate_bv = _components(area, xcr0, cpuid) if len(area) > 512 else ({}, 0x3)
+    comps, xstate_bv = _components(area, xcr0, cpuid) if len(area) > 512 else ({}, XCR0_LEGACY)
     x87_live, sse_live = xstate_bv & 1, xstate_bv >> 1 & 1
     st = [legacy[32 + 16 * i:42 + 16 * i] if x87_live else bytes(10) for i in range(8)]
     fcw = fx.cwd if x87_live else FCW_INIT
@@ -255,15 +283,6 @@ def xsave(area: bytes, xcr0: int, cpuid: bytes | None = None) -> dict:
         out["pkru"] = struct.unpack_from("<I", comps[9] or bytes(8))[0]
     return out
 
-
-def xcr0_from_linux_xstate(area: bytes) -> int:
-    """XCR0 as Linux (and gdb's gcore) store it in NT_X86_XSTATE bytes 464..471."""
-    raw = area[x86.XSAVE_XCR0_OFFSET:x86.XSAVE_XCR0_OFFSET + 8]
-    return int.from_bytes(raw, "little") if len(raw) == 8 else 0x3
-
-
-# ---------------------------------------------------------------------------------------------
-# MSRs, CPUID, events, MP state
 
 def msrs(entries: list[tuple[int, int]]) -> list[dict]:
     """The ``msrs`` section: every saved MSR with its name (null when not in the table)."""

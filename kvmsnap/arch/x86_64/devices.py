@@ -1,10 +1,12 @@
 """VM-wide device state decoded: the two 8259 PICs, the IOAPIC, the 8254 PIT, kvmclock, the UART."""
 from kvmsnap.decode.bits import plain
-from kvmsnap.decode.lapic import DELIVERY_MODES
-from kvmsnap.formats import x86
+from kvmsnap.arch.x86_64.lapic import DELIVERY_MODES
+from kvmsnap.arch.x86_64 import layouts as x86
 
 PIT_MODES = {0: "interrupt on terminal count", 1: "hardware one-shot", 2: "rate generator",
-             3: "square wave", 4: "software strobe", 5: "hardware strobe"}
+             3: "square wave", 4: "software strobe", 5: "hardware strobe",
+             6: "rate generator (alias of 2)", 7: "square wave (alias of 3)",
+             0xff: "not programmed"}     # KVM's reset value for a channel never programmed
 PIT_ACCESS = {0: "latch", 1: "lsb", 2: "msb", 3: "lsb then msb"}
 KVM_CLOCK_FLAGS = {1: "TSC_STABLE", 2: "REALTIME", 4: "HOST_TSC"}
 
@@ -60,3 +62,10 @@ def clock(raw: bytes) -> dict:
 def uart(raw: bytes) -> dict:
     """kvmsnap's 16550 registers."""
     return plain(x86.UartState.parse(raw))
+
+
+def summary(devices: dict[str, bytes]) -> dict:
+    """Every device blob of an x86 snapshot, decoded."""
+    return dict(uart=uart(devices["uart"]), pic_master=pic(devices["pic_master"]),
+                pic_slave=pic(devices["pic_slave"]), ioapic=ioapic(devices["ioapic"]),
+                pit=pit(devices["pit"]), clock=clock(devices["clock"]))

@@ -3,7 +3,7 @@ and counts, ISR/IRR/TMR vectors set."""
 import struct
 
 from kvmsnap.decode.bits import bitreg, field
-from kvmsnap.formats import x86
+from kvmsnap.arch.x86_64 import layouts as x86
 
 DELIVERY_MODES = {0: "fixed", 1: "lowest priority", 2: "SMI", 4: "NMI", 5: "INIT", 6: "SIPI",
                   7: "ExtINT"}

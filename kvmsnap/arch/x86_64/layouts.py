@@ -3,8 +3,10 @@
 Each layout is declared once, named and spelled as in C, and used to parse and to build; the sizes are
 asserted here and compared with the compiled cffi module (``kvmsnap.kvm._kvm``) by the tests.
 """
-from construct import (Array, BitsInteger, BitStruct, Bytes, ByteSwapped, Int8ul, Int16ul, Int32sl,
-                       Int32ul, Int64sl, Int64ul, Padded, Padding, Struct, Switch, this)
+from construct import (Array, BitsInteger, BitStruct, Bytes, ByteSwapped, Int8ul, Int16ul, Int32ul, Int64sl,
+                       Int64ul, Padded, Struct, Switch, this)
+
+from kvmsnap.formats.elf import linux_elf_prstatus
 
 # ---------------------------------------------------------------------------------------------
 # <linux/kvm.h> (arch/x86/include/uapi/asm/kvm.h)
@@ -187,31 +189,6 @@ USER_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
              "es", "fs", "gs")
 user_regs_struct = Struct(*[name / Int64ul for name in USER_REGS])
 
-elf_siginfo = Struct("si_signo" / Int32sl, "si_code" / Int32sl, "si_errno" / Int32sl)
-timeval = Struct("tv_sec" / Int64sl, "tv_usec" / Int64sl)
-
-def linux_elf_prstatus(pr_reg):
-    """The 64-bit Linux ``struct elf_prstatus`` around an architecture's ``pr_reg``."""
-    return Struct(
-        "pr_info" / elf_siginfo,
-        "pr_cursig" / Int16ul,
-        Padding(2),                   # alignment of pr_sigpend
-        "pr_sigpend" / Int64ul,
-        "pr_sighold" / Int64ul,
-        "pr_pid" / Int32sl,
-        "pr_ppid" / Int32sl,
-        "pr_pgrp" / Int32sl,
-        "pr_sid" / Int32sl,
-        "pr_utime" / timeval,
-        "pr_stime" / timeval,
-        "pr_cutime" / timeval,
-        "pr_cstime" / timeval,
-        "pr_reg" / pr_reg,
-        "pr_fpvalid" / Int32sl,
-        Padding(4),                   # sizeof is a multiple of 8
-    )
-
-
 elf_prstatus = linux_elf_prstatus(user_regs_struct)
 
 # struct user_i387_struct / user_fpregs_struct: the FXSAVE image.
@@ -305,14 +282,12 @@ UartState = Struct(
 )
 
 # ---------------------------------------------------------------------------------------------
-# Architectural bits used by the core writer, reader and page walker.
+# Architectural bits (control registers, EFER, RFLAGS) used by boot, the core writer and paging.
 
-CR0_PE = 1 << 0
-CR0_PG = 1 << 31
-CR4_PAE = 1 << 5
-CR4_LA57 = 1 << 12
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_LA57, CR4_OSXSAVE = 1 << 5, 1 << 9, 1 << 10, 1 << 12, 1 << 18
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+RFLAGS_RESERVED, RFLAGS_IOPL3 = 0x2, 0x3000
 
 # Sizes from <linux/kvm.h> and the Linux core-dump ABI; the tests check them against cffi.
 SIZES = {

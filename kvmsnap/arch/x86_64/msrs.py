@@ -67,3 +67,15 @@ del _i
 def msr_name(index: int) -> str:
     """The MSR's name, or ``unknown`` for an index not in the table."""
     return MSR_NAMES.get(index, "unknown")
+
+MSR_IA32_TSC = 0x10
+MSR_IA32_TSC_DEADLINE = 0x6E0
+MSR_KERNEL_GS_BASE = 0xC0000102
+#: MSRs whose value moves on by itself between setting and reading back (compared as "not less").
+VOLATILE_MSRS = {MSR_IA32_TSC}
+
+
+def restore_order(msrs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``msrs`` in the order KVM_SET_MSRS needs: IA32_TSC first and IA32_TSC_DEADLINE last, so
+    the deadline is relative to the restored TSC."""
+    return sorted(msrs, key=lambda e: (e[0] == MSR_IA32_TSC_DEADLINE, e[0] != MSR_IA32_TSC))

@@ -2,15 +2,20 @@
 and 1 GiB pages.
 
 ``read_phys(addr, length) -> bytes`` reads guest-physical memory and raises ``LookupError`` (for
-example :class:`kvmsnap.corefile.PhysicalAddressError`) when the range is not RAM; tables it cannot
+example :class:`kvmsnap.memory.AddressError`) when the range is not RAM; tables it cannot
 read are skipped.  :func:`walk` is bounded: every table it visits charges its 512 entries to one
 budget, also when the same table is reached again through other entries (the guest controls CR3:
 shared or recursive tables would otherwise be revisited up to 512^4 times), and the leaf entries it
 emits are capped; when either runs out the walk stops and says it was truncated.
 """
+import bisect
 import struct
+from typing import NamedTuple
 
-from kvmsnap.formats.x86 import CR0_PG, CR4_LA57, EFER_LMA
+from kvmsnap import notes as N
+from kvmsnap.arch.x86_64.layouts import (CR0_PG, CR4_LA57, EFER_LMA, QEMUCPUSTATE_SIZE_V1_MIN,
+                                         QEMUCPUState)
+from kvmsnap.formats import elf
 
 PAGE_SIZE = 4096
 PTE_P = 1 << 0
@@ -26,7 +31,15 @@ MAX_ENTRIES = 1 << 24         # entries examined per walk: 32768 table visits (6
 MAX_LEAVES = 1 << 22          # 4 Mi leaf entries (16 GiB of 4 KiB pages)
 
 
-class PageWalkError(Exception):
+class PagingState(NamedTuple):
+    """What a vCPU's address translation depends on."""
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+
+
+class PageWalkError(ValueError):
     """The walk cannot be done (paging mode not supported)."""
 
 
@@ -140,3 +153,55 @@ def translate(read_phys, cr3: int, cr4: int, efer: int, vaddr: int) -> int:
             return (pte & _leaf_mask(level)) | (vaddr & ((1 << shift) - 1))
         addr = pte & ADDR_MASK
     raise AssertionError("unreachable")
+
+
+def virtual_to_physical(read_phys, state: PagingState, vaddr: int) -> int:
+    """``vaddr`` translated as a vCPU in ``state`` does: itself with paging off, else through the
+    IA-32e tables (PageWalkError for 32-bit paging, TranslationError when not mapped)."""
+    if not state.cr0 & CR0_PG:
+        return vaddr                     # paging off: linear = physical
+    if not paging_enabled(state.cr0, state.efer):
+        raise PageWalkError("the vCPU uses 32-bit paging; only IA-32e (4- and 5-level) page "
+                            "tables are walked")
+    return translate(read_phys, state.cr3, state.cr4, state.efer, vaddr)
+
+
+def from_notes(image) -> list[PagingState]:
+    """Per-CPU paging state from QEMU's notes (one QEMUCPUState per CPU, in CPU order); QEMU writes
+    EM_X86_64 exactly when the CPU is in long mode, so EFER.LMA follows from ``e_machine``."""
+    lma = EFER_LMA if image.ehdr.e_machine == elf.EM_X86_64 else 0
+    states = []
+    for n in image.notes:
+        if (n.owner, n.type) == (N.OWNER_QEMU, N.NT_QEMU_CPUSTATE) \
+                and n.size >= QEMUCPUSTATE_SIZE_V1_MIN:
+            st = QEMUCPUState.parse(n.desc.ljust(QEMUCPUState.sizeof(), b"\0"))
+            states.append(PagingState(st.cr[0], st.cr[3], st.cr[4], lma))
+    return states
+
+
+def virtual_ranges(read_phys, state: PagingState, slots, limit: int):
+    """Guest-virtual ranges the tables of ``state`` map onto RAM that need a PT_LOAD of their own:
+    ``([(vaddr, paddr, size)], truncated)``.
+
+    Identity-mapped ranges are left out (the physical PT_LOADs have p_vaddr = p_paddr), and so
+    are mappings of anything that is not RAM (MMIO); ranges are split at slot boundaries.
+    ``truncated`` is True past ``limit`` ranges, or when the walk ran out of its budget.
+    """
+    if not paging_enabled(state.cr0, state.efer):
+        return [], False
+    mappings, truncated = walk(read_phys, state.cr3, state.cr4, state.efer)
+    slots = sorted((s.gpa, s.size) for s in slots)
+    starts = [gpa for gpa, _ in slots]
+    out = []
+    for vaddr, paddr, size in mappings:
+        if vaddr == paddr:
+            continue
+        first = max(0, bisect.bisect_right(starts, paddr) - 1)
+        for gpa, slot_size in slots[first:bisect.bisect_left(starts, paddr + size)]:
+            start, end = max(paddr, gpa), min(paddr + size, gpa + slot_size)
+            if start >= end:
+                continue
+            if len(out) == limit:
+                return out, True
+            out.append((vaddr + (start - paddr), start, end - start))
+    return out, truncated

@@ -1,0 +1,74 @@
+"""Can this host take an x86-64 snapshot?  The checks restore makes before creating anything, and
+the per-vCPU inputs they settle (CPUID tables, MSR lists)."""
+from dataclasses import dataclass, field
+
+from kvmsnap.arch.x86_64 import cpuid
+from kvmsnap.arch.x86_64.msrs import msr_name, restore_order
+from kvmsnap.arch.x86_64.xsave import xcr0_of
+from kvmsnap.kvm import max_vcpus, xsave2_size
+
+
+@dataclass
+class RestorePlan:
+    """Per vCPU (in index order) the CPUID table and the MSRs to set, in restore order; what the
+    host cannot take (``problems``) and what a policy flag let through (``warnings``)."""
+    cpuid: list[bytes] = field(default_factory=list)
+    msrs: list[list[tuple[int, int]]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_host(vcpus, kvm, *, allow_missing_msrs: bool, allow_missing_features: bool) -> RestorePlan:
+    """Compare the saved vCPUs with what this host's KVM offers, naming every register or feature
+    it cannot take."""
+    plan = RestorePlan()
+    limit = max_vcpus(kvm)
+    if len(vcpus) > limit:
+        plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")
+    host_msrs = set(kvm.get_msr_index_list())
+    host_cpuid, host_xsave = effective_cpuid(kvm)
+    host_xcr0 = cpuid.supported_xcr0(host_cpuid)
+    for v in vcpus:
+        missing = cpuid.missing_features(v.cpuid, host_cpuid)
+        if missing and allow_missing_features:
+            plan.warnings.append(f"vCPU {v.index}: CPUID features cleared: "
+                                 + ", ".join(m[4] for m in missing))
+            plan.cpuid.append(cpuid.without_features(v.cpuid, missing))
+        else:
+            plan.problems += [f"vCPU {v.index}: CPUID.{leaf:#x}.{sub}:{reg.upper()}[{bit}] ({name}): "
+                              "not offered by this host's KVM" for leaf, sub, reg, bit, name in missing]
+            plan.cpuid.append(v.cpuid)
+        xcr0 = xcr0_of(v.xcrs) or 0
+        if xcr0 & ~host_xcr0:
+            plan.problems.append(f"vCPU {v.index}: XCR0 {xcr0:#x} enables XSAVE components "
+                                 f"{xcr0 & ~host_xcr0:#x} this host cannot hold (host XCR0 mask "
+                                 f"{host_xcr0:#x})")
+        if len(v.xsave) > host_xsave and any(v.xsave[host_xsave:]):
+            plan.problems.append(f"vCPU {v.index}: XSAVE area of {len(v.xsave)} bytes, this host "
+                                 f"holds {host_xsave}")
+        unlisted = [(i, val) for i, val in v.msrs if i not in host_msrs]
+        if unlisted and allow_missing_msrs:
+            plan.warnings.append(f"vCPU {v.index}: MSRs not restored: "
+                                 + ", ".join(f"{i:#x} ({msr_name(i)})" for i, _ in unlisted))
+        elif unlisted:
+            plan.problems += [f"vCPU {v.index}: MSR {i:#x} ({msr_name(i)}): not listed by this "
+                              "host's KVM" for i, _ in unlisted]
+        plan.msrs.append(restore_order([(i, val) for i, val in v.msrs
+                                        if i in host_msrs or not allow_missing_msrs]))
+    return plan
+
+
+def effective_cpuid(kvm) -> tuple[bytes, int]:
+    """The CPUID a vCPU of this host really gets (KVM_GET_CPUID2 after setting the supported table:
+    some KVMs, kvm_pvm among them, fill in more than KVM_GET_SUPPORTED_CPUID lists) and the XSAVE
+    size."""
+    vm = kvm.create_vm()
+    try:
+        vcpu = vm.create_vcpu(0)
+        try:
+            vcpu.set_cpuid2(kvm.get_supported_cpuid())
+            return vcpu.get_cpuid2(), xsave2_size(vm)
+        finally:
+            vcpu.close()
+    finally:
+        vm.close()

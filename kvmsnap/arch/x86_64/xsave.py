@@ -1,0 +1,58 @@
+"""XSAVE facts: where each state component lives (CPUID leaf 0xD of the vCPU, else the Intel
+defaults), XCR0 in kvm_xcrs and in Linux's NT_X86_XSTATE, and the standard-format size."""
+import struct
+
+from kvmsnap.arch.x86_64 import cpuid as cpuid_table
+from kvmsnap.arch.x86_64.layouts import (KVM_MAX_XCRS, XFEATURES, XSAVE_HDR_SIZE, XSAVE_LEGACY_SIZE,
+                                         XSAVE_XCR0_OFFSET, kvm_xcrs)
+
+XCR0_LEGACY = 0x3            # x87 | SSE: what every x86-64 CPU has, and a bare FXSAVE image holds
+
+
+def components(xcr0: int, cpuid: bytes | None) -> dict[int, tuple[int, int]]:
+    """bit -> (standard-format offset, size) of each extended component (bit >= 2) in ``xcr0``:
+    from the vCPU's CPUID leaf 0xD sub-leaves when the table has them (AMD and Intel differ),
+    else from the Intel defaults in :data:`~kvmsnap.arch.x86_64.layouts.XFEATURES`."""
+    leaf_d = {}
+    for row in cpuid_table.entries(cpuid or b""):
+        if row[0] == 0xd and row[1] >= 2 and row[3]:
+            leaf_d[row[1]] = (row[4], row[3])            # (EBX offset, EAX size)
+    out = {}
+    for bit in range(2, 64):
+        if xcr0 >> bit & 1:
+            offset, size = leaf_d.get(bit) or XFEATURES.get(bit, ("", 0, 0))[1:]
+            if size:
+                out[bit] = (offset, size)
+    return out
+
+
+def xstate_size(xcr0: int, cpuid: bytes | None, limit: int) -> int:
+    """Standard-format XSAVE size for the components in ``xcr0`` (what Linux writes in
+    NT_X86_XSTATE and what gdb >= 14 matches against its known layouts), capped at ``limit``."""
+    end = XSAVE_LEGACY_SIZE + XSAVE_HDR_SIZE
+    for offset, size in components(xcr0, cpuid).values():
+        end = max(end, offset + size)
+    return min(end, limit)
+
+
+def xcr0_of(xcrs: bytes) -> int | None:
+    """XCR0 from raw kvm_xcrs, or None when KVM reported no XCR0."""
+    parsed = kvm_xcrs.parse(xcrs)
+    for entry in parsed.xcrs[:min(parsed.nr_xcrs, KVM_MAX_XCRS)]:
+        if entry.xcr == 0:
+            return entry.value
+    return None
+
+
+def linux_xstate(xsave: bytes, xcr0: int, cpuid: bytes) -> bytes:
+    """The NT_X86_XSTATE descriptor: the XSAVE area trimmed to its standard size for ``xcr0``,
+    with XCR0 in the software-reserved bytes 464..471 and zeros in 472..511 (as Linux writes it)."""
+    area = bytearray(xsave[:xstate_size(xcr0, cpuid, len(xsave))])
+    area[XSAVE_XCR0_OFFSET:XSAVE_LEGACY_SIZE] = struct.pack("<Q", xcr0) + bytes(40)
+    return bytes(area)
+
+
+def xcr0_from_linux_xstate(area: bytes) -> int:
+    """XCR0 as Linux (and gdb's gcore) store it in NT_X86_XSTATE bytes 464..471."""
+    raw = area[XSAVE_XCR0_OFFSET:XSAVE_XCR0_OFFSET + 8]
+    return int.from_bytes(raw, "little") if len(raw) == 8 else XCR0_LEGACY

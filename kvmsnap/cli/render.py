@@ -1,0 +1,66 @@
+"""The one place where results and errors are printed: text for people, or JSON with ``--json``.
+
+Commands return a ``Result``; ``main`` prints it. An error is one line on stderr; with ``--json``
+it is also JSON on stdout, ``{"error": MESSAGE, "exit": STATUS}`` (docs/cli.md).
+"""
+import sys
+from typing import Any, Callable, NamedTuple, NoReturn
+
+import click
+
+_json = False
+
+
+class Result(NamedTuple):
+    """A command's answer: ``data`` (what ``--json`` prints) and ``text(data)``, its text form
+    (``bytes`` are written to stdout as they are)."""
+    data: Any
+    text: Callable[[Any], str | bytes]
+
+
+def json_option(f):
+    """The ``--json`` flag; the group reads it from the arguments (``wants_json``), so that even an
+    error while parsing them is printed as JSON."""
+    return click.option("--json", is_flag=True, expose_value=False,
+                        help="Print the result, or the error, as one JSON object on stdout.")(f)
+
+
+def wants_json(command: click.Command | None, args: list[str]) -> None:
+    """Switch to JSON output when ``command`` has ``--json`` and ``args`` (before any ``--``) give it."""
+    global _json
+    options = args[:args.index("--")] if "--" in args else args
+    _json = "--json" in options and any(p.name == "json" for p in getattr(command, "params", ()))
+
+
+def emit(result: Result) -> None:
+    if _json:
+        import json     # only here: start-up without --json does not pay for it
+        click.echo(json.dumps(result.data, indent=2, default=_hex))
+        return
+    out = result.text(result.data)
+    if isinstance(out, bytes):
+        sys.stdout.buffer.write(out)
+        sys.stdout.buffer.flush()
+    else:
+        click.echo(out.rstrip("\n"))
+
+
+def _hex(value):
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def warn(message: str) -> None:
+    """A warning: always one line on stderr."""
+    click.echo(f"kvmsnap: warning: {message}", err=True)
+
+
+def fail(message: str, status: int) -> NoReturn:
+    """Print an error (one line on stderr; with ``--json`` also as JSON on stdout) and exit with
+    ``status``."""
+    if _json:
+        import json
+        click.echo(json.dumps({"error": message, "exit": status}))
+    click.echo(f"kvmsnap: {message}", err=True)
+    sys.exit(status)

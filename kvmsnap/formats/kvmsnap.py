@@ -1,0 +1,248 @@
+"""kvmsnap's own core files: a :class:`~kvmsnap.state.Snapshot` to notes, and a file back to a
+validated Snapshot.  Every check a kvmsnap core must pass beyond being an ELF core is here; any
+violation is a CoreFormatError naming the file offset (docs/core-format.md)."""
+import bisect
+
+from kvmsnap import arch
+from kvmsnap import notes as N
+from kvmsnap.formats import elf
+from kvmsnap.formats.reader import (EHDR_OFFSETS, PHDR_OFFSETS, CoreFormatError, ElfCore, Note,
+                                    parse_elf, payload)
+from kvmsnap.memory import PAGE_SIZE
+from kvmsnap.state import CoreInfo, MachineConfig, Snapshot
+
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+MAX_VCPUS = 4096
+
+_HEADER_AT = elf.offsets(N.KvmsnapHeader)
+_CONFIG_AT = elf.offsets(N.KvmsnapConfig)
+_REGIONS_AT = elf.offsets(N.KvmsnapMemoryMap)["regions"]
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+def check(snapshot: Snapshot) -> None:
+    """ValueError unless ``snapshot`` can be written: vCPUs in index order, kernel-sized structs,
+    page-aligned slots that do not overlap."""
+    notes = arch.by_name(snapshot.arch).notes
+    if not snapshot.vcpus:
+        raise ValueError("the snapshot has no vCPUs")
+    if len(snapshot.vcpus) > MAX_VCPUS:
+        raise ValueError(f"{len(snapshot.vcpus)} vCPUs: at most {MAX_VCPUS} supported")
+    for i, v in enumerate(snapshot.vcpus):
+        if v.index != i:
+            raise ValueError(f"vCPU {i}: index {v.index} (vCPUs must be in index order from 0)")
+        notes.check_vcpu(i, v)
+    notes.check_devices(snapshot.devices)
+    previous_end = -1
+    for s in snapshot.memory.slots():
+        if s.size <= 0 or s.size % PAGE_SIZE or s.gpa % PAGE_SIZE:
+            raise ValueError(f"memory slot {s.slot}: 0x{s.gpa:x}+0x{s.size:x} is not page-aligned")
+        if s.gpa < previous_end:
+            raise ValueError(f"memory slot {s.slot} overlaps another slot")
+        previous_end = s.end
+
+
+def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
+           host_kernel: str) -> list[tuple[str, int, bytes]]:
+    """``(owner, type, descriptor)`` of every note, in file order: the VM-wide notes, then each
+    vCPU's set; ``phdr_of_slot`` gives the PT_LOAD of each memory slot."""
+    notes = arch.by_name(snapshot.arch).notes
+    c = snapshot.config
+    vm = [
+        (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER, N.KvmsnapHeader.build(dict(
+            magic=N.KVMSNAP_MAGIC, format_major=FORMAT_MAJOR, format_minor=FORMAT_MINOR,
+            arch=arch.by_name(snapshot.arch).ARCH_ID, nr_vcpus=len(snapshot.vcpus), reserved=0,
+            host_kernel=host_kernel, producer=producer))),
+        (N.OWNER_KVMSNAP, N.KVMSNAP_CONFIG, N.KvmsnapConfig.build(dict(
+            mem_size=c.mem_size, vcpus=c.vcpus, reserved=0, guest=c.guest))),
+        (N.OWNER_KVMSNAP, N.KVMSNAP_MEMORY_MAP, N.KvmsnapMemoryMap.build(dict(
+            reserved=0, regions=[dict(slot=s.slot, flags=0, guest_phys_addr=s.gpa,
+                                      memory_size=s.size, phdr_index=phdr_of_slot[s.slot],
+                                      reserved=0) for s in snapshot.memory.slots()]))),
+    ]
+    return vm + notes.device_notes(snapshot.devices) + [
+        note for v in snapshot.vcpus for note in notes.vcpu_notes(v)]
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+def read_core(path) -> Snapshot:
+    """Open and validate a kvmsnap core; CoreFormatError (one line, with the offset) otherwise.
+    The Snapshot's memory reads the file (close the Snapshot when done)."""
+    return decode(parse_elf(path, strict=True))
+
+
+def is_kvmsnap(image: ElfCore) -> bool:
+    first = image.notes[0] if image.notes else None
+    return first is not None and (first.owner, first.type) == (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER)
+
+
+def decode(image: ElfCore) -> Snapshot:
+    """The Snapshot in a parsed core, after every structural check."""
+    from kvmsnap.memory.core import CoreMemory
+    path = image.path
+
+    def fail(offset, what):
+        raise CoreFormatError(path, offset, what)
+
+    eo = EHDR_OFFSETS[64]
+    if image.elfclass != 64:
+        fail(4, "kvmsnap cores are ELFCLASS64")
+    ehdr = image.ehdr
+    if ehdr.e_ident.EI_OSABI not in (elf.ELFOSABI_NONE, elf.ELFOSABI_LINUX):
+        fail(7, f"EI_OSABI {ehdr.e_ident.EI_OSABI} is not ELFOSABI_NONE")
+    if ehdr.e_flags:
+        fail(eo["e_flags"], f"e_flags 0x{ehdr.e_flags:x} is not 0")
+    _check_segments(image)
+
+    notes = image.notes
+    first = image.phdrs[0][1]
+    if not is_kvmsnap(image):
+        fail(first.p_offset, "first note is not KVMSNAP_HEADER: not a kvmsnap core")
+    h = payload(path, notes[0], N.KvmsnapHeader)
+    at = notes[0].desc_offset
+    if h.magic != N.KVMSNAP_MAGIC:
+        fail(at + _HEADER_AT["magic"], f"bad KVMSNAP_HEADER magic {bytes(h.magic)!r}")
+    if h.format_major != FORMAT_MAJOR:
+        fail(at + _HEADER_AT["format_major"], f"format {h.format_major}.{h.format_minor} is not "
+                                              f"supported (this kvmsnap reads {FORMAT_MAJOR}.x)")
+    try:
+        package = arch.for_id(h.arch)
+    except arch.UnsupportedArch as e:
+        fail(at + _HEADER_AT["arch"], str(e))
+    arch_notes = package.notes
+    if arch_notes is None:
+        fail(at + _HEADER_AT["arch"], f"architecture {package.NAME} is not supported "
+                                      "(x86_64 only)")
+    if ehdr.e_machine != package.E_MACHINE:
+        fail(eo["e_machine"], f"e_machine {ehdr.e_machine} is not {package.NAME}'s "
+                              f"({elf.MACHINE_CONSTANTS[package.E_MACHINE]}, {package.E_MACHINE})")
+    if not 1 <= h.nr_vcpus <= MAX_VCPUS:
+        fail(at + _HEADER_AT["nr_vcpus"], f"nr_vcpus {h.nr_vcpus} out of range 1..{MAX_VCPUS}")
+
+    # VM-wide notes come before the first NT_PRSTATUS; each NT_PRSTATUS opens a vCPU's set.
+    vm: dict[int, Note] = {}
+    sets: list[dict[tuple[str, int], Note]] = []
+    for note in notes[1:]:
+        key = (note.owner, note.type)
+        entry = N.lookup(*key)
+        if key == (N.OWNER_CORE, N.NT_PRSTATUS):
+            sets.append({})
+        if entry is None or entry.scope is None:
+            note.vcpu = len(sets) - 1 if sets else None
+            continue                      # unknown notes (e.g. newer minor) are ignored
+        if entry.scope == "vm":
+            if key[1] == N.KVMSNAP_HEADER or key[1] in vm:
+                fail(note.offset, f"duplicate {entry.name} note")
+            vm[key[1]] = note
+        else:
+            if not sets:
+                fail(note.offset, f"{entry.name} before any NT_PRSTATUS (per-vCPU notes must "
+                                  "follow their vCPU's NT_PRSTATUS)")
+            if key in sets[-1]:
+                fail(note.offset, f"duplicate {entry.name} note for vCPU {len(sets) - 1}")
+            sets[-1][key] = note
+            note.vcpu = len(sets) - 1
+    for n_type in N.FORMAT_NOTES + tuple(arch_notes.DEVICE_NOTES):
+        if n_type != N.KVMSNAP_HEADER and n_type not in vm:
+            fail(first.p_offset, f"missing {N.type_name(N.OWNER_KVMSNAP, n_type)} note")
+    if len(sets) != h.nr_vcpus:
+        fail(first.p_offset, f"KVMSNAP_HEADER says {h.nr_vcpus} vCPUs but the notes hold "
+                             f"{len(sets)} NT_PRSTATUS")
+    vcpus = []
+    for index, notes_of_vcpu in enumerate(sets):
+        for key in arch_notes.VCPU_NOTES:
+            if key not in notes_of_vcpu:
+                fail(notes_of_vcpu[(N.OWNER_CORE, N.NT_PRSTATUS)].offset,
+                     f"vCPU {index}: missing {N.type_name(*key)} note")
+        vcpus.append(arch_notes.read_vcpu(path, index, notes_of_vcpu))
+
+    # Restore builds the machine from KVMSNAP_CONFIG: it must describe exactly what the file holds.
+    config_note = vm[N.KVMSNAP_CONFIG]
+    c = payload(path, config_note, N.KvmsnapConfig)
+    if c.vcpus != h.nr_vcpus:
+        fail(config_note.desc_offset + _CONFIG_AT["vcpus"], f"KVMSNAP_CONFIG says {c.vcpus} vCPUs "
+                                                            f"but the core holds {h.nr_vcpus}")
+    slots = _memory_slots(image, vm[N.KVMSNAP_MEMORY_MAP])
+    slots_size = sum(seg.filesz for seg in slots.values())
+    if c.mem_size != slots_size:
+        fail(config_note.desc_offset + _CONFIG_AT["mem_size"],
+             f"KVMSNAP_CONFIG mem_size 0x{c.mem_size:x} is not the size of the memory slots "
+             f"(0x{slots_size:x})")
+    devices = arch_notes.read_devices(path, vm)
+    memory = CoreMemory(image, "kvmsnap", slots=slots,
+                        paging=[arch_notes.paging_state(v) for v in vcpus])
+    return Snapshot(arch=package.NAME, config=MachineConfig(c.guest, c.mem_size, c.vcpus),
+                    vcpus=vcpus, devices=devices, memory=memory,
+                    info=CoreInfo(path, h.format_major, h.format_minor, h.host_kernel, h.producer,
+                                  image))
+
+
+def _check_segments(image: ElfCore) -> None:
+    """PT_NOTE first, then page-aligned PT_LOADs wholly in the file, after the notes."""
+    po = PHDR_OFFSETS[64]
+    first_at, first = image.phdrs[0]
+
+    def fail(offset, what):
+        raise CoreFormatError(image.path, offset, what)
+
+    if first.p_type != elf.PT_NOTE:
+        fail(first_at, f"program header 0 has p_type {first.p_type}: kvmsnap cores start with "
+                       "PT_NOTE")
+    for i, (at, p) in enumerate(image.phdrs[1:], 1):
+        if p.p_type != elf.PT_LOAD:
+            fail(at, f"program header {i} has p_type {p.p_type}: expected PT_LOAD")
+        if p.p_offset % PAGE_SIZE or p.p_paddr % PAGE_SIZE or p.p_vaddr % PAGE_SIZE \
+                or p.p_filesz % PAGE_SIZE:
+            fail(at + po["p_offset"], f"PT_LOAD {i} is not page-aligned")
+        if p.p_filesz != p.p_memsz:
+            fail(at + po["p_memsz"], f"PT_LOAD {i}: p_memsz 0x{p.p_memsz:x} != p_filesz "
+                                     f"0x{p.p_filesz:x}")
+        if p.p_filesz and p.p_offset < first.p_offset + first.p_filesz:
+            fail(at + po["p_offset"], f"PT_LOAD {i} overlaps the notes")
+
+
+def _memory_slots(image: ElfCore, note: Note) -> dict:
+    """slot -> its PT_LOAD, each matching the memory map, the slots disjoint, and every other
+    PT_LOAD (guest-virtual) an alias of bytes inside one slot's."""
+    path = image.path
+    mm = payload(path, note, N.KvmsnapMemoryMap)
+    by_index = {s.index: s for s in image.loads}
+    entry_size = N.kvmsnap_memory_region.sizeof()
+    slots = {}
+    for i, r in enumerate(mm.regions):
+        at = note.desc_offset + _REGIONS_AT + i * entry_size
+        seg = by_index.get(r.phdr_index)
+        if seg is None:
+            raise CoreFormatError(path, at, f"memory slot {r.slot}: phdr_index {r.phdr_index} "
+                                            "is not a PT_LOAD")
+        if (seg.paddr, seg.vaddr, seg.filesz) != (r.guest_phys_addr, r.guest_phys_addr,
+                                                  r.memory_size) or r.memory_size == 0:
+            raise CoreFormatError(path, at, f"memory slot {r.slot} (0x{r.guest_phys_addr:x}+0x"
+                                            f"{r.memory_size:x}) does not match PT_LOAD "
+                                            f"{r.phdr_index}")
+        if r.slot in slots or seg.physical:
+            raise CoreFormatError(path, at, f"memory slot {r.slot}: duplicate slot or PT_LOAD")
+        seg.physical = True
+        slots[r.slot] = seg
+    physical = sorted(slots.values(), key=lambda s: s.paddr)
+    for a, b in zip(physical, physical[1:]):
+        if b.paddr < a.paddr + a.filesz:
+            raise CoreFormatError(path, image.phdrs[b.index][0],
+                                  f"PT_LOAD {b.index} (0x{b.paddr:x}) overlaps the physical "
+                                  f"range of PT_LOAD {a.index}")
+    starts = [s.paddr for s in physical]
+    for seg in image.loads:
+        if seg.physical:
+            continue
+        i = bisect.bisect_right(starts, seg.paddr) - 1
+        home = physical[i] if i >= 0 and seg.paddr < physical[i].paddr + physical[i].filesz \
+            else None
+        if home is None or seg.paddr + seg.filesz > home.paddr + home.filesz \
+                or seg.offset - home.offset != seg.paddr - home.paddr:
+            raise CoreFormatError(path, image.phdrs[seg.index][0],
+                                  f"PT_LOAD {seg.index} (virtual 0x{seg.vaddr:x}) is not an "
+                                  "alias of a memory slot's bytes")
+    return slots

@@ -1,0 +1,103 @@
+"""Where everything goes in a kvmsnap core file (docs/core-format.md)::
+
+    Elf64_Ehdr                          64 bytes
+    Elf64_Phdr[e_phnum]                 PT_NOTE, virtual PT_LOADs (vaddr order), physical PT_LOADs
+    notes                               KVMSNAP_HEADER, VM-wide KVMSNAP notes, then per vCPU:
+                                        NT_PRSTATUS, NT_FPREGSET, NT_X86_XSTATE, QEMU, KVMSNAP_*
+    zero padding to 4096
+    RAM of slot 0, slot 1, ...          page-aligned, sparse (all-zero pages are holes)
+
+Every note's file offset is known before anything is written, so a note can be patched in place
+after the memory (the reserved KVMSNAP_DIGEST slot is meant for that).
+"""
+import bisect
+from dataclasses import dataclass
+
+from kvmsnap import arch
+from kvmsnap.formats import elf
+from kvmsnap.formats.kvmsnap import encode
+from kvmsnap.memory import PAGE_SIZE, Slot
+from kvmsnap.state import Snapshot
+
+NOTE_ALIGN = 4                       # Linux cores align notes (and PT_NOTE p_align) to 4
+MAX_VIRTUAL_SEGMENTS = 4096          # guest-virtual PT_LOADs written at most
+MAX_PHNUM = elf.PN_XNUM - 1
+PF_RWX = elf.PF_R | elf.PF_W | elf.PF_X
+
+
+@dataclass
+class Layout:
+    header: bytes                           # Ehdr + Phdrs + notes + padding to the first page
+    placements: list[tuple[Slot, int]]      # each memory slot and the file offset of its bytes
+    note_offsets: list[int]                 # file offset of each note header, in note order
+    total_size: int
+    virtual_segments: int
+    virtual_truncated: bool
+
+
+def note_bytes(owner: str, n_type: int, desc: bytes) -> bytes:
+    """One ELF note: Elf64_Nhdr, NUL-terminated owner padded to 4, descriptor padded to 4."""
+    name = owner.encode("ascii") + b"\0"
+    nhdr = elf.Elf64_Nhdr.build(dict(n_namesz=len(name), n_descsz=len(desc), n_type=n_type))
+    return (nhdr + name.ljust(elf.align(len(name), NOTE_ALIGN), b"\0")
+            + desc.ljust(elf.align(len(desc), NOTE_ALIGN), b"\0"))
+
+
+def plan(snapshot: Snapshot, *, producer: str, host_kernel: str,
+         max_virtual: int = MAX_VIRTUAL_SEGMENTS) -> Layout:
+    """The file layout of ``snapshot``: headers and notes as bytes, and where each slot goes."""
+    slots = sorted(snapshot.memory.slots(), key=lambda s: s.gpa)
+    virtual, truncated = _virtual_ranges(snapshot, slots, max_virtual)
+    phnum = 1 + len(virtual) + len(slots)
+    if phnum > MAX_PHNUM:
+        raise ValueError(f"{phnum} program headers: at most {MAX_PHNUM}")
+    first_physical = 1 + len(virtual)
+    notes = [note_bytes(*n) for n in encode(
+        snapshot, {s.slot: first_physical + i for i, s in enumerate(slots)},
+        producer=producer, host_kernel=host_kernel)]
+    notes_offset = elf.Elf64_Ehdr.sizeof() + phnum * elf.Elf64_Phdr.sizeof()
+    note_offsets, offset = [], notes_offset
+    for n in notes:
+        note_offsets.append(offset)
+        offset += len(n)
+    notes_size = offset - notes_offset
+
+    placements, offset = [], elf.align(notes_offset + notes_size, PAGE_SIZE)
+    for s in slots:
+        placements.append((s, offset))
+        offset = elf.align(offset + s.size, PAGE_SIZE)
+
+    def phdr(p_type, p_offset, p_vaddr, p_paddr, size, flags, align):
+        return elf.Elf64_Phdr.build(dict(p_type=p_type, p_flags=flags, p_offset=p_offset,
+                                         p_vaddr=p_vaddr, p_paddr=p_paddr, p_filesz=size,
+                                         p_memsz=size, p_align=align))
+
+    phdrs = [phdr(elf.PT_NOTE, notes_offset, 0, 0, notes_size, elf.PF_R, NOTE_ALIGN)]
+    starts = [s.gpa for s in slots]
+    for vaddr, paddr, size in virtual:      # each inside one slot (virtual_ranges splits them)
+        s, s_offset = placements[bisect.bisect_right(starts, paddr) - 1]
+        phdrs.append(phdr(elf.PT_LOAD, s_offset + paddr - s.gpa, vaddr, paddr, size, PF_RWX,
+                          PAGE_SIZE))
+    for s, s_offset in placements:
+        phdrs.append(phdr(elf.PT_LOAD, s_offset, s.gpa, s.gpa, s.size, PF_RWX, PAGE_SIZE))
+
+    ehdr = elf.Elf64_Ehdr.build(dict(
+        e_ident=dict(EI_MAG=elf.ELFMAG, EI_CLASS=elf.ELFCLASS64, EI_DATA=elf.ELFDATA2LSB,
+                     EI_VERSION=elf.EV_CURRENT, EI_OSABI=elf.ELFOSABI_NONE, EI_ABIVERSION=0,
+                     EI_PAD=bytes(7)),
+        e_type=elf.ET_CORE, e_machine=arch.by_name(snapshot.arch).E_MACHINE,
+        e_version=elf.EV_CURRENT, e_entry=0, e_phoff=elf.Elf64_Ehdr.sizeof(), e_shoff=0,
+        e_flags=0, e_ehsize=elf.Elf64_Ehdr.sizeof(), e_phentsize=elf.Elf64_Phdr.sizeof(),
+        e_phnum=phnum, e_shentsize=0, e_shnum=0, e_shstrndx=0))
+    return Layout(ehdr + b"".join(phdrs) + b"".join(notes), placements, note_offsets, offset,
+                  len(virtual), truncated)
+
+
+def _virtual_ranges(snapshot: Snapshot, slots: list[Slot], limit: int):
+    """vCPU 0's guest-virtual mappings of RAM, where the architecture walks page tables."""
+    package = arch.by_name(snapshot.arch)
+    if not limit or package.paging is None:
+        return [], False
+    return package.paging.virtual_ranges(snapshot.memory.read,
+                                         package.notes.paging_state(snapshot.vcpus[0]),
+                                         slots, limit)

@@ -1,0 +1,112 @@
+"""Writing a kvmsnap core: :func:`write` puts a :class:`~kvmsnap.formats.layout.Layout` and the
+memory it places into an open file, sparsely, calling nothing back but ``progress`` (so a forked
+child can run it); :func:`write_core` does it atomically at a path."""
+import contextlib
+import os
+from dataclasses import dataclass
+
+from kvmsnap.formats.kvmsnap import check
+from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS, Layout, plan
+from kvmsnap.memory import PAGE_SIZE, GuestMemory
+from kvmsnap.state import Snapshot
+
+ZERO_CHUNK = 2 << 20                 # sparse writing: test 2 MiB chunks, then 4 KiB pages
+_ZEROS = bytes(ZERO_CHUNK)
+
+
+@dataclass
+class WriteResult:
+    path: str
+    bytes_written: int           # bytes actually written (headers, notes, non-zero pages)
+    size_on_disk: int            # st_blocks * 512 of the final file
+    apparent_size: int = 0       # st_size
+    virtual_segments: int = 0    # guest-virtual PT_LOADs written
+    virtual_truncated: bool = False   # more than the limit, or the page walk ran out
+
+
+def _pwrite_all(fd: int, data, offset: int) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
+
+
+def write(layout: Layout, memory: GuestMemory, fd: int, progress=None) -> int:
+    """Headers, notes and every non-zero page of ``memory`` into ``fd``; zero pages stay holes.
+    Only the runs ``memory.data_runs`` names are read, in 2 MiB chunks, then page by page.
+    ``progress(done, total)`` is called after each 2 MiB of the slots.  Returns the bytes
+    written."""
+    written = _pwrite_all(fd, layout.header, 0)
+    total = sum(s.size for s, _ in layout.placements)
+    done = 0
+    chunk = memoryview(bytearray(ZERO_CHUNK))
+    for slot, file_offset in layout.placements:
+        runs, i = list(memory.data_runs(slot.gpa, slot.end)), 0
+        for start in range(slot.gpa, slot.end, ZERO_CHUNK):
+            end = min(start + ZERO_CHUNK, slot.end)
+            while i < len(runs) and runs[i][1] <= start:
+                i += 1
+            for run_start, run_end in runs[i:]:
+                if run_start >= end:
+                    break
+                lo, hi = max(start, run_start), min(end, run_end)
+                data = chunk[:hi - lo]
+                memory.read_into(lo, data)
+                if data != _ZEROS[:hi - lo]:
+                    written += _write_nonzero_pages(fd, data, file_offset + lo - slot.gpa)
+            if progress is not None:
+                progress(done + end - slot.gpa, total)
+        done += slot.size
+    os.ftruncate(fd, layout.total_size)
+    return written
+
+
+def _write_nonzero_pages(fd: int, data: memoryview, offset: int) -> int:
+    written, run_start = 0, None
+    for page in range(0, len(data) + PAGE_SIZE, PAGE_SIZE):
+        zero = page >= len(data) or data[page:page + PAGE_SIZE] == _ZEROS[:min(PAGE_SIZE,
+                                                                               len(data) - page)]
+        if not zero and run_start is None:
+            run_start = page
+        elif zero and run_start is not None:
+            written += _pwrite_all(fd, data[run_start:page], offset + run_start)
+            run_start = None
+    return written
+
+
+def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, progress=None,
+               max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS) -> WriteResult:
+    """Write ``snapshot`` as a kvmsnap core at ``path``, atomically.
+
+    The file is written as ``<dir>/.<name>.tmp-<pid>``, fsynced, renamed over ``path`` and the
+    directory fsynced.  On any exception (including one raised by ``progress(done, total)``) the
+    temporary file is removed and the exception re-raised: ``path`` is never left partial.
+    """
+    path = os.fspath(path)
+    check(snapshot)
+    layout = plan(snapshot, producer=producer, host_kernel=host_kernel,
+                  max_virtual=max_virtual_segments)
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            written = write(layout, snapshot.memory, fd, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    st = os.stat(path)
+    return WriteResult(path=path, bytes_written=written, size_on_disk=st.st_blocks * 512,
+                       apparent_size=st.st_size, virtual_segments=layout.virtual_segments,
+                       virtual_truncated=layout.virtual_truncated)
