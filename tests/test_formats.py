@@ -54,6 +54,24 @@ def test_field_offsets_match_cffi(name, field):
     assert offset == ffi.offsetof(f"struct {name}", field)
 
 
+def test_numbers_typed_in_offline_modules_match_the_header():
+    """The offline modules cannot import the compiled module, so the few <linux/kvm.h> numbers they
+    need are written there; each must be the header's."""
+    _ffi()
+    from kvmsnap.arch.x86_64 import decode, devices
+    from kvmsnap.kvm import lib
+    assert x86.KVM_MAX_XCRS == lib.KVM_MAX_XCRS and x86.KVM_APIC_REG_SIZE == lib.KVM_APIC_REG_SIZE
+    assert x86.KVM_IOAPIC_NUM_PINS == lib.KVM_IOAPIC_NUM_PINS
+    assert (x86.KVM_IRQCHIP_PIC_MASTER, x86.KVM_IRQCHIP_PIC_SLAVE, x86.KVM_IRQCHIP_IOAPIC) == \
+        (lib.KVM_IRQCHIP_PIC_MASTER, lib.KVM_IRQCHIP_PIC_SLAVE, lib.KVM_IRQCHIP_IOAPIC)
+    declared = {name: value for value, name in decode.MP_STATES.items()
+                if hasattr(lib, f"KVM_MP_STATE_{name}")}          # the build declares five of them
+    assert len(declared) == 5
+    assert all(getattr(lib, f"KVM_MP_STATE_{name}") == value for name, value in declared.items())
+    assert {bit: getattr(lib, f"KVM_CLOCK_{name}") for bit, name in devices.KVM_CLOCK_FLAGS.items()} == \
+        {bit: bit for bit in devices.KVM_CLOCK_FLAGS}
+
+
 def _round_trip(layout, data: bytes):
     """parse -> build gives the same bytes, and the size is the declared one."""
     assert len(data) == layout.sizeof()

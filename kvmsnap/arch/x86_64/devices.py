@@ -8,7 +8,7 @@ PIT_MODES = {0: "interrupt on terminal count", 1: "hardware one-shot", 2: "rate 
              6: "rate generator (alias of 2)", 7: "square wave (alias of 3)",
              0xff: "not programmed"}     # KVM's reset value for a channel never programmed
 PIT_ACCESS = {0: "latch", 1: "lsb", 2: "msb", 3: "lsb then msb"}
-KVM_CLOCK_FLAGS = {1: "TSC_STABLE", 2: "REALTIME", 4: "HOST_TSC"}
+KVM_CLOCK_FLAGS = {2: "TSC_STABLE", 4: "REALTIME", 8: "HOST_TSC"}  # KVM_CLOCK_* bits
 
 
 def _irq_lines(mask: int) -> list[int]:
