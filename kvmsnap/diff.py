@@ -80,7 +80,7 @@ def _compare(vcpu, a: dict, b: dict) -> list[dict]:
 
 def _notes(a_path, b_path, a_list, b_list) -> list[dict]:
     def keyed(path, entries):
-        image = parse_elf(path, strict=False)
+        image = parse_elf(path)
         out, seen = {}, {}
         for note, entry in zip(image.notes, entries):
             key = (entry["vcpu"], note.owner, note.type)

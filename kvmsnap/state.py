@@ -2,20 +2,19 @@
 restore consumes.  vCPU state is the architecture's (``kvmsnap.arch.<arch>.state``), raw kernel
 structs as KVM returns them; devices carry their state as named blobs (docs/core-format.md)."""
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kvmsnap.memory import GuestMemory
 
 
-@dataclass
-class MachineConfig:
+class MachineConfig(NamedTuple):
     """How the machine was started, so restore can build the same one."""
     guest: str          # sample name or image path
     mem_size: int       # bytes of RAM requested
     vcpus: int
 
 
-@dataclass
-class CoreInfo:
+class CoreInfo(NamedTuple):
     """Where a snapshot read from a file came from (KVMSNAP_HEADER)."""
     path: str
     format_major: int

@@ -17,7 +17,7 @@ from kvmsnap.arch.x86_64 import devices
 from kvmsnap.decode.bits import DecodeError
 from kvmsnap.errors import InputError
 from kvmsnap.formats import elf
-from kvmsnap.formats.kvmsnap import read_core
+from kvmsnap.formats.kvmsnap import decode
 from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf
 
 _ARCH_AT = elf.offsets(N.KvmsnapHeader)["arch"]
@@ -48,9 +48,9 @@ def summarize(path, *, vcpu: int | None = None, sections=None) -> dict:
     if unknown:
         raise InputError(f"unknown section {sorted(unknown)[0]!r} (choose from "
                          f"{', '.join(SECTIONS)})")
-    image = parse_elf(path, strict=False)
+    image = parse_elf(path)
     if _is_kvmsnap_x86(image):
-        with read_core(path) as snapshot:
+        with decode(image) as snapshot:
             summary = _summarize_kvmsnap(snapshot)
     else:
         from kvmsnap import foreign
@@ -133,7 +133,7 @@ def _summarize_kvmsnap(snapshot) -> dict:
 def raw_note(path, which: str, vcpu: int | None = None) -> dict:
     """The note named ``which`` (a type name such as ``KVMSNAP_LAPIC``, or a number) of vCPU
     ``vcpu`` (default: the first such note): header fields plus ``data`` (bytes)."""
-    image = parse_elf(path, strict=False)
+    image = parse_elf(path)
     summary = summarize(path)          # assigns notes to vCPUs the way the summary shows them
     try:
         wanted_type = int(which, 0)

@@ -8,6 +8,7 @@ import pytest
 
 from kvmsnap import notes as N
 from kvmsnap.arch.x86_64.notes import VCPU_NOTES
+from kvmsnap.arch.aarch64 import layouts as arm64
 from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.formats import elf
 
@@ -52,6 +53,17 @@ def test_field_offsets_match_cffi(name, field):
             break
         offset += sub.sizeof()
     assert offset == ffi.offsetof(f"struct {name}", field)
+
+
+@pytest.mark.parametrize("layouts", [x86, arm64], ids=["x86_64", "aarch64"])
+def test_declared_sizes(layouts):
+    assert {s: s.sizeof() for s in layouts.SIZES} == layouts.SIZES
+
+
+def test_paging_registers_sit_alike_in_sregs_and_sregs2():
+    from kvmsnap.arch.x86_64.paging import PagingState
+    a, b = elf.offsets(x86.kvm_sregs), elf.offsets(x86.kvm_sregs2)
+    assert [a[n] for n in PagingState._fields] == [b[n] for n in PagingState._fields]
 
 
 def test_numbers_typed_in_offline_modules_match_the_header():

@@ -12,6 +12,7 @@ from coretools import assert_continuous, console_lines, rewrite_core, sequence
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.host import effective_cpuid
+from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS
 from kvmsnap.arch.x86_64.vcpu import LAPIC_TMCCT
 from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.kvm import Kvm
@@ -90,7 +91,7 @@ def _mask_volatile(key, desc: bytes) -> bytes:
         count = struct.unpack_from("<I", d, 8)[0]
         for i in range(count):
             off = 16 + 16 * i
-            if struct.unpack_from("<I", d, off)[0] == 0x10:       # IA32_TSC
+            if struct.unpack_from("<I", d, off)[0] in COUNTER_MSRS:   # count on by themselves
                 d[off + 8:off + 16] = bytes(8)
     elif ntype in (notes.KVMSNAP_CLOCK, notes.KVMSNAP_PIT, notes.KVMSNAP_HEADER):
         return b""            # kvmclock and PIT load time are clocks; the header names the producer run

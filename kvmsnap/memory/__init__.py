@@ -9,7 +9,6 @@ page walker, restore, ``mem``, ``diff`` and ``inspect``) see ``slots()``, ``read
 import bisect
 import errno
 import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from kvmsnap.errors import KvmsnapError
@@ -21,8 +20,7 @@ class AddressError(KvmsnapError, LookupError):
     """An address the memory does not hold: not RAM, not mapped, or not in the file."""
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):
     """One KVM memory slot: guest-physical ``[gpa, gpa + size)``."""
     slot: int
     gpa: int
@@ -50,7 +48,7 @@ class GuestMemory:
 
     def __init__(self, name: str, extents: list[Extent]):
         self.name = name
-        self._extents = sorted(extents)
+        self._extents = sorted(extents, key=lambda e: e.start)
         self._starts = [e.start for e in self._extents]
 
     # -- what subclasses provide ----------------------------------------------------------------

@@ -40,11 +40,10 @@ class CoreMemory(GuestMemory):
     @classmethod
     def open(cls, path) -> "CoreMemory":
         """The memory of any core: kvmsnap's (validated in full), machine dumps, process cores."""
-        image = parse_elf(path, strict=False)
-        first = image.notes[0] if image.notes else None
-        if first is not None and (first.owner, first.type) == (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER):
-            from kvmsnap.formats import kvmsnap as kvmsnap_format
-            return kvmsnap_format.read_core(path).memory
+        image = parse_elf(path)
+        from kvmsnap.formats import kvmsnap as kvmsnap_format
+        if kvmsnap_format.is_kvmsnap(image):
+            return kvmsnap_format.decode(image).memory
         if any(n.owner == N.OWNER_QEMU for n in image.notes) or any(s.paddr for s in image.loads):
             return cls(image, "guest", paging=arch.foreign_paging(image))
         return cls(image, "process")

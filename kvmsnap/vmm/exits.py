@@ -17,6 +17,8 @@ SYSTEM_EVENTS = {lib.KVM_SYSTEM_EVENT_SHUTDOWN: "shutdown", lib.KVM_SYSTEM_EVENT
                  lib.KVM_SYSTEM_EVENT_CRASH: "crash"}
 _RIP_AT = offsets(layouts.kvm_regs)["rip"]
 _CS_BASE_AT = offsets(layouts.kvm_sregs)["cs"] + offsets(layouts.kvm_segment)["base"]
+#: (RIP, CS base) of an x86 vCPU just after reset
+RESET_VECTOR = (0xFFF0, 0xFFFF0000)
 #: Port the guest writes to for a clean power-off (QEMU's isa-debug-exit convention: any value).
 POWEROFF_PORT = 0x501
 
@@ -48,7 +50,9 @@ class ExitHandler:
         elif reason == lib.KVM_EXIT_HLT:
             raise GuestStopped(f"vCPU {vcpu.index} halted with interrupts off at {_where(vcpu)}")
         elif reason == lib.KVM_EXIT_SHUTDOWN:
-            raise GuestStopped(f"vCPU {vcpu.index}: triple fault (KVM_EXIT_SHUTDOWN) at {_where(vcpu)}")
+            raise GuestStopped(f"vCPU {vcpu.index}: triple fault (KVM_EXIT_SHUTDOWN)" + (
+                "; this host's KVM reset the vCPU (kvm_amd does), so its RIP is lost"
+                if _rip_cs(vcpu) == RESET_VECTOR else f" at {_where(vcpu)}"))
         elif reason == lib.KVM_EXIT_FAIL_ENTRY:
             raise GuestStopped(f"vCPU {vcpu.index}: VM entry failed, hardware reason "
                                f"{run.fail_entry.hardware_entry_failure_reason:#x} at {_where(vcpu)}")
@@ -77,13 +81,20 @@ class ExitHandler:
                 buf[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
 
-def _where(vcpu) -> str:
-    """'RIP 0x… (CS base 0x…)' for messages; tolerant of a vCPU whose state cannot be read."""
+def _rip_cs(vcpu) -> tuple[int, int] | None:
+    """(RIP, CS base), or None for a vCPU whose state cannot be read."""
     try:
-        rip = struct.unpack_from("<Q", vcpu.get_regs(), _RIP_AT)[0]
-        cs_base = struct.unpack_from("<Q", vcpu.get_sregs(), _CS_BASE_AT)[0]
+        return (struct.unpack_from("<Q", vcpu.get_regs(), _RIP_AT)[0],
+                struct.unpack_from("<Q", vcpu.get_sregs(), _CS_BASE_AT)[0])
     except OSError:
+        return None
+
+
+def _where(vcpu) -> str:
+    """'RIP 0x… (CS base 0x…)' for messages."""
+    if (where := _rip_cs(vcpu)) is None:
         return "an unknown RIP"
+    rip, cs_base = where
     return f"RIP {rip:#x}" + (f" (CS base {cs_base:#x})" if cs_base else "")
 
 

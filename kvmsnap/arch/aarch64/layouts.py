@@ -55,6 +55,3 @@ SYSREG_FIELDS = (("op0", 14, 0x3), ("op1", 11, 0x7), ("crn", 7, 0xf), ("crm", 3,
 
 SIZES = {user_pt_regs: 272, elf_prstatus: 392, user_fpsimd_state: 528, user_hwdebug_state: 264,
          user_sve_header: 16}
-for _struct, _size in SIZES.items():
-    assert _struct.sizeof() == _size, (_struct, _struct.sizeof(), _size)
-del _struct, _size

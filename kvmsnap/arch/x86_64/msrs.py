@@ -53,7 +53,38 @@ MSR_NAMES = {
     0x4B564D06: "KVM_ASYNC_PF_INT",
     0x4B564D07: "KVM_ASYNC_PF_ACK",
     0x4B564D08: "KVM_MIGRATION_CONTROL",
+    # Hyper-V synthetic MSRs (Hyper-V TLFS), which KVM offers for its Hyper-V enlightenments
+    0x40000000: "HV_X64_MSR_GUEST_OS_ID",
+    0x40000001: "HV_X64_MSR_HYPERCALL",
+    0x40000002: "HV_X64_MSR_VP_INDEX",
+    0x40000003: "HV_X64_MSR_RESET",
+    0x40000010: "HV_X64_MSR_VP_RUNTIME",
+    0x40000020: "HV_X64_MSR_TIME_REF_COUNT",
+    0x40000021: "HV_X64_MSR_REFERENCE_TSC",
+    0x40000022: "HV_X64_MSR_TSC_FREQUENCY",
+    0x40000023: "HV_X64_MSR_APIC_FREQUENCY",
+    0x40000070: "HV_X64_MSR_EOI",
+    0x40000071: "HV_X64_MSR_ICR",
+    0x40000072: "HV_X64_MSR_TPR",
+    0x40000073: "HV_X64_MSR_VP_ASSIST_PAGE",
+    0x40000080: "HV_X64_MSR_SCONTROL",
+    0x40000081: "HV_X64_MSR_SVERSION",
+    0x40000082: "HV_X64_MSR_SIEFP",
+    0x40000083: "HV_X64_MSR_SIMP",
+    0x40000084: "HV_X64_MSR_EOM",
+    0x40000105: "HV_X64_MSR_CRASH_CTL",
+    0x40000106: "HV_X64_MSR_REENLIGHTENMENT_CONTROL",
+    0x40000107: "HV_X64_MSR_TSC_EMULATION_CONTROL",
+    0x40000108: "HV_X64_MSR_TSC_EMULATION_STATUS",
+    0x40000118: "HV_X64_MSR_TSC_INVARIANT_CONTROL",
 }
+for _i in range(16):
+    MSR_NAMES[0x40000090 + _i] = f"HV_X64_MSR_SINT{_i}"
+for _i in range(4):
+    MSR_NAMES[0x400000B0 + 2 * _i] = f"HV_X64_MSR_STIMER{_i}_CONFIG"
+    MSR_NAMES[0x400000B1 + 2 * _i] = f"HV_X64_MSR_STIMER{_i}_COUNT"
+for _i in range(5):
+    MSR_NAMES[0x40000100 + _i] = f"HV_X64_MSR_CRASH_P{_i}"
 for _i in range(8):
     MSR_NAMES[0x200 + 2 * _i] = f"IA32_MTRR_PHYSBASE{_i}"
     MSR_NAMES[0x201 + 2 * _i] = f"IA32_MTRR_PHYSMASK{_i}"
@@ -71,8 +102,9 @@ def msr_name(index: int) -> str:
 MSR_IA32_TSC = 0x10
 MSR_IA32_TSC_DEADLINE = 0x6E0
 MSR_KERNEL_GS_BASE = 0xC0000102
-#: MSRs whose value moves on by itself between setting and reading back (compared as "not less").
-VOLATILE_MSRS = {MSR_IA32_TSC}
+#: Counters KVM keeps moving while the vCPU is stopped: the TSC, Hyper-V's per-vCPU run time and
+#: partition reference time.  A read-back finds any other such MSR by reading it again.
+COUNTER_MSRS = {MSR_IA32_TSC, 0x40000010, 0x40000020}
 
 
 def restore_order(msrs: list[tuple[int, int]]) -> list[tuple[int, int]]:

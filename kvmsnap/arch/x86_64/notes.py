@@ -45,9 +45,12 @@ def parse_sregs(v: VcpuState):
     return (x86.kvm_sregs2 if v.sregs2 else x86.kvm_sregs).parse(v.sregs)
 
 
+_PAGING_AT = [elf.offsets(x86.kvm_sregs)[name] for name in PagingState._fields]  # as in sregs2
+
+
 def paging_state(v: VcpuState) -> PagingState:
-    s = parse_sregs(v)
-    return PagingState(s.cr0, s.cr3, s.cr4, s.efer)
+    """CR0, CR3, CR4 and EFER, read at their kvm_sregs(2) offsets (without parsing the rest)."""
+    return PagingState(*(int.from_bytes(v.sregs[at:at + 8], "little") for at in _PAGING_AT))
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -2,16 +2,18 @@
 KVM needs (docs/restore.md gives the sources: Firecracker ``arch/x86_64/vcpu.rs``, QEMU
 ``kvm_arch_get_registers``/``kvm_arch_put_registers``)."""
 import struct
+import time
 from dataclasses import dataclass
 
 from kvmsnap.arch import RegisterRefused
-from kvmsnap.arch.x86_64.msrs import VOLATILE_MSRS, msr_name
+from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS, msr_name
 from kvmsnap.arch.x86_64.state import VcpuState
 from kvmsnap.kvm import Cap, MsrError, xsave2_size
 
 #: LAPIC register whose value counts down by itself: Timer Current Count (offset 0x390).
 LAPIC_TMCCT = 0x390
 LAPIC_REGS = range(0, 0x400, 0x10)
+COUNTER_PROBE_S = 0.001        # long enough for a 100 ns or TSC-rate counter to move
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,15 @@ class VcpuCaps:
     @classmethod
     def of(cls, kvm, vm) -> "VcpuCaps":
         return cls(sregs2=bool(kvm.check_extension(Cap.SREGS2)), xsave_size=xsave2_size(vm))
+
+
+def _counts(vcpu, index: int, value: int) -> bool:
+    """True when MSR ``index`` moves on by itself: a known counter, or one that no longer reads
+    ``value`` a moment later with the vCPU stopped."""
+    if index in COUNTER_MSRS:
+        return True
+    time.sleep(COUNTER_PROBE_S)
+    return vcpu.get_msrs([index])[0][1] != value
 
 
 def readable_msrs(vcpu, indices: list[int]) -> list[int]:
@@ -94,7 +105,9 @@ def restore_state(vcpu, saved: VcpuState, cpuid: bytes, msrs: list[tuple[int, in
 
 def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> list[str]:
     """Read every register set back; a difference names the set (and the MSR or LAPIC register).
-    The LAPIC timer's current count and the TSC move on by themselves and are not compared."""
+    What moves on by itself is not compared: the LAPIC timer's current count, and a counter MSR
+    that reads back no less than it was set to (the known COUNTER_MSRS, or one that reads
+    differently again with the vCPU stopped)."""
     problems = []
     checks = [("REGS", vcpu.get_regs(), saved.regs),
               ("SREGS2" if saved.sregs2 else "SREGS",
@@ -116,7 +129,7 @@ def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> list[st
                             f"{struct.unpack_from('<I', lapic, reg)[0]:#x}, core has "
                             f"{struct.unpack_from('<I', saved.lapic, reg)[0]:#x}")
     for (index, want), (_, got) in zip(msrs, vcpu.get_msrs([i for i, _ in msrs])):
-        if got != want and not (index in VOLATILE_MSRS and got > want):
+        if got != want and not (got > want and _counts(vcpu, index, got)):
             problems.append(f"vCPU {saved.index}: MSR {index:#x} ({msr_name(index)}): set to "
                             f"{want:#x}, this host's KVM changed it to {got:#x}")
     if vcpu.get_mp_state() != saved.mp_state:
