@@ -9,8 +9,23 @@ import pytest
 
 from kvmsnap import control
 
+#: Time limits in these tests bound work (a hostile input must not take minutes), not speed. In
+#: the KVM lab (scripts/lab sets KVMSNAP_LAB) every instruction runs under TCG emulation, several
+#: times slower, so each limit is scaled by SLOWDOWN there (docs/testing.md).
+SLOWDOWN = float(os.environ.get("KVMSNAP_TEST_SLOWDOWN") or (8 if os.environ.get("KVMSNAP_LAB") else 1))
+
+
+def seconds(limit: float) -> float:
+    """``limit`` seconds on this machine: scaled by SLOWDOWN."""
+    return limit * SLOWDOWN
+
+
 KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
 needs_kvm = pytest.mark.skipif(not KVM, reason="needs read/write /dev/kvm")
+#: The vendor module serving /dev/kvm here: kvm_intel, kvm_amd, kvm_pvm (this project's nested
+#: backend), or None (none loaded, or KVM/arm64, which has none).
+KVM_MODULE = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}")),
+                  None)
 
 
 def kvmsnap_cmd(*args) -> list[str]:
@@ -19,7 +34,7 @@ def kvmsnap_cmd(*args) -> list[str]:
 
 def run_kvmsnap(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
     """Run one kvmsnap command to completion, capturing text output."""
-    return subprocess.run(kvmsnap_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(kvmsnap_cmd(*args), capture_output=True, text=True, timeout=seconds(timeout), **kw)
 
 
 def tiny_elf(path, code: bytes, *, machine=62, boot_cpl=None):
@@ -50,7 +65,7 @@ class RunningGuest:
         self.proc = subprocess.Popen(kvmsnap_cmd("run", guest, "--console", self.console, "--control", self.sock,
                                                  *args),
                                      stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "wb"))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + seconds(30)
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"kvmsnap run did not start: {self.stderr()}")
@@ -67,7 +82,7 @@ class RunningGuest:
 
     def wait_lines(self, n, pattern=None, timeout=60.0) -> list[str]:
         """Wait until at least ``n`` complete console lines (matching ``pattern``) exist."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds(timeout)
         while True:
             lines = [l for l in self.lines() if pattern is None or re.search(pattern, l)]
             if len(lines) >= n:
@@ -88,7 +103,7 @@ class RunningGuest:
                 self.request("quit")
             except Exception:
                 self.proc.terminate()
-        return self.proc.wait(timeout)
+        return self.proc.wait(seconds(timeout))
 
     def kill(self):
         if self.proc.poll() is None:

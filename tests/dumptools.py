@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import RunningGuest, run_kvmsnap
+from conftest import RunningGuest, run_kvmsnap, seconds
 from kvmsnap.samples import SAMPLES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,7 +28,7 @@ def qmp_dumps(argv, dumps, ready, timeout=60):
                                     f"unix:{sock},server=on,wait=off"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds(timeout)
         while not os.path.exists(sock) or not ready():
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "QEMU guest did not get ready"
@@ -112,7 +112,7 @@ def gcore(directory) -> str:
         time.sleep(0.6)
         path = os.path.join(directory, "gcore.core")
         subprocess.run(["gdb", "-batch", "-nx", "-p", str(proc.pid), "-ex", f"gcore {path}"],
-                       capture_output=True, check=True, timeout=60)
+                       capture_output=True, check=True, timeout=seconds(60))
         return path
     finally:
         proc.kill()
@@ -126,7 +126,7 @@ def kernel_core(directory) -> str | None:
     if pattern.startswith("|"):
         return None
     subprocess.run(["bash", "-c", f"ulimit -c unlimited; cd {directory} && exec {sys.executable} "
-                    f"-c '{THREADS}os.abort()'"], capture_output=True, timeout=60)
+                    f"-c '{THREADS}os.abort()'"], capture_output=True, timeout=seconds(60))
     name = os.path.basename(pattern.replace("%p", "*").replace("%e", "*").replace("%t", "*"))
     found = glob.glob(os.path.join(directory, name + "*")) if "/" not in pattern else \
         glob.glob(pattern.replace("%p", "*").replace("%e", "*").replace("%t", "*") + "*")

@@ -26,6 +26,7 @@ from kvmsnap.memory import Slot
 from kvmsnap.memory.pagemap import touched_runs
 from kvmsnap.state import MachineConfig
 
+from conftest import seconds
 from synthetic import (CODE, HIGH_BASE, K1, MiB, PD, PML4, PT, RIP, XCR0, identity_page_tables,
                        make_state, make_xsave, write, xmm, ymm_hi, zmm_hi)
 
@@ -158,7 +159,7 @@ def test_sparse_anonymous_mappings(tmp_path, flags):
     t0 = time.monotonic()
     result = write(state, tmp_path / "anon.core")
     if flags == "private":
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < seconds(2)
     assert result.bytes_written < 64 * 1024
     core = read_core(tmp_path / "anon.core")
     assert core.memory.read(200 * MiB + 4088, 16) == bytes(7) + b"\7" + bytes(8)
@@ -238,7 +239,7 @@ def test_hostile_page_tables_truncate_the_walk_not_the_save(tmp_path):
         struct.pack_into("<Q", ram, pd + 8 * i, pt | 3)
     started = time.monotonic()
     result = write(state, tmp_path / "walk.core")
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < seconds(15)
     assert result.virtual_truncated and result.virtual_segments == 0
     assert read_core(tmp_path / "walk.core").vcpus == state.vcpus
 
@@ -336,6 +337,43 @@ def test_gdb_vector_registers_match_xsave(core_path):
                                   le(zmm_hi(3)[16:])]
     assert _int128s(lines[3]) == [K1]
     assert _int128s(lines[4]) == [0, 0, 0, 0]
+
+
+AMD_LEAF_D = ((2, 576, 256), (5, 832, 64), (6, 896, 512), (7, 1408, 1024), (9, 2432, 8))
+
+
+def test_gdb_reads_vector_registers_of_an_amd_layout_core(tmp_path):
+    """A vCPU whose CPUID puts the AVX-512 components where AMD does: NT_X86_XSTATE is written in
+    Intel's layout (what gdb 13 reads) and NT_X86_XSAVE_LAYOUT says so; gdb shows the values KVM
+    holds at AMD's offsets, and KVMSNAP_XSAVE keeps those bytes unmoved."""
+    state = make_state(1)
+    v = state.vcpus[0]
+    xsave = bytearray(4096)
+    xsave[:576] = v.xsave[:576]
+    for r in range(16):
+        xsave[576 + 16 * r:592 + 16 * r] = ymm_hi(r)
+        xsave[896 + 32 * r:928 + 32 * r] = zmm_hi(r)
+        xsave[1408 + 64 * r:1472 + 64 * r] = bytes([r + 0x40]) * 64       # zmm16..31
+    struct.pack_into("<Q", xsave, 832 + 8, K1)
+    v.xsave = bytes(xsave)
+    v.cpuid += b"".join(x86.kvm_cpuid_entry2.build(dict(
+        function=0xd, index=i, flags=1, eax=size, ebx=offset, ecx=0, edx=0, padding=[0] * 3))
+        for i, offset, size in AMD_LEAF_D)
+    write(state, tmp_path / "amd.core")
+    core = read_core(tmp_path / "amd.core")
+    assert core.vcpus[0].xsave == bytes(xsave)
+    layout = next(n for n in core.info.elf.notes if n.type_name == "NT_X86_XSAVE_LAYOUT")
+    assert [struct.unpack_from("<4I", layout.desc, at) for at in range(0, layout.size, 16)] == [
+        (2, 256, 576, 0), (5, 64, 1088, 0), (6, 512, 1152, 0), (7, 1024, 1664, 0)]
+    out = _gdb(tmp_path / "amd.core", "p/x $ymm2.v2_int128", "p/x $zmm3.v4_int128", "p/x $k1",
+               "p/x $zmm17.v4_int128")
+    lines = [line for line in out.splitlines() if line.startswith("$")]
+    le = lambda b: int.from_bytes(b, "little")
+    assert _int128s(lines[0]) == [le(xmm(2)), le(ymm_hi(2))]
+    assert _int128s(lines[1]) == [le(xmm(3)), le(ymm_hi(3)), le(zmm_hi(3)[:16]),
+                                  le(zmm_hi(3)[16:])]
+    assert _int128s(lines[2]) == [K1]
+    assert _int128s(lines[3]) == [le(bytes([0x41]) * 16)] * 4
 
 
 def test_gdb_reads_instruction_bytes_at_pc(core_path):

@@ -15,6 +15,7 @@ from kvmsnap.formats import elf
 from kvmsnap.describe import render_text
 from kvmsnap.summary import summarize
 
+from conftest import seconds
 from synthetic import HIGH_BASE, RIP, make_foreign
 
 REG_KEYS = {"rip", "rsp", "rflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9",
@@ -158,7 +159,7 @@ def _gcore(tmp_path):
     try:
         path = tmp_path / "gcore.core"
         out = subprocess.run(["gdb", "-batch", "-nx", "-p", str(proc.pid), "-ex", f"gcore {path}"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=seconds(60))
         if not path.exists():
             pytest.skip(f"gdb gcore not possible here: {out.stderr.strip()[-200:]}")
         return path, proc.pid

@@ -7,7 +7,7 @@ import struct
 import subprocess
 import time
 
-from conftest import kvmsnap_cmd, run_kvmsnap
+from conftest import kvmsnap_cmd, run_kvmsnap, seconds
 from kvmsnap import notes as N
 from kvmsnap.arch.aarch64 import layouts as arm64
 from kvmsnap.formats import elf
@@ -177,4 +177,4 @@ def test_hostile_cores_fail_in_one_line(core_path, tmp_path):
             assert r.stderr.startswith(line) and r.stderr.count("\n") == 1, (what, r.stderr)
             expected_stdout = "" if "--json" not in command else \
                 json.dumps({"error": r.stderr[len("kvmsnap: "):-1], "exit": 1}) + "\n"
-            assert r.stdout == expected_stdout and took < 5, (what, r.stdout, took)
+            assert r.stdout == expected_stdout and took < seconds(5), (what, r.stdout, took)

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 import dumptools
-from conftest import KVM, kvmsnap_cmd, run_kvmsnap
+from conftest import KVM, kvmsnap_cmd, run_kvmsnap, seconds
 from dumptools import core_of
 
 pytestmark = pytest.mark.skipif(not KVM, reason="needs /dev/kvm")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not KVM, reason="needs /dev/kvm")
 
 def mem_raw(core, addr, length, *args) -> subprocess.CompletedProcess:
     return subprocess.run(kvmsnap_cmd("mem", core, hex(addr), str(length), "--format", "raw", *args),
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=seconds(60))
 
 
 def mem(core, addr, length, *args) -> bytes:

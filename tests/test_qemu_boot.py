@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import needs_kvm
+from conftest import needs_kvm, seconds
 from kvmsnap.samples import SAMPLES
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -18,7 +18,7 @@ def qemu_lines(tmp_path, sample, n, mem="256M", timeout=60):
     proc = subprocess.Popen([QEMU, "-accel", "kvm", "-m", mem, "-display", "none", "-nodefaults", "-no-reboot",
                              "-serial", f"file:{console}", "-kernel", SAMPLES[sample].path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds(timeout)
     try:
         while time.monotonic() < deadline:
             lines = console.read_text(errors="replace").split("\n")[:-1] if console.exists() else []

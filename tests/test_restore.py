@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap
+from conftest import RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap, seconds
 from coretools import assert_continuous, console_lines, rewrite_core, sequence
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
@@ -30,7 +30,7 @@ class Restored(RunningGuest):
         self.proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--console", console, "--control", self.sock,
                                                  *args), stdout=subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "wb"))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + seconds(60)
         while not os.path.exists(self.sock):
             assert self.proc.poll() is None and time.monotonic() < deadline, self.stderr()
             time.sleep(0.02)
@@ -39,7 +39,7 @@ class Restored(RunningGuest):
 def save_quit(g, core):
     r = run_kvmsnap("save", "--control", g.sock, core, "--quit", timeout=300)
     assert r.returncode == 0, r.stderr
-    assert g.proc.wait(30) == 0
+    assert g.proc.wait(seconds(30)) == 0
 
 
 STREAMS = {
@@ -64,7 +64,7 @@ def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample, mem, n
     save_quit(g, core)
     before = len(console_lines(g.console))
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + seconds(120)
     while len(console_lines(g.console, r.console)) < before + n:
         assert r.proc.poll() is None and time.monotonic() < deadline, r.stderr()
         time.sleep(0.02)
@@ -108,7 +108,7 @@ def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
     second = tmp_path / "second.core"
     reply = r.request("save", path=str(second), quit=True)
     assert reply["path"] == str(second)
-    assert r.proc.wait(30) == 0
+    assert r.proc.wait(seconds(30)) == 0
     a, core_a = _notes_by_key(first)
     b, core_b = _notes_by_key(second)
     assert a.keys() == b.keys()
@@ -132,7 +132,7 @@ def test_fifty_save_restore_cycles(guest, tmp_path, sample):
         console = tmp_path / f"cycle{i}.console"
         r = Restored(tmp_path, core, console=console)
         want = len(console_lines(*consoles)) + 1
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + seconds(30)
         while len(console_lines(*consoles, console)) < want:
             assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.stderr())
             time.sleep(0.01)
@@ -260,7 +260,7 @@ def test_single_vcpu_samples_save_and_restore_with_two_vcpus(guest, tmp_path, sa
         assert [v.index for v in c.vcpus] == [0, 1]
     r = Restored(tmp_path, core, console=tmp_path / "two.console")
     before = len(console_lines(g.console))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + seconds(60)
     while len(console_lines(g.console, r.console)) < before + 2:
         assert r.proc.poll() is None and time.monotonic() < deadline, r.stderr()
         time.sleep(0.02)

@@ -10,7 +10,7 @@ import time
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import needs_kvm, run_kvmsnap
+from conftest import needs_kvm, run_kvmsnap, seconds
 from coretools import gdb, gdb_values
 from kvmsnap.save import capture
 from kvmsnap.arch.x86_64 import cpuid
@@ -41,7 +41,7 @@ def fpu_save(tmp_path_factory):
     m = Machine(MachineConfig("fpu", 64 << 20, 1), console)
     m.boot(open(SAMPLES["fpu"].path, "rb").read(), "fpu")
     m.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + seconds(30)
     while (tmp / "console").read_bytes().count(b" ok\n") < 3:
         assert time.monotonic() < deadline and m.running, m.error
         time.sleep(0.02)
