@@ -10,8 +10,8 @@ See docs/core-format.md for the byte-level description.
 """
 from dataclasses import dataclass
 
-from construct import (Aligned, Array, Bytes, Construct, Int16ul, Int32ul, Int64ul, PascalString,
-                       Rebuild, Struct, len_, this)
+from construct import (Aligned, Array, Bytes, Construct, GreedyRange, Int16ul, Int32ul, Int64ul,
+                       PascalString, Rebuild, Struct, len_, this)
 
 from kvmsnap.arch.aarch64 import layouts as arm64
 from kvmsnap.arch.x86_64 import layouts as x86
@@ -220,6 +220,8 @@ def _entries():
     yield NoteType(OWNER_CORE, NT_PRSTATUS, "NT_PRSTATUS", x86.elf_prstatus, vcpu)
     yield NoteType(OWNER_CORE, NT_FPREGSET, "NT_FPREGSET", x86.user_fpregs_struct, vcpu)
     yield NoteType(OWNER_LINUX, NT_X86_XSTATE, "NT_X86_XSTATE", None, vcpu)
+    yield NoteType(OWNER_LINUX, NT_X86_XSAVE_LAYOUT, "NT_X86_XSAVE_LAYOUT",
+                   GreedyRange(x86.x86_xfeat_component), None)
     yield NoteType(OWNER_QEMU, NT_QEMU_CPUSTATE, "QEMU_CPUSTATE", x86.QEMUCPUState, vcpu)
     yield NoteType(OWNER_VMCOREINFO, NT_VMCOREINFO, "VMCOREINFO", None, None)
     private = [

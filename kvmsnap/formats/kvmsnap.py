@@ -62,7 +62,7 @@ def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
                                       memory_size=s.size, phdr_index=phdr_of_slot[s.slot],
                                       reserved=0) for s in snapshot.memory.slots()]))),
     ]
-    return vm + notes.device_notes(snapshot.devices) + [
+    return vm + notes.device_notes(snapshot.devices) + notes.process_notes(snapshot.vcpus) + [
         note for v in snapshot.vcpus for note in notes.vcpu_notes(v)]
 
 

@@ -221,6 +221,9 @@ XSAVE_HDR_OFFSET = 512        # xstate_bv (u64), xcomp_bv (u64), 48 reserved byt
 XSAVE_HDR_SIZE = 64
 XSAVE_XCR0_OFFSET = 464       # software-reserved bytes of the legacy area: Linux/gdb read XCR0 here
 xsave_header = Struct("xstate_bv" / Int64ul, "xcomp_bv" / Int64ul, "reserved" / Bytes(48))
+# NT_X86_XSAVE_LAYOUT (Linux 6.11, arch/x86/include/uapi/asm/elf.h): one per extended component.
+x86_xfeat_component = Struct("type" / Int32ul, "size" / Int32ul, "offset" / Int32ul,
+                             "flags" / Int32ul)
 
 # XSAVE state components: bit -> (name, standard-format offset, size) as on Intel CPUs (CPUID.0xD.i
 # EBX/EAX).  Used when a vCPU's CPUID table lacks leaf 0xD sub-leaves.

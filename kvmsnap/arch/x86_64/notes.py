@@ -9,7 +9,7 @@ from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.arch.x86_64.msrs import MSR_KERNEL_GS_BASE
 from kvmsnap.arch.x86_64.paging import PagingState
 from kvmsnap.arch.x86_64.state import VcpuState
-from kvmsnap.arch.x86_64.xsave import XCR0_LEGACY, linux_xstate, xcr0_of
+from kvmsnap.arch.x86_64.xsave import XCR0_LEGACY, linux_layout, linux_xstate, xcr0_of
 from kvmsnap.formats import elf
 from kvmsnap.formats.reader import CoreFormatError, payload
 
@@ -144,6 +144,17 @@ def vcpu_notes(v: VcpuState) -> list[tuple[str, int, bytes]]:
     }
     return [(owner, n_type, standard[(owner, n_type)] if owner != N.OWNER_KVMSNAP
              else private[n_type]) for owner, n_type in VCPU_NOTES]
+
+
+def process_notes(vcpus: list[VcpuState]) -> list[tuple[str, int, bytes]]:
+    """The notes a Linux core has once per process: NT_X86_XSAVE_LAYOUT, where NT_X86_XSTATE puts
+    each component (the same standard places for every vCPU, see xsave.linux_xstate)."""
+    xcr0 = 0
+    for v in vcpus:
+        xcr0 |= xcr0_of(v.xcrs) or XCR0_LEGACY
+    return [(N.OWNER_LINUX, N.NT_X86_XSAVE_LAYOUT, b"".join(
+        x86.x86_xfeat_component.build(dict(type=bit, size=size, offset=offset, flags=0))
+        for bit, size, offset in linux_layout(xcr0)))]
 
 
 def device_notes(devices: dict[str, bytes]) -> list[tuple[str, int, bytes]]:

@@ -44,12 +44,33 @@ def xcr0_of(xcrs: bytes) -> int | None:
     return None
 
 
+def debugger_xcr0(xcr0: int) -> int:
+    """The components of ``xcr0`` a debugger can be shown: those with a standard (Intel) place."""
+    return xcr0 & (XCR0_LEGACY | sum(1 << bit for bit in XFEATURES if bit >= 2))
+
+
 def linux_xstate(xsave: bytes, xcr0: int, cpuid: bytes) -> bytes:
-    """The NT_X86_XSTATE descriptor: the XSAVE area trimmed to its standard size for ``xcr0``,
-    with XCR0 in the software-reserved bytes 464..471 and zeros in 472..511 (as Linux writes it)."""
-    area = bytearray(xsave[:xstate_size(xcr0, cpuid, len(xsave))])
+    """The NT_X86_XSTATE descriptor, in the layout every gdb reads: the legacy area and header as
+    KVM gave them, each component of ``xcr0`` moved from where this vCPU's CPUID puts it (AMD and
+    Intel differ) to its Intel standard offset, XCR0 in the software-reserved bytes 464..471 and
+    zeros in 472..511, as Linux writes it.  gdb 13 knows only Intel offsets and refuses other
+    sizes (".reg-xstate too small"); gdb 14 and later, and NT_X86_XSAVE_LAYOUT readers, agree."""
+    xcr0 = debugger_xcr0(xcr0)
+    placed = components(xcr0, cpuid)
+    area = bytearray(xstate_size(xcr0, None, 1 << 20))
+    area[:XSAVE_LEGACY_SIZE + XSAVE_HDR_SIZE] = xsave[:XSAVE_LEGACY_SIZE + XSAVE_HDR_SIZE]
+    for bit, (offset, size) in components(xcr0, None).items():
+        source = placed[bit][0]
+        area[offset:offset + size] = xsave[source:source + size].ljust(size, b"\0")
     area[XSAVE_XCR0_OFFSET:XSAVE_LEGACY_SIZE] = struct.pack("<Q", xcr0) + bytes(40)
     return bytes(area)
+
+
+def linux_layout(xcr0: int) -> list[tuple[int, int, int]]:
+    """``(component, size, offset)`` of each extended component :func:`linux_xstate` writes, for
+    NT_X86_XSAVE_LAYOUT."""
+    return [(bit, size, offset) for bit, (offset, size)
+            in components(debugger_xcr0(xcr0), None).items()]
 
 
 def xcr0_from_linux_xstate(area: bytes) -> int:
