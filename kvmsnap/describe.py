@@ -117,6 +117,9 @@ def render_text(summary: dict, show_all: bool = False) -> str:
         lines += _devices(summary["devices"], show_all)
     if summary.get("process") and show("process"):
         lines += _process(summary["process"])
+    if summary.get("xsave_layout") and show("xsave_layout"):
+        lines += [""] + _fill("XSAVE layout of NT_X86_XSTATE (NT_X86_XSAVE_LAYOUT): ", _items(
+            f"{c['name'] or c['component']} {c['offset']}+{c['size']}" for c in summary["xsave_layout"]))
     if summary.get("vmcoreinfo") and show("vmcoreinfo"):
         lines += ["", "VMCOREINFO:"]
         for k, v in summary["vmcoreinfo"]["fields"].items():

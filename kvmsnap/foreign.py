@@ -12,7 +12,7 @@ from kvmsnap.decode import linux
 from kvmsnap.formats import elf
 from kvmsnap.formats.reader import ElfCore, payload
 from kvmsnap.summary import (ARM_NOTES, KEY_PRSTATUS, KEY_QEMU, PROCESS_NOTES, decode_note,
-                             memory_list, note_list)
+                             memory_list, note_list, xsave_layout)
 
 X86_64_REGS = (x86_decode.GPRS + ("rflags",) + x86_decode.SELECTORS + ("fs_base", "gs_base")
                + x86_decode.CONTROL)
@@ -119,6 +119,7 @@ def summarize(image: ElfCore) -> dict:
         devices=None,
         process=process or None,
         vmcoreinfo=vmcoreinfo,
+        xsave_layout=xsave_layout(image),
         vcpus=[dict(id=t["id"], pid=t["pid"], regs=t["regs"], mp_state=None, tsc_khz=None,
                     apic_base=None, msrs=None, xcr0=t.get("xcr0"), xsave_size=None,
                     sections=t["sections"]) for t in threads],

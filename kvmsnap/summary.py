@@ -24,7 +24,7 @@ _ARCH_AT = elf.offsets(N.KvmsnapHeader)["arch"]
 
 VCPU_SECTIONS = ("thread", "regs", "segments", "control", "debug", "fpu", "msrs", "lapic",
                  "events", "mp_state", "cpuid", "siginfo", "sysregs", "arm")
-FILE_SECTIONS = ("devices", "process", "vmcoreinfo", "memory", "notes")
+FILE_SECTIONS = ("devices", "process", "vmcoreinfo", "xsave_layout", "memory", "notes")
 SECTIONS = VCPU_SECTIONS + FILE_SECTIONS
 
 KEY_PRSTATUS = (N.OWNER_CORE, N.NT_PRSTATUS)
@@ -34,7 +34,8 @@ ARM_NOTES = {t: N.type_name(N.OWNER_LINUX, t) for t in range(0x400, 0x410)
              if N.type_name(N.OWNER_LINUX, t).startswith("NT_ARM_")}
 DECODED = ({(N.OWNER_CORE, t) for t in (N.NT_PRSTATUS, N.NT_FPREGSET, N.NT_PRPSINFO, N.NT_AUXV,
                                         N.NT_FILE, N.NT_SIGINFO)}
-           | {(N.OWNER_LINUX, t) for t in (N.NT_X86_XSTATE, N.NT_SIGINFO, *ARM_NOTES)}
+           | {(N.OWNER_LINUX, t) for t in (N.NT_X86_XSTATE, N.NT_X86_XSAVE_LAYOUT, N.NT_SIGINFO,
+                                           *ARM_NOTES)}
            | {KEY_QEMU, (N.OWNER_VMCOREINFO, N.NT_VMCOREINFO)}
            | {key for key in N.REGISTRY if key[0] == N.OWNER_KVMSNAP})
 
@@ -88,6 +89,13 @@ def note_list(notes) -> list[dict]:
                  vcpu=n.vcpu, decoded=(n.owner, n.type) in DECODED) for n in notes]
 
 
+def xsave_layout(image: ElfCore) -> list[dict] | None:
+    """The NT_X86_XSAVE_LAYOUT note of an x86-64 core, decoded; None without one."""
+    note = next((n for n in image.notes if (n.owner, n.type) == (N.OWNER_LINUX, N.NT_X86_XSAVE_LAYOUT)
+                 and image.ehdr.e_machine == elf.EM_X86_64), None)
+    return None if note is None else decode_note(image.path, note, x86_decode.xsave_layout)
+
+
 def memory_list(segments) -> list[dict]:
     return [dict(paddr=s.paddr, vaddr=s.vaddr, size=s.memsz, filesz=s.filesz, offset=s.offset,
                  physical=s.physical, beyond_eof=s.beyond_eof) for s in segments]
@@ -121,6 +129,7 @@ def _summarize_kvmsnap(snapshot) -> dict:
         devices=devices.summary(snapshot.devices),
         process=None,
         vmcoreinfo=None,
+        xsave_layout=xsave_layout(info.elf),
         vcpus=[x86_decode.vcpu(v, pr.desc) for v, pr in zip(snapshot.vcpus, prstatus)],
         memory=memory_list(info.elf.loads),
         notes=note_list(info.elf.notes),

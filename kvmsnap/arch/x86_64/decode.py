@@ -5,7 +5,7 @@ import struct
 from kvmsnap.arch.x86_64 import cpuid as cpuid_table
 from kvmsnap.arch.x86_64 import xsave as xsave_facts
 from kvmsnap.arch.x86_64.xsave import XCR0_LEGACY
-from kvmsnap.decode.bits import bitreg, field, flag_names, parse, plain, u64s, wide
+from kvmsnap.decode.bits import DecodeError, bitreg, field, flag_names, parse, plain, u64s, wide
 from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.arch.x86_64.msrs import MSR_NAMES
 
@@ -282,6 +282,17 @@ def xsave(area: bytes, xcr0: int, cpuid: bytes | None = None) -> dict:
     if 9 in comps:
         out["pkru"] = struct.unpack_from("<I", comps[9] or bytes(8))[0]
     return out
+
+
+def xsave_layout(desc: bytes) -> list[dict]:
+    """NT_X86_XSAVE_LAYOUT: where NT_X86_XSTATE holds each extended component."""
+    if len(desc) % x86.x86_xfeat_component.sizeof():
+        raise DecodeError(f"NT_X86_XSAVE_LAYOUT: {len(desc)} bytes is not a whole number of entries")
+    size = x86.x86_xfeat_component.sizeof()
+    return [dict(component=c.type, name=XCR0.get(c.type), offset=c.offset, size=c.size,
+                 flags=c.flags)
+            for c in (x86.x86_xfeat_component.parse(desc[at:at + size])
+                      for at in range(0, len(desc), size))]
 
 
 def msrs(entries: list[tuple[int, int]]) -> list[dict]:
