@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap, seconds
+from conftest import KVM_MODULE, RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap, seconds
 from coretools import assert_continuous, console_lines, rewrite_core, sequence
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
@@ -268,3 +268,23 @@ def test_single_vcpu_samples_save_and_restore_with_two_vcpus(guest, tmp_path, sa
     lines = console_lines(g.console, r.console)
     assert not any("MISMATCH" in l for l in lines)
     assert_continuous(sequence(lines, stream), start=None)
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(KVM_MODULE not in ("kvm_intel", "kvm_amd"),
+                    reason="needs a KVM that offers Hyper-V's counter MSRs: kvm_intel or kvm_amd "
+                           "(scripts/lab x86_64); kvm_pvm lists none")
+def test_counter_msrs_are_saved_restored_and_keep_counting(guest, tmp_path):
+    """HV_X64_MSR_VP_RUNTIME and TIME_REF_COUNT move on by themselves: restore accepts them reading
+    back higher, and a save of the restored guest holds them no lower than the first core."""
+    g = guest("counter", "--mem", "32M")
+    g.wait_lines(2, r"^tick")
+    first, second = tmp_path / "first.core", tmp_path / "second.core"
+    save_quit(g, first)
+    r = Restored(tmp_path, first, "--paused", console=tmp_path / "r.console")
+    assert r.request("save", path=str(second), quit=True)["path"] == str(second)
+    assert r.proc.wait(seconds(30)) == 0
+    with read_core(first) as a, read_core(second) as b:
+        before, after = dict(a.vcpus[0].msrs), dict(b.vcpus[0].msrs)
+    assert {0x40000010, 0x40000020} <= COUNTER_MSRS & before.keys()
+    assert all(after[i] >= before[i] for i in COUNTER_MSRS & before.keys())
