@@ -2,7 +2,8 @@
 neither present nor swapped out reads as zeros, so a writer need not read it at all."""
 import re
 
-PAGE_SIZE = 4096
+from kvmsnap.memory import PAGE_SIZE
+
 _PRESENT_OR_SWAPPED = bytes((b & 0xc0) for b in range(256))   # pagemap bits 62, 63 (byte 7)
 _TOUCHED_RUN = re.compile(rb"[^\x00]+")
 

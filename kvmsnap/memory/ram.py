@@ -4,7 +4,7 @@ import errno
 import mmap
 import os
 
-from kvmsnap.kvm._kvm import ffi
+from kvmsnap.kvm import ffi
 from kvmsnap.memory import AddressError, Extent, GuestMemory, Slot, file_data_runs
 from kvmsnap.memory.pagemap import touched_runs
 

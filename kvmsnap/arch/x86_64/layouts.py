@@ -1,7 +1,7 @@
 """x86-64 layouts: ``<linux/kvm.h>`` structs, Linux core-dump structs, QEMU's CPU note, kvmsnap's UART.
 
 Each layout is declared once, named and spelled as in C, and used to parse and to build; the sizes are
-asserted here and compared with the compiled cffi module (``kvmsnap.kvm._kvm``) by the tests.
+checked against SIZES and the compiled cffi module (``kvmsnap.kvm._kvm``) by tests/test_formats.py.
 """
 from construct import (Adapter, Array, Bytes, Container, Int8ul, Int16ul, Int32ul, Int64sl,
                        Int64ul, Padded, Struct, Switch, this)

@@ -16,8 +16,8 @@ from kvmsnap import notes as N
 from kvmsnap.arch.x86_64.layouts import (CR0_PG, CR4_LA57, EFER_LMA, QEMUCPUSTATE_SIZE_V1_MIN,
                                          QEMUCPUState)
 from kvmsnap.formats import elf
+from kvmsnap.memory import PAGE_SIZE
 
-PAGE_SIZE = 4096
 PTE_P = 1 << 0
 PTE_PS = 1 << 7
 ADDR_MASK = 0x000f_ffff_ffff_f000      # physical-address bits 12..51 of a table entry
