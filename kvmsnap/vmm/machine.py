@@ -114,21 +114,43 @@ class Machine:
 
     def _vcpu_loop(self, vcpu) -> None:
         try:
+            pending = False             # the last exit was handled but KVM has not completed it
             while True:
                 if self._pause_requested or self._stopping:
+                    if pending:
+                        self._complete(vcpu)
+                        pending = False
                     if not self._park():
                         return
                 try:
                     reason = vcpu.run()
                 except KvmError as e:
                     if e.errno in (errno.EINTR, errno.EAGAIN):
+                        pending = False
                         continue
                     raise
                 self._exits.handle(vcpu, reason)
+                pending = True
         except GuestStopped as stop:
             self._fail(str(stop) if stop.error else None)
         except Exception as e:          # any failure stops the whole machine with its message
             self._fail(f"vCPU {vcpu.index}: {e}")
+
+    def _complete(self, vcpu) -> None:
+        """Let KVM finish the exit just handled (api.rst: an I/O or MMIO exit is complete, and RIP
+        past the instruction, only once KVM_RUN is entered again) without running the guest on:
+        immediate_exit is set, so KVM_RUN completes it and returns EINTR. A state read before that
+        holds the instruction still to do, which a restore would run a second time (kvm_amd).
+        The completion may itself exit (the next round of a string I/O): handled in turn."""
+        vcpu.run_area.immediate_exit = 1        # also if this thread saw the request before it
+        while True:
+            try:
+                reason = vcpu.run()
+            except KvmError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN):
+                    return
+                raise
+            self._exits.handle(vcpu, reason)
 
     def _park(self) -> bool:
         """Wait outside KVM_RUN while paused; False when the machine is stopping."""
