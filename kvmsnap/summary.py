@@ -17,7 +17,7 @@ from kvmsnap.arch.x86_64 import devices
 from kvmsnap.decode.bits import DecodeError
 from kvmsnap.errors import InputError
 from kvmsnap.formats import elf
-from kvmsnap.formats.kvmsnap import decode
+from kvmsnap.formats.kvmsnap import decode, is_kvmsnap
 from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf
 
 _ARCH_AT = elf.offsets(N.KvmsnapHeader)["arch"]
@@ -62,10 +62,9 @@ def summarize(path, *, vcpu: int | None = None, sections=None) -> dict:
 def _is_kvmsnap_x86(image: ElfCore) -> bool:
     """A kvmsnap x86 core (KVMSNAP_HEADER first, arch x86_64); aarch64 ones are read note by
     note like any other core."""
-    first = image.notes[0] if image.notes else None
-    if first is None or (first.owner, first.type) != (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER):
+    if not is_kvmsnap(image):
         return False
-    arch_id = first.desc[_ARCH_AT:_ARCH_AT + 4]
+    arch_id = image.notes[0].desc[_ARCH_AT:_ARCH_AT + 4]
     return len(arch_id) < 4 or struct.unpack("<I", arch_id)[0] == x86_64.ARCH_ID
 
 
