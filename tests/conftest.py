@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from coretools import assert_continuous, console_lines, sequence
 from kvmsnap import control
 
 #: Time limits in these tests bound work (a hostile input must not take minutes), not speed. In
@@ -109,6 +110,76 @@ class RunningGuest:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Restored(RunningGuest):
+    """``kvmsnap restore CORE`` with a console file and a control socket."""
+
+    def __init__(self, tmp_path, core, *args, console, may_refuse=False):
+        """With ``may_refuse`` a restore that ends before it serves --control (a refusal) returns
+        with ``proc`` ended, instead of failing the test."""
+        self.console = console
+        self.sock = str(tmp_path / f"{console.name}.sock")
+        self.stderr_path = tmp_path / f"{console.name}.stderr"
+        self.proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--console", console, "--control", self.sock,
+                                                 *args), stdout=subprocess.DEVNULL,
+                                     stderr=open(self.stderr_path, "wb"))
+        deadline = time.monotonic() + seconds(60)
+        while not os.path.exists(self.sock):
+            if may_refuse and self.proc.poll() is not None:
+                return
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.stderr()
+            time.sleep(0.02)
+
+
+#: How restore names what a host cannot take, and the flag (if any) that lets each through.
+REFUSALS = [(re.compile(r"vCPU \d+: CPUID\.0x[0-9a-f]+\.\d+:E[ABCD]X\[\d+\] \([\w.]+\): not offered by "
+                        r"this host's KVM"), "--allow-missing-features"),
+            (re.compile(r"vCPU \d+: MSR 0x[0-9a-f]+ \([^)]+\): not listed by this host's KVM"),
+             "--allow-missing-msrs"),
+            (re.compile(r"vCPU \d+: XCR0 0x[0-9a-f]+ enables XSAVE components 0x[0-9a-f]+ this host cannot "
+                        r"hold \(host XCR0 mask 0x[0-9a-f]+\)"), None),
+            (re.compile(r"vCPU \d+: XSAVE component \d+ at offset \d+ in the core, at \d+ on this host"),
+             None),
+            (re.compile(r"vCPU \d+: XSAVE area of \d+ bytes, this host holds \d+"), None),
+            (re.compile(r"\d+ vCPUs, this host's KVM allows \d+"), None)]
+
+
+def restore_where_possible(tmp_path, core, console) -> tuple[list[str], Restored | None]:
+    """Restore ``core`` (another host's) here.  When this host refuses, every refusal must be one
+    that names what it refuses (REFUSALS); if flags can let them all through, restore again with
+    those.  Returns the refusals and the running restore, or None when no flag helps."""
+    r = Restored(tmp_path, core, console=console, may_refuse=True)
+    if r.proc.poll() is None:
+        return [], r
+    message = r.stderr().strip()
+    assert r.proc.returncode == 1 and len(message.splitlines()) == 1, message
+    head = f"kvmsnap: {core}: cannot restore on this host: "
+    assert message.startswith(head), message
+    refusals = message[len(head):].split("; ")
+    flags = set()
+    for refusal in refusals:
+        flag = next((f for pattern, f in REFUSALS if pattern.fullmatch(refusal)), "unnamed")
+        assert flag != "unnamed", f"a refusal that names no register or feature: {refusal!r}"
+        flags.add(flag)
+    if None in flags:
+        return refusals, None
+    return refusals, Restored(tmp_path, core, *sorted(flags), console=console)
+
+
+def ticks_continue(before, restored, n=3):
+    """Wait for ``n`` ticks of a restored counter guest, quit it, and check that its ticks go on
+    from those in the console file ``before`` with no gap or repeat."""
+    restored.wait_lines(n, "^tick", timeout=120)
+    assert restored.quit() == 0
+    assert_continuous(sequence(console_lines(before, restored.console), r"tick (\d+)"), start=None)
+
+
+def save_quit(g, core):
+    r = run_kvmsnap("save", "--control", g.sock, core, "--quit", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert g.proc.wait(seconds(30)) == 0
+
 
 
 @pytest.fixture

@@ -2,44 +2,22 @@
 take are refused before anything starts."""
 import os
 import struct
-import subprocess
 import time
 
 import pytest
 
-from conftest import KVM_MODULE, RunningGuest, kvmsnap_cmd, needs_kvm, run_kvmsnap, seconds
+from conftest import KVM_MODULE, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit, seconds
 from coretools import assert_continuous, console_lines, rewrite_core, sequence
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.host import effective_cpuid
 from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS
 from kvmsnap.arch.x86_64.vcpu import LAPIC_TMCCT
+from kvmsnap.arch.x86_64.xsave import xcr0_of
 from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.kvm import Kvm
 
 pytestmark = needs_kvm
-
-
-class Restored(RunningGuest):
-    """``kvmsnap restore CORE`` with a console file and a control socket."""
-
-    def __init__(self, tmp_path, core, *args, console):
-        self.console = console
-        self.sock = str(tmp_path / f"{console.name}.sock")
-        self.stderr_path = tmp_path / f"{console.name}.stderr"
-        self.proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--console", console, "--control", self.sock,
-                                                 *args), stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "wb"))
-        deadline = time.monotonic() + seconds(60)
-        while not os.path.exists(self.sock):
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.stderr()
-            time.sleep(0.02)
-
-
-def save_quit(g, core):
-    r = run_kvmsnap("save", "--control", g.sock, core, "--quit", timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert g.proc.wait(seconds(30)) == 0
 
 
 STREAMS = {
@@ -186,11 +164,7 @@ def test_cpuid_feature_this_host_lacks_is_refused(tmp_path, counter_core):
 
     def claim(state):
         for v in state.vcpus:
-            rows = cpuid.entries(v.cpuid)
-            for row in rows:
-                if row[0] == leaf and row[1] == sub:
-                    row[3 + cpuid._REG[reg]] |= 1 << bit
-            v.cpuid = cpuid.pack(rows)
+            v.cpuid = cpuid.with_features(v.cpuid, [(leaf, sub, reg, bit)])
     bad = tmp_path / "cpuid.core"
     rewrite_core(core, bad, claim)
     _refused(tmp_path, bad, f"({name})", f"CPUID.{leaf:#x}")
@@ -213,6 +187,25 @@ def test_msr_this_host_does_not_list_is_refused(tmp_path, counter_core):
     _refused(tmp_path, bad, f"MSR {index:#x}", "not listed by this host's KVM")
     warnings = _restores(tmp_path, bad, "--allow-missing-msrs")
     assert f"{index:#x}" in warnings
+
+
+def test_xsave_component_placed_elsewhere_is_refused(tmp_path, counter_core):
+    """A core from a CPU that puts an XSAVE component elsewhere (AMD and Intel differ): the guest
+    would find its state where its CPUID no longer says, so restore refuses, naming the component."""
+    core, _ = counter_core
+    with read_core(core) as c:
+        xcr0 = xcr0_of(c.vcpus[0].xcrs)
+    bit = max(b for b in range(2, 64) if xcr0 >> b & 1)     # the sample enables AVX (bit 2) or more
+
+    def move(state):
+        for v in state.vcpus:
+            rows = cpuid.entries(v.cpuid)
+            row = next(r for r in rows if r[0] == 0xd and r[1] == bit)
+            row[4] += 64                                    # EBX: the component's offset
+            v.cpuid = cpuid.pack(rows)
+    bad = tmp_path / "moved.core"
+    rewrite_core(core, bad, move)
+    _refused(tmp_path, bad, f"XSAVE component {bit} at offset", "in the core, at")
 
 
 def test_truncated_core(tmp_path, counter_core):

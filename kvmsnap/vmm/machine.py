@@ -26,12 +26,13 @@ class MachineError(KvmsnapError):
 
 
 class HostArch:
-    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``."""
+    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``, ``host``."""
 
     def __init__(self):
         package = arch.host()
         self.name = package.NAME
-        self.vm, self.vcpu, self.boot = (arch.live(package, m) for m in ("vm", "vcpu", "boot"))
+        self.vm, self.vcpu, self.boot, self.host = (arch.live(package, m)
+                                                    for m in ("vm", "vcpu", "boot", "host"))
 
 
 class Machine:
@@ -94,7 +95,7 @@ class Machine:
     def boot(self, image: bytes, name: str, flat_addr: int | None = None) -> None:
         """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md)."""
         self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
-                            self.kvm.get_supported_cpuid())
+                            self.arch.host.offered_cpuid(self.kvm))
 
     def _pulse_irq(self, irq: int) -> None:
         self.vm.irq_line(irq, 1)

@@ -90,9 +90,18 @@ def missing_features(guest: bytes, host: bytes) -> list[tuple[int, int, str, int
 
 def without_features(table: bytes, features) -> bytes:
     """``table`` with the given (leaf, subleaf, register, bit, …) feature bits cleared."""
+    return _with_bits(table, features, False)
+
+
+def with_features(table: bytes, features) -> bytes:
+    """``table`` with the given (leaf, subleaf, register, bit, …) feature bits set."""
+    return _with_bits(table, features, True)
+
+
+def _with_bits(table: bytes, features, value: bool) -> bytes:
     rows = entries(table)
     for leaf, sub, reg, bit, *_ in features:
         for row in rows:
             if row[0] == leaf and (row[1] == sub or not row[2] & 1):   # flags bit 0: index significant
-                row[3 + _REG[reg]] &= ~(1 << bit)
+                row[3 + _REG[reg]] = row[3 + _REG[reg]] & ~(1 << bit) | value << bit
     return pack(rows)

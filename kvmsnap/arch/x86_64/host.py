@@ -4,8 +4,11 @@ from dataclasses import dataclass, field
 
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.msrs import msr_name, restore_order
-from kvmsnap.arch.x86_64.xsave import xcr0_of
-from kvmsnap.kvm import max_vcpus, xsave2_size
+from kvmsnap.arch.x86_64.xsave import components, xcr0_of
+from kvmsnap.kvm import Cap, max_vcpus, xsave2_size
+
+# KVM_GET_SUPPORTED_CPUID leaves this bit out; KVM_CAP_TSC_DEADLINE_TIMER says KVM offers it.
+TSC_DEADLINE_TIMER = (0x1, 0, "ecx", 24)
 
 
 @dataclass
@@ -43,6 +46,10 @@ def check_host(vcpus, kvm, *, allow_missing_msrs: bool, allow_missing_features: 
             plan.problems.append(f"vCPU {v.index}: XCR0 {xcr0:#x} enables XSAVE components "
                                  f"{xcr0 & ~host_xcr0:#x} this host cannot hold (host XCR0 mask "
                                  f"{host_xcr0:#x})")
+        placed, here = components(xcr0, v.cpuid), components(xcr0, host_cpuid)
+        plan.problems += [f"vCPU {v.index}: XSAVE component {bit} at offset {placed[bit][0]} in the "
+                          f"core, at {here[bit][0]} on this host" for bit in placed
+                          if bit in here and here[bit] != placed[bit]]
         if len(v.xsave) > host_xsave and any(v.xsave[host_xsave:]):
             plan.problems.append(f"vCPU {v.index}: XSAVE area of {len(v.xsave)} bytes, this host "
                                  f"holds {host_xsave}")
@@ -66,9 +73,18 @@ def effective_cpuid(kvm) -> tuple[bytes, int]:
     try:
         vcpu = vm.create_vcpu(0)
         try:
-            vcpu.set_cpuid2(kvm.get_supported_cpuid())
+            vcpu.set_cpuid2(offered_cpuid(kvm))
             return vcpu.get_cpuid2(), xsave2_size(vm)
         finally:
             vcpu.close()
     finally:
         vm.close()
+
+
+def offered_cpuid(kvm) -> bytes:
+    """What this host's KVM can give a vCPU: KVM_GET_SUPPORTED_CPUID plus the features a KVM
+    capability offers instead (the TSC-deadline timer)."""
+    table = kvm.get_supported_cpuid()
+    if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
+        table = cpuid.with_features(table, [TSC_DEADLINE_TIMER])
+    return table

@@ -219,6 +219,7 @@ user_fpregs_struct = Struct(
 XSAVE_LEGACY_SIZE = 512
 XSAVE_HDR_OFFSET = 512        # xstate_bv (u64), xcomp_bv (u64), 48 reserved bytes
 XSAVE_HDR_SIZE = 64
+XSAVE_RESERVED_OFFSET = 416   # legacy-area bytes 416..511: reserved, and software's
 XSAVE_XCR0_OFFSET = 464       # software-reserved bytes of the legacy area: Linux/gdb read XCR0 here
 xsave_header = Struct("xstate_bv" / Int64ul, "xcomp_bv" / Int64ul, "reserved" / Bytes(48))
 # NT_X86_XSAVE_LAYOUT (Linux 6.11, arch/x86/include/uapi/asm/elf.h): one per extended component.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from kvmsnap.arch import RegisterRefused
 from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS, msr_name
 from kvmsnap.arch.x86_64.state import VcpuState
+from kvmsnap.arch.x86_64.xsave import without_reserved
 from kvmsnap.kvm import Cap, MsrError, xsave2_size
 
 #: LAPIC register whose value counts down by itself: Timer Current Count (offset 0x390).
@@ -105,16 +106,17 @@ def restore_state(vcpu, saved: VcpuState, cpuid: bytes, msrs: list[tuple[int, in
 
 def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> list[str]:
     """Read every register set back; a difference names the set (and the MSR or LAPIC register).
-    What moves on by itself is not compared: the LAPIC timer's current count, and a counter MSR
-    that reads back no less than it was set to (the known COUNTER_MSRS, or one that reads
-    differently again with the vCPU stopped)."""
+    Not compared: what moves on by itself (the LAPIC timer's current count; a counter MSR that
+    reads back no less than it was set to: the known COUNTER_MSRS, or one that reads differently
+    again with the vCPU stopped) and the XSAVE bytes the reading kernel fills in."""
     problems = []
     checks = [("REGS", vcpu.get_regs(), saved.regs),
               ("SREGS2" if saved.sregs2 else "SREGS",
                vcpu.get_sregs2() if saved.sregs2 else vcpu.get_sregs(), saved.sregs),
               ("XCRS", vcpu.get_xcrs(), saved.xcrs),
               ("DEBUGREGS", vcpu.get_debugregs(), saved.debugregs),
-              ("XSAVE", vcpu.get_xsave2(len(saved.xsave)), saved.xsave),
+              ("XSAVE", without_reserved(vcpu.get_xsave2(len(saved.xsave))),
+               without_reserved(saved.xsave)),
               ("VCPU_EVENTS", vcpu.get_vcpu_events(), saved.events)]
     for name, got, want in checks:
         if got != want:

@@ -4,7 +4,7 @@ import struct
 
 from kvmsnap.arch.x86_64 import cpuid as cpuid_table
 from kvmsnap.arch.x86_64.layouts import (KVM_MAX_XCRS, XFEATURES, XSAVE_HDR_SIZE, XSAVE_LEGACY_SIZE,
-                                         XSAVE_XCR0_OFFSET, kvm_xcrs)
+                                         XSAVE_RESERVED_OFFSET, XSAVE_XCR0_OFFSET, kvm_xcrs)
 
 XCR0_LEGACY = 0x3            # x87 | SSE: what every x86-64 CPU has, and a bare FXSAVE image holds
 
@@ -33,6 +33,13 @@ def xstate_size(xcr0: int, cpuid: bytes | None, limit: int) -> int:
     for offset, size in components(xcr0, cpuid).values():
         end = max(end, offset + size)
     return min(end, limit)
+
+
+def without_reserved(area: bytes) -> bytes:
+    """``area`` with bytes 416..511 of its legacy region zeroed: reserved, and filled in by the
+    kernel that reads the state (Linux puts its own XSAVE description at 464), so hosts differ."""
+    return (area[:XSAVE_RESERVED_OFFSET] + bytes(XSAVE_LEGACY_SIZE - XSAVE_RESERVED_OFFSET)
+            + area[XSAVE_LEGACY_SIZE:])
 
 
 def xcr0_of(xcrs: bytes) -> int | None:
