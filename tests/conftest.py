@@ -29,6 +29,19 @@ KVM_MODULE = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isd
                   None)
 
 
+def lab_trace(lines=60) -> str:
+    """In the KVM lab, the last ``lines`` KVM trace events (exits, injected exceptions, nested page
+    faults: scripts/lab.d/init enables them); elsewhere nothing."""
+    if not os.environ.get("KVMSNAP_LAB"):
+        return ""
+    try:
+        with open("/sys/kernel/tracing/trace", errors="replace") as f:
+            tail = f.readlines()[-lines:]
+    except OSError:
+        return ""
+    return "\nKVM's last trace events in the lab:\n" + "".join(tail)
+
+
 def kvmsnap_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "kvmsnap", *map(str, args)]
 
@@ -75,6 +88,10 @@ class RunningGuest:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def why(self) -> str:
+        """What a failed test shows: kvmsnap's stderr, and in the lab KVM's last trace events."""
+        return self.stderr() + lab_trace()
+
     def lines(self) -> list[str]:
         if not os.path.exists(self.console):
             return []
@@ -89,7 +106,7 @@ class RunningGuest:
             if len(lines) >= n:
                 return lines
             if self.proc.poll() is not None:
-                raise AssertionError(f"guest exited ({self.proc.returncode}): {self.stderr()}\n{self.lines()[-5:]}")
+                raise AssertionError(f"guest exited ({self.proc.returncode}): {self.why()}\n{self.lines()[-5:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {n} lines matching {pattern!r}; "
                                      f"last lines: {self.lines()[-5:]}")
@@ -128,7 +145,7 @@ class Restored(RunningGuest):
         while not os.path.exists(self.sock):
             if may_refuse and self.proc.poll() is not None:
                 return
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.stderr()
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.why()
             time.sleep(0.02)
 
 

@@ -44,7 +44,7 @@ def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample, mem, n
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
     deadline = time.monotonic() + seconds(120)
     while len(console_lines(g.console, r.console)) < before + n:
-        assert r.proc.poll() is None and time.monotonic() < deadline, r.stderr()
+        assert r.proc.poll() is None and time.monotonic() < deadline, r.why()
         time.sleep(0.02)
     assert r.quit() == 0
     lines = console_lines(g.console, r.console)
@@ -112,7 +112,7 @@ def test_fifty_save_restore_cycles(guest, tmp_path, sample):
         want = len(console_lines(*consoles)) + 1
         deadline = time.monotonic() + seconds(30)
         while len(console_lines(*consoles, console)) < want:
-            assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.stderr())
+            assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.why())
             time.sleep(0.01)
         consoles.append(console)
         next_core = tmp_path / f"c{i}.core"
@@ -255,7 +255,7 @@ def test_single_vcpu_samples_save_and_restore_with_two_vcpus(guest, tmp_path, sa
     before = len(console_lines(g.console))
     deadline = time.monotonic() + seconds(60)
     while len(console_lines(g.console, r.console)) < before + 2:
-        assert r.proc.poll() is None and time.monotonic() < deadline, r.stderr()
+        assert r.proc.poll() is None and time.monotonic() < deadline, r.why()
         time.sleep(0.02)
     assert r.quit() == 0
     lines = console_lines(g.console, r.console)
