@@ -24,11 +24,16 @@ def resolve_guest(guest: str) -> tuple[str, bytes, int | None]:
         path, flat_addr = guest, None
     else:
         raise InputError(f"{guest!r} is neither a sample ({', '.join(SAMPLES)}) nor an image file")
+    return guest, read_file(path, "image"), flat_addr
+
+
+def read_file(path: str, what: str) -> bytes:
+    """The bytes of an input file, or a one-line error naming it and ``what`` it was to be."""
     try:
         with open(path, "rb") as f:
-            return guest, f.read(), flat_addr
+            return f.read()
     except OSError as e:
-        raise InputError(f"{path}: cannot read image: {e.strerror}") from None
+        raise InputError(f"{path}: cannot read {what}: {e.strerror}") from None
 
 
 class GuestSession:
@@ -50,13 +55,14 @@ class GuestSession:
 
     @classmethod
     def boot(cls, guest: str, mem_size: int, vcpus: int | None, console, control_path=None,
-             flat_addr: int | None = None) -> "GuestSession":
+             flat_addr: int | None = None, cmdline: str = "", initrd: str | None = None) -> "GuestSession":
         name, image, sample_flat = resolve_guest(guest)
         sample = SAMPLES.get(guest)
+        initrd_data = read_file(initrd, "initrd") if initrd is not None else None
         config = MachineConfig(guest=name, mem_size=mem_size, vcpus=vcpus or (sample.vcpus if sample else 1))
         machine = Machine(config, console)
         try:
-            machine.boot(image, name, flat_addr if flat_addr is not None else sample_flat)
+            machine.boot(image, name, flat_addr if flat_addr is not None else sample_flat, cmdline, initrd_data)
         except BaseException:
             machine.close()
             raise

@@ -61,7 +61,7 @@ def cli(ctx):
 
 
 #: The flag that sets each machine setting an InputError can name.
-SETTING_FLAGS = {"mem_size": "--mem", "vcpus": "--cpus"}
+SETTING_FLAGS = {"mem_size": "--mem", "vcpus": "--cpus", "cmdline": "--append"}
 
 
 def exit_status(e: BaseException) -> int | None:

@@ -31,17 +31,25 @@ def open_console(console: str):
 @click.option("--control", metavar="SOCKET", help="Serve the control protocol on this Unix socket (docs/control.md).")
 @click.option("--load-addr", type=Address(), help="Load address of a flat (non-ELF) image [default: 0x7c00].")
 @click.option("--paused", is_flag=True, help="Start with every vCPU paused (resume over --control).")
-def run(guest, mem_size, cpus, console, control, load_addr, paused):
-    """Run GUEST: a sample name (see `kvmsnap samples`, default `counter`) or an image path.
+@click.option("--kernel", metavar="VMLINUX", help="Boot this Linux kernel (an ELF vmlinux with a PVH entry) "
+                                                   "instead of GUEST.")
+@click.option("--initrd", metavar="FILE", help="The Linux kernel's initrd (initramfs).")
+@click.option("--append", "cmdline", default="", metavar="TEXT", help="The Linux kernel's command line.")
+def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, initrd, cmdline):
+    """Run GUEST: a sample name (see `kvmsnap samples`, default `counter`) or an image path;
+    or a Linux kernel given with --kernel.
 
-    ELF64 images start in long mode at the entry they ask for; other files are flat binaries
-    started in 16-bit real mode at --load-addr. Ends when the guest stops, on `quit` over
-    --control, on SIGTERM, or on Ctrl-C.
+    ELF64 images start in long mode at the entry they ask for, a Linux vmlinux at its PVH entry
+    (with --initrd and --append); other files are flat binaries started in 16-bit real mode at
+    --load-addr. Ends when the guest stops, on `quit` over --control, on SIGTERM, or on Ctrl-C.
     """
     from ..runner import GuestSession
     from ..samples import DEFAULT
+    if kernel and guest:
+        raise InputError(f"give GUEST ({guest}) or --kernel ({kernel}), not both")
     with open_console(console) as sink:
-        session = GuestSession.boot(guest or DEFAULT, mem_size, cpus, sink, control, load_addr)
+        session = GuestSession.boot(kernel or guest or DEFAULT, mem_size, cpus, sink, control, load_addr,
+                                    cmdline, initrd)
         error = session.run(paused=paused)
     if error:
         raise GuestFailed(error)

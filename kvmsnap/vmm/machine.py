@@ -92,10 +92,12 @@ class Machine:
         return self._saved_msrs
 
     # --- building -------------------------------------------------------------------------------
-    def boot(self, image: bytes, name: str, flat_addr: int | None = None) -> None:
-        """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md)."""
+    def boot(self, image: bytes, name: str, flat_addr: int | None = None, cmdline: str = "",
+             initrd: bytes | None = None) -> None:
+        """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md); a Linux
+        kernel gets ``cmdline`` and ``initrd``."""
         self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
-                            self.arch.host.offered_cpuid(self.kvm))
+                            self.arch.host.offered_cpuid(self.kvm), self.arch.boot.KernelArgs(cmdline, initrd))
 
     def _pulse_irq(self, irq: int) -> None:
         self.vm.irq_line(irq, 1)

@@ -1,4 +1,5 @@
-"""Booting x86 guests: ELF64 images in long mode (CPL0 or CPL3) and flat binaries in real mode.
+"""Booting x86 guests: ELF64 images in long mode (CPL0 or CPL3), PVH kernels (Linux's vmlinux) at
+their 32-bit entry with a command line and initrd, and flat binaries in real mode.
 
 The entry state is documented in docs/boot-protocol.md; this module is its implementation.
 """
@@ -6,6 +7,7 @@ import struct
 from dataclasses import dataclass
 
 from kvmsnap.arch.x86_64 import cpuid
+from kvmsnap.arch.x86_64.mptable import MPTABLE_ADDR, mptable
 from kvmsnap.arch.x86_64.layouts import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                                          CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME,
                                          EFER_NXE, EFER_SCE, RFLAGS_IOPL3,
@@ -15,25 +17,29 @@ from kvmsnap.formats import elf
 from kvmsnap.kvm import ffi, lib
 
 # Boot data the loader keeps below 1 MiB (docs/boot-protocol.md)
-GDT_ADDR, START_INFO_ADDR, MEMMAP_ADDR, TSS_ADDR = 0x1000, 0x2000, 0x2100, 0x4000
+GDT_ADDR, START_INFO_ADDR, MEMMAP_ADDR, MODLIST_ADDR, TSS_ADDR = 0x1000, 0x2000, 0x2100, 0x3000, 0x4000
+CMDLINE_ADDR, CMDLINE_MAX = 0x20000, 2048      # Linux's COMMAND_LINE_SIZE, with its NUL
 PAGE_TABLES_ADDR, PAGE_TABLES_END = 0x10000, 0xA0000
 ELF_LOAD_MIN = 0x100000
 PVH_MAGIC = 0x336EC578
 
-SEL_KCODE, SEL_KDATA, SEL_UDATA, SEL_UCODE, SEL_TSS = 0x08, 0x10, 0x1B, 0x23, 0x28
+SEL_KCODE, SEL_KDATA, SEL_UDATA, SEL_UCODE, SEL_TSS, SEL_KCODE32 = 0x08, 0x10, 0x1B, 0x23, 0x28, 0x38
 GDT = [
     0,
     0x00AF9A000000FFFF,   # 0x08 kernel code, 64-bit
     0x00CF92000000FFFF,   # 0x10 kernel data
     0x00CFF2000000FFFF,   # 0x18 user data, DPL3
     0x00AFFA000000FFFF,   # 0x20 user code, 64-bit, DPL3
-]
+]                         # 0x28: the 64-bit TSS (two entries), then
+GDT_CODE32 = 0x00CF9A000000FFFF   # 0x38 kernel code, 32-bit (the PVH entry)
+GDT_SIZE = (len(GDT) + 3) * 8
 IO_BITMAP_OFFSET = 104
 #: TSS with a full I/O permission bitmap (all ports allowed) and its 0xff terminator byte.
 TSS_LIMIT = IO_BITMAP_OFFSET + 8192
 
 
 KVMSNAP_BOOT_NOTE = ("kvmsnap", 1)
+XEN_PVH_NOTE = ("Xen", 18)        # XEN_ELFNOTE_PHYS32_ENTRY: the PVH entry's physical address
 REALMODE_DEFAULT_ADDR = 0x7C00
 
 
@@ -44,10 +50,18 @@ class LoadError(InputError):
 @dataclass
 class EntryState:
     """Where and how every vCPU starts."""
-    mode: str           # "long" or "real"
+    mode: str           # "long", "pvh" (32-bit protected mode, the BSP alone) or "real"
     rip: int
     cpl: int = 0
     cs_base: int = 0
+    image_end: int = 0  # end of the highest PT_LOAD
+
+
+@dataclass
+class KernelArgs:
+    """What a PVH kernel is given besides its image: a command line and an initrd (module 0)."""
+    cmdline: str = ""
+    initrd: bytes | None = None
 
 
 def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> EntryState:
@@ -88,7 +102,7 @@ def _load_elf(data: bytes, name: str, memory) -> EntryState:
     entsize = elf.Elf64_Phdr.sizeof()
     if ehdr.e_phentsize != entsize or ehdr.e_phoff + ehdr.e_phnum * entsize > len(data):
         raise LoadError(f"{name}: program header table at {ehdr.e_phoff:#x} lies outside the file")
-    entry = EntryState("long", rip=ehdr.e_entry, cpl=0)
+    image_end, notes = 0, {}
     for i in range(ehdr.e_phnum):
         at = ehdr.e_phoff + i * entsize
         p = _PHDR(data[at:at + entsize])
@@ -100,44 +114,84 @@ def _load_elf(data: bytes, name: str, memory) -> EntryState:
                                 "boot data)")
             _require_ram(memory, name, p.p_paddr, p.p_memsz)
             memory.write(p.p_paddr, data[p.p_offset:p.p_offset + p.p_filesz] + bytes(p.p_memsz - p.p_filesz))
+            image_end = max(image_end, p.p_paddr + p.p_memsz)
         elif p.p_type == elf.PT_NOTE:
-            boot = _boot_note(data[p.p_offset:p.p_offset + p.p_filesz])
-            if boot is not None and len(boot) >= 12:
-                rip, cpl = struct.unpack_from("<QI", boot)
-                if cpl not in (0, 3):
-                    raise LoadError(f"{name}: kvmsnap boot note asks for CPL {cpl} (0 or 3)")
-                entry = EntryState("long", rip=rip, cpl=cpl)
-    return entry
+            notes.update(_notes(data[p.p_offset:p.p_offset + p.p_filesz]))
+    boot, pvh = notes.get(KVMSNAP_BOOT_NOTE), notes.get(XEN_PVH_NOTE)
+    if boot is not None and len(boot) >= 12:
+        rip, cpl = struct.unpack_from("<QI", boot)
+        if cpl not in (0, 3):
+            raise LoadError(f"{name}: kvmsnap boot note asks for CPL {cpl} (0 or 3)")
+        return EntryState("long", rip=rip, cpl=cpl, image_end=image_end)
+    if pvh is not None and len(pvh) in (4, 8):
+        return EntryState("pvh", rip=int.from_bytes(pvh, "little"), image_end=image_end)
+    return EntryState("long", rip=ehdr.e_entry, cpl=0, image_end=image_end)
 
 
-def _boot_note(notes: bytes) -> bytes | None:
-    """The descriptor of the kvmsnap boot note (owner "kvmsnap", type 1), if the table has one."""
+def _notes(table: bytes) -> dict[tuple[str, int], bytes]:
+    """(owner, type) -> descriptor of the notes the loader reads, from one PT_NOTE segment."""
+    found = {}
     try:
-        for _, owner, n_type, _, desc in elf.iter_notes(notes):
-            if (owner, n_type) == KVMSNAP_BOOT_NOTE:
-                return desc
+        for _, owner, n_type, _, desc in elf.iter_notes(table):
+            if (owner, n_type) in (KVMSNAP_BOOT_NOTE, XEN_PVH_NOTE):
+                found[owner, n_type] = desc
     except elf.NoteError:
         pass
-    return None
+    return found
 
 
-def write_boot_data(memory) -> None:
-    """GDT, TSS, PVH start info with the memory map, and identity page tables (2 MiB pages)."""
+def write_boot_data(memory, entry: EntryState, kernel: KernelArgs) -> None:
+    """GDT, TSS and PVH start info with the memory map; for a long-mode entry identity page
+    tables (2 MiB pages), for a PVH kernel its command line and initrd."""
     tss_lo = (TSS_LIMIT & 0xFFFF) | (TSS_ADDR & 0xFFFFFF) << 16 | 0x89 << 40 | ((TSS_ADDR >> 24) & 0xFF) << 56
-    memory.write(GDT_ADDR, struct.pack(f"<{len(GDT) + 2}Q", *GDT, tss_lo, TSS_ADDR >> 32))
+    memory.write(GDT_ADDR, struct.pack(f"<{len(GDT) + 3}Q", *GDT, tss_lo, TSS_ADDR >> 32, GDT_CODE32))
     # User-mode port I/O goes through the TSS I/O bitmap: some hosts' KVM drop IOPL at CPL3.
     tss = bytearray(TSS_LIMIT + 1)
     struct.pack_into("<H", tss, 102, IO_BITMAP_OFFSET)
     tss[TSS_LIMIT] = 0xFF
     memory.write(TSS_ADDR, bytes(tss))
 
-    # below 1 MiB: reserved (boot data); RAM starts at 1 MiB
-    memmap = [(0, ELF_LOAD_MIN, 2)] + [(max(s.gpa, ELF_LOAD_MIN), s.end - max(s.gpa, ELF_LOAD_MIN), 1)
-                                       for s in memory.slots()]
+    ram = [(max(s.gpa, ELF_LOAD_MIN), s.end - max(s.gpa, ELF_LOAD_MIN), 1) for s in memory.slots()]
+    if entry.mode == "pvh":
+        # Linux wants RAM below 640 KiB (its real-mode trampoline) and reserves all of the first MiB.
+        memmap = [(0, 0xA0000, 1), (0xF0000, 0x10000, 2)] + ram
+    else:   # the samples: below 1 MiB is reserved (boot data); RAM starts at 1 MiB
+        memmap = [(0, ELF_LOAD_MIN, 2)] + ram
     memory.write(MEMMAP_ADDR, b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in memmap))
-    memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 0, 0, 0, 0,
-                                              MEMMAP_ADDR, len(memmap), 0))
+    modules, cmdline = _kernel_args(memory, entry, kernel)
+    memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, modules, MODLIST_ADDR,
+                                              cmdline, 0, MEMMAP_ADDR, len(memmap), 0))
+    if entry.mode == "long":
+        _write_page_tables(memory)
 
+
+def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[int, int]:
+    """Write the command line and the initrd (at the top of the RAM below 4 GiB); return the
+    module count and the command line's address (0: none)."""
+    if entry.mode != "pvh":
+        if kernel.cmdline or kernel.initrd is not None:
+            raise LoadError("a command line and an initrd are for a Linux kernel (an ELF vmlinux with "
+                            "a PVH entry note); this image has none")
+        return 0, 0
+    text = kernel.cmdline.encode()
+    if len(text) >= CMDLINE_MAX or b"\0" in text:
+        raise LoadError(f"the kernel command line is {len(text)} bytes: at most {CMDLINE_MAX - 1}, "
+                        "without NUL", setting="cmdline")
+    memory.write(CMDLINE_ADDR, text + b"\0")
+    if kernel.initrd is None:
+        return 0, CMDLINE_ADDR
+    low = memory.slots()[0]
+    start = (low.end - len(kernel.initrd)) & ~0xFFF
+    if start < entry.image_end:
+        raise LoadError(f"the kernel (up to {entry.image_end:#x}) and the initrd ({len(kernel.initrd)} "
+                        f"bytes) do not fit in {low.end >> 20} MiB below the 3 GiB hole: give the "
+                        "guest more memory", setting="mem_size")
+    memory.write(start, kernel.initrd)
+    memory.write(MODLIST_ADDR, struct.pack("<QQQQ", start, len(kernel.initrd), 0, 0))
+    return 1, CMDLINE_ADDR
+
+
+def _write_page_tables(memory) -> None:
     gib = max(4, -(-memory.top // (1 << 30)))
     if PAGE_TABLES_ADDR + (2 + gib) * 4096 > PAGE_TABLES_END:
         raise LoadError(f"guest-physical space of {gib} GiB is more than the boot page tables map")
@@ -160,12 +214,20 @@ def long_mode_sregs(sregs, cpl: int) -> None:
         seg.type, seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g, seg.unusable = 3, 1, cpl, 1, 1, 0, 1, 0
     sregs.tr.base, sregs.tr.limit, sregs.tr.selector = TSS_ADDR, TSS_LIMIT, SEL_TSS
     sregs.tr.type, sregs.tr.present, sregs.tr.s, sregs.tr.dpl, sregs.tr.g = 11, 1, 0, 0, 0
-    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, (len(GDT) + 2) * 8 - 1
+    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, GDT_SIZE - 1
     sregs.idt.base, sregs.idt.limit = 0, 0
     sregs.cr3 = PAGE_TABLES_ADDR
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
     sregs.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+
+
+def pvh_sregs(sregs) -> None:
+    """The PVH entry (Xen's hvm start ABI): 32-bit protected mode, paging off, flat segments."""
+    long_mode_sregs(sregs, 0)
+    sregs.cs.selector, sregs.cs.db, sregs.cs.l = SEL_KCODE32, 1, 0
+    sregs.cr3 = sregs.cr4 = sregs.efer = 0
+    sregs.cr0 = CR0_PE | CR0_ET
 
 
 def real_mode_sregs(sregs, cs_base: int) -> None:
@@ -178,15 +240,21 @@ def guest_xcr0(cpuid_table: bytes) -> int:
     return cpuid.supported_xcr0(cpuid_table) & cpuid.GUEST_XCR0_MASK
 
 
-def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supported_cpuid: bytes) -> None:
+def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supported_cpuid: bytes,
+         kernel: KernelArgs = KernelArgs()) -> None:
     """Load ``image`` and put the vCPUs in its entry state: every vCPU for a long-mode image, the
-    BSP alone for a real-mode one (as on hardware, APs wait for INIT/SIPI in their reset state)."""
+    BSP alone for a PVH kernel or a real-mode image (as on hardware, APs wait for INIT/SIPI in
+    their reset state)."""
     entry = load_image(image, name, memory, flat_addr)
-    if entry.mode == "long":
-        write_boot_data(memory)
+    if entry.mode != "real":
+        write_boot_data(memory, entry, kernel)
+    if entry.mode == "pvh":
+        memory.write(MPTABLE_ADDR, mptable(len(vcpus)))
+    elif kernel.cmdline or kernel.initrd is not None:
+        raise LoadError(f"{name}: a command line and an initrd are for a Linux kernel, not a flat binary")
     for vcpu in vcpus:
         vcpu.set_cpuid2(cpuid.for_vcpu(supported_cpuid, vcpu.index))
-        if entry.mode == "real" and vcpu.index:
+        if entry.mode != "long" and vcpu.index:
             continue
         sregs = ffi.new("struct kvm_sregs2 *")
         ffi.memmove(sregs, vcpu.get_sregs2(), ffi.sizeof(sregs[0]))
@@ -198,6 +266,9 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
             regs.rdi, regs.rsi = START_INFO_ADDR, vcpu.index
             if entry.cpl == 3:
                 regs.rflags |= RFLAGS_IOPL3
+        elif entry.mode == "pvh":
+            pvh_sregs(sregs)
+            regs.rbx = START_INFO_ADDR
         else:
             real_mode_sregs(sregs, entry.cs_base)
         vcpu.set_sregs2(bytes(ffi.buffer(sregs)))

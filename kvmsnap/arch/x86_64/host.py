@@ -9,6 +9,9 @@ from kvmsnap.kvm import Cap, max_vcpus, xsave2_size
 
 # KVM_GET_SUPPORTED_CPUID leaves this bit out; KVM_CAP_TSC_DEADLINE_TIMER says KVM offers it.
 TSC_DEADLINE_TIMER = (0x1, 0, "ecx", 24)
+# "Running under a hypervisor": a VMM sets it (KVM does not), and Linux then looks for KVM's
+# paravirtual leaves at 0x40000000 (kvmclock: the TSC rate without calibrating against the PIT).
+HYPERVISOR = (0x1, 0, "ecx", 31)
 
 
 @dataclass
@@ -82,9 +85,7 @@ def effective_cpuid(kvm) -> tuple[bytes, int]:
 
 
 def offered_cpuid(kvm) -> bytes:
-    """What this host's KVM can give a vCPU: KVM_GET_SUPPORTED_CPUID plus the features a KVM
-    capability offers instead (the TSC-deadline timer)."""
-    table = kvm.get_supported_cpuid()
-    if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
-        table = cpuid.with_features(table, [TSC_DEADLINE_TIMER])
-    return table
+    """What this VMM gives a vCPU: KVM_GET_SUPPORTED_CPUID, the hypervisor bit, and the features a
+    KVM capability offers instead (the TSC-deadline timer)."""
+    offered = [HYPERVISOR] + ([TSC_DEADLINE_TIMER] if kvm.check_extension(Cap.TSC_DEADLINE_TIMER) else [])
+    return cpuid.with_features(kvm.get_supported_cpuid(), offered)
