@@ -76,7 +76,9 @@ def _restore_state(machine: Machine, snapshot: Snapshot, plan) -> list[str]:
         except arch.RegisterRefused as e:
             raise RestoreError(str(e)) from None
     for vcpu, saved, msrs in zip(machine.vcpus, snapshot.vcpus, plan.msrs):
-        problems += live.vcpu.verify_state(vcpu, saved, msrs)
+        differ, changed = live.vcpu.verify_state(vcpu, saved, msrs)
+        problems += differ
+        warnings += changed
     if problems:
         raise RestoreError(_listing(snapshot.info.path, problems))
     for vcpu in machine.vcpus:

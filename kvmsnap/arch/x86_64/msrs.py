@@ -132,6 +132,10 @@ MSR_KERNEL_GS_BASE = 0xC0000102
 #: Counters KVM keeps moving while the vCPU is stopped: the TSC, Hyper-V's per-vCPU run time and
 #: partition reference time.  A read-back finds any other such MSR by reading it again.
 COUNTER_MSRS = {MSR_IA32_TSC, 0x40000010, 0x40000020}
+#: IA32_SYSENTER_CS/ESP/EIP: kvm_amd keeps their low 32 bits when it sets them for a guest whose
+#: CPUID vendor is AMD (SYSENTER does not exist in AMD's long mode), though it reports all 64 bits
+#: the guest wrote; Linux puts a 64-bit stack address in SYSENTER_ESP.
+TRUNCATED_MSRS = {0x174, 0x175, 0x176}
 
 
 def restore_order(msrs: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from kvmsnap.arch import RegisterRefused
-from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS, msr_name
+from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS, TRUNCATED_MSRS, msr_name
 from kvmsnap.arch.x86_64.state import VcpuState
 from kvmsnap.arch.x86_64.xsave import without_reserved
 from kvmsnap.kvm import Cap, MsrError, xsave2_size
@@ -104,12 +104,13 @@ def restore_state(vcpu, saved: VcpuState, cpuid: bytes, msrs: list[tuple[int, in
     return warnings
 
 
-def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> list[str]:
-    """Read every register set back; a difference names the set (and the MSR or LAPIC register).
-    Not compared: what moves on by itself (the LAPIC timer's current count; a counter MSR that
-    reads back no less than it was set to: the known COUNTER_MSRS, or one that reads differently
-    again with the vCPU stopped) and the XSAVE bytes the reading kernel fills in."""
-    problems = []
+def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> tuple[list[str], list[str]]:
+    """Read every register set back: (problems, warnings). A difference names the set (and the
+    MSR or LAPIC register). Not compared: what moves on by itself (the LAPIC timer's current count;
+    a counter MSR that reads back no less than it was set to: the known COUNTER_MSRS, or one that
+    reads differently again with the vCPU stopped) and the XSAVE bytes the reading kernel fills in.
+    A SYSENTER MSR that kept its low 32 bits only is a warning (TRUNCATED_MSRS)."""
+    problems, warnings = [], []
     checks = [("REGS", vcpu.get_regs(), saved.regs),
               ("SREGS2" if saved.sregs2 else "SREGS",
                vcpu.get_sregs2() if saved.sregs2 else vcpu.get_sregs(), saved.sregs),
@@ -131,10 +132,15 @@ def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> list[st
                             f"{struct.unpack_from('<I', lapic, reg)[0]:#x}, core has "
                             f"{struct.unpack_from('<I', saved.lapic, reg)[0]:#x}")
     for (index, want), (_, got) in zip(msrs, vcpu.get_msrs([i for i, _ in msrs])):
-        if got != want and not (got > want and _counts(vcpu, index, got)):
-            problems.append(f"vCPU {saved.index}: MSR {index:#x} ({msr_name(index)}): set to "
-                            f"{want:#x}, this host's KVM changed it to {got:#x}")
+        if got == want or got > want and _counts(vcpu, index, got):
+            continue
+        changed = (f"vCPU {saved.index}: MSR {index:#x} ({msr_name(index)}): set to {want:#x}, this "
+                   f"host's KVM changed it to {got:#x}")
+        if index in TRUNCATED_MSRS and got == want & 0xFFFFFFFF:
+            warnings.append(changed + " (it keeps 32 bits for a guest with AMD's CPUID vendor)")
+        else:
+            problems.append(changed)
     if vcpu.get_mp_state() != saved.mp_state:
         problems.append(f"vCPU {saved.index}: MP state reads back {vcpu.get_mp_state()}, core has "
                         f"{saved.mp_state}")
-    return problems
+    return problems, warnings
