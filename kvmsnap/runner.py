@@ -7,6 +7,7 @@ import time
 from . import save
 from .control import ControlServer
 from .errors import InputError, Interrupted, KvmsnapError
+from .keyboard import Keyboard
 from .samples import SAMPLES
 from .state import MachineConfig
 from .vmm import Machine
@@ -71,7 +72,7 @@ class GuestSession:
     def handlers(self) -> dict:
         """Control commands (docs/control.md)."""
         return {"status": self._status, "pause": self._pause, "resume": self._resume, "quit": self._do_quit,
-                "save": self._save}
+                "save": self._save, "type": self._type}
 
     def _status(self, _req, _emit) -> dict:
         m = self.machine
@@ -87,6 +88,12 @@ class GuestSession:
         with self._run_state:
             self.machine.resume()
         return {}
+
+    def _type(self, req, _emit) -> dict:
+        text = req.get("text")
+        if not isinstance(text, str):
+            raise InputError('type needs "text": a string')
+        return {"taken": self.machine.uart.receive(text.encode())}
 
     def _do_quit(self, _req, _emit) -> dict:
         self._quit.set()
@@ -136,8 +143,9 @@ class GuestSession:
         elif not was_paused:
             self.machine.resume()
 
-    def run(self, paused: bool = False) -> str | None:
-        """Run until the end; returns the error that stopped the guest, or None."""
+    def run(self, paused: bool = False, keyboard: bool = False) -> str | None:
+        """Run until the end; returns the error that stopped the guest, or None. With ``keyboard``
+        stdin is the guest's serial input."""
         # SIGTERM and Ctrl-C only ask the loop below to end, so neither can interrupt start-up half
         # way (a KeyboardInterrupt inside Thread.start would leave a control thread nobody stops).
         interrupted = threading.Event()
@@ -145,13 +153,18 @@ class GuestSession:
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:    # started in the background: keep ignoring
             handlers[signal.SIGINT] = lambda *_: (interrupted.set(), self._quit.set())
         old_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        keys = Keyboard(self.machine.uart.receive) if keyboard else None
         try:
             self.machine.start(paused=paused)
             if self.control:
                 self.control.start()
+            if keys:
+                keys.start()
             while not self._quit.is_set() and not self.machine.wait(0.1):
                 pass
         finally:
+            if keys:
+                keys.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             self.shutdown()

@@ -87,6 +87,17 @@ def test_memory_too_small_for_image():
     one_line_error(run_kvmsnap("run", "counter", "--mem", "2M"), 2, "--mem")
 
 
+@needs_kvm
+def test_kernel_arguments_need_a_linux_kernel(tmp_path):
+    one_line_error(run_kvmsnap("run", "counter", "--append", "console=ttyS0"), 2, "command line", "Linux")
+    one_line_error(run_kvmsnap("run", "counter", "--kernel", "/boot/vmlinuz"), 2, "not both")
+    one_line_error(run_kvmsnap("run", "--kernel", tmp_path / "none", "--initrd", tmp_path / "no.cpio"), 2,
+                   str(tmp_path / "none"))
+    img = tiny_elf(tmp_path / "k.elf", b"\xf4")
+    one_line_error(run_kvmsnap("run", "--kernel", img, "--initrd", tmp_path / "no.cpio"), 2,
+                   str(tmp_path / "no.cpio"), "initrd")
+
+
 @pytest.mark.parametrize("cpus", ["0", "x"])
 def test_bad_cpu_count(cpus):
     one_line_error(run_kvmsnap("run", "--cpus", cpus), 2)

@@ -215,3 +215,22 @@ def test_private_types_do_not_collide():
     assert not set(private) & set(ENUM_CORE_NOTE_N_TYPE.values())
     assert VCPU_NOTES[0] == ("CORE", N.NT_PRSTATUS)
     assert N.FORMAT_NOTES[0] == N.KVMSNAP_HEADER
+
+
+def test_mp_table_checksums_and_lists_every_vcpu_the_ioapic_and_isa_irqs():
+    from kvmsnap.arch.x86_64.mptable import MPTABLE_ADDR, mptable
+    table = mptable(3)
+    pointer, config = table[:16], table[16:]
+    assert pointer[:4] == b"_MP_" and sum(pointer) % 256 == 0
+    assert struct.unpack_from("<I", pointer, 4)[0] == MPTABLE_ADDR + 16 and pointer[8] == 1   # 16-byte units
+    assert config[:4] == b"PCMP" and struct.unpack_from("<H", config, 4)[0] == len(config)
+    assert sum(config) % 256 == 0
+    count, = struct.unpack_from("<H", config, 34)
+    sizes, at, kinds = {0: 20, 1: 8, 2: 8, 3: 8, 4: 8}, 44, []
+    for _ in range(count):
+        kinds.append(config[at])
+        at += sizes[config[at]]
+    assert at == len(config)
+    assert kinds == [0] * 3 + [1, 2] + [3] * 16 + [4, 4]
+    cpus = [config[44 + 20 * i: 64 + 20 * i] for i in range(3)]
+    assert [c[1] for c in cpus] == [0, 1, 2] and [c[3] for c in cpus] == [3, 1, 1]    # enabled; vCPU 0 BSP

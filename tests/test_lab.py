@@ -5,8 +5,9 @@ test command so runs everything CI runs; inside the lab this test does not run a
 The whole suite takes 40 min in the lab; CI runs the subset below (~20 min): every KVM-layer,
 sample-guest, save, restore and VMM test. (The lab found that a save taken right after an OUT exit
 held the OUT still to do, so kvm_amd ran it again after restore: 4 failures, fixed in 3bd7c1e.)
-The same lab run also moves cores both ways between the lab and this host (tests/crosshost_lab.py
-is the lab's half): each continues on the other KVM, or is refused naming what that KVM lacks.
+The same lab run boots, saves and restores the Linux guest (tests/test_linux.py), and moves cores
+both ways between the lab and this host (tests/crosshost_lab.py is the lab's half): each continues
+on the other KVM, or is refused naming what that KVM lacks.
 """
 import os
 import subprocess
@@ -18,7 +19,7 @@ from conftest import RunningGuest, restore_where_possible, save_quit, ticks_cont
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_TIMEOUT = 2400          # seconds for the lab's run of SUBSET
 SUBSET = ["tests/test_kvm.py", "tests/test_samples.py", "tests/test_save.py", "tests/test_vmm.py",
-          "tests/test_restore.py", "tests/crosshost_lab.py"]
+          "tests/test_restore.py", "tests/test_linux.py", "tests/crosshost_lab.py"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(os.environ.get("KVMSNAP_LAB")), reason="already inside the lab")]
@@ -29,6 +30,8 @@ def lab(tmp_path_factory):
     """Save a core of a counter guest here, then run SUBSET in the lab with the directory that
     holds it shared: (the lab's exit status, its last lines, the shared directory)."""
     xfer = tmp_path_factory.mktemp("xfer")
+    build = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr       # tests/test_linux.py's guest, built here
     g = RunningGuest(xfer, "counter", "--mem", "16M", console=xfer / "host.console")
     try:
         g.wait_lines(3, "^tick")

@@ -137,3 +137,28 @@ def test_resume_waits_for_a_save_in_progress(guest, tmp_path):
     assert resumed_after_ms >= out["wall_ms"], (resumed_after_ms, out)
     assert g.request("status")["state"] == "running"
     assert g.quit() == 0
+
+
+def test_uart_input_is_read_in_order_with_data_ready_and_its_interrupt():
+    """What Linux's 8250 driver relies on: IIR names received data first, LSR.DR until empty."""
+    import io
+    from kvmsnap.vmm import uart
+    pulses = []
+    u = uart.Uart(io.BytesIO(), raise_irq=pulses.append)
+    assert u.receive(b"ab") == 2 and not pulses                 # receive interrupt not enabled yet
+    u.write(uart.IER_DLM, uart.IER_RDA | uart.IER_THRE)
+    assert u.read(uart.IIR_FCR) & 0x0F == uart.IIR_RDA and u.read(uart.LSR) & uart.LSR_DR
+    assert [u.read(uart.THR_RBR_DLL), u.read(uart.THR_RBR_DLL)] == [ord("a"), ord("b")]
+    assert not u.read(uart.LSR) & uart.LSR_DR and u.read(uart.IIR_FCR) & 0x0F == uart.IIR_THRE
+    u.receive(b"c")
+    assert pulses[-1] == uart.IRQ and u.read(uart.THR_RBR_DLL) == ord("c")
+    assert u.receive(bytes(uart.RX_LIMIT + 1)) == uart.RX_LIMIT                # bounded
+
+
+@needs_kvm
+def test_type_sends_text_to_the_guest_uart(guest):
+    g = guest("counter", "--mem", "16M")
+    g.wait_lines(1)
+    assert g.request("type", text="ls\n") == {"ok": True, "taken": 3}
+    with pytest.raises(Exception, match="text"):
+        g.request("type", text=7)

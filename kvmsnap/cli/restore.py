@@ -34,6 +34,6 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
         machine, warnings = restore_core(core, sink, policy)
         for warning in warnings:
             warn(warning)
-        error = GuestSession(machine, control).run(paused=paused)
+        error = GuestSession(machine, control).run(paused=paused, keyboard=console == "stdio")
     if error:
         raise GuestFailed(error)

@@ -50,6 +50,6 @@ def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, init
     with open_console(console) as sink:
         session = GuestSession.boot(kernel or guest or DEFAULT, mem_size, cpus, sink, control, load_addr,
                                     cmdline, initrd)
-        error = session.run(paused=paused)
+        error = session.run(paused=paused, keyboard=console == "stdio")
     if error:
         raise GuestFailed(error)

@@ -1,4 +1,6 @@
-"""A 16550 UART at I/O port 0x3f8 (IRQ 4): the guest console, output only."""
+"""A 16550 UART at I/O port 0x3f8 (IRQ 4): the guest console. Output goes to a sink a line at a
+time; input (``receive``) waits in a receive buffer the guest reads byte by byte."""
+import collections
 import threading
 
 from kvmsnap.arch.x86_64.layouts import UartState
@@ -10,9 +12,11 @@ IRQ = 4
 # Register offsets
 THR_RBR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
 LCR_DLAB = 0x80
+LSR_DR = 0x01             # data ready: the receive buffer holds a byte
 LSR_THRE_TEMT = 0x60      # transmitter empty: output is consumed at once
-IIR_NONE, IIR_THRE = 0x01, 0x02
-IER_THRE = 0x02
+IIR_NONE, IIR_THRE, IIR_RDA = 0x01, 0x02, 0x04
+IER_RDA, IER_THRE = 0x01, 0x02
+RX_LIMIT = 1 << 16        # bytes of input held for the guest; more is dropped
 
 
 
@@ -23,6 +27,7 @@ class Uart:
         self.sink = sink
         self.raise_irq = raise_irq          # callable(irq) pulsing the IRQ line, or None
         self._line = bytearray()
+        self._rx = collections.deque()
         self._lock = threading.Lock()       # vCPUs may write concurrently
         self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
         self.lcr, self.mcr, self.lsr, self.msr, self.scr = 0x03, 0x08, LSR_THRE_TEMT, 0xB0, 0
@@ -64,15 +69,31 @@ class Uart:
         with self._lock:
             dlab = self.lcr & LCR_DLAB
             if offset == THR_RBR_DLL:
-                return self.dll if dlab else 0        # no input: receive buffer empty
+                if dlab:
+                    return self.dll
+                return self._rx.popleft() if self._rx else 0   # the driver reads while LSR.DR
             if offset == IER_DLM:
                 return self.dlm if dlab else self.ier
             if offset == IIR_FCR:
+                fifo = 0xC0 if self.fcr & 1 else 0
+                if self.ier & IER_RDA and self._rx:   # received data outranks THRE
+                    return IIR_RDA | fifo
                 iir = self.iir
                 if iir == IIR_THRE:                  # reading IIR acknowledges THRE
                     self.iir = IIR_NONE
-                return iir | (0xC0 if self.fcr & 1 else 0)
-            return {LCR: self.lcr, MCR: self.mcr, LSR: self.lsr, MSR: self.msr, SCR: self.scr}[offset]
+                return iir | fifo
+            if offset == LSR:
+                return self.lsr | (LSR_DR if self._rx else 0)
+            return {LCR: self.lcr, MCR: self.mcr, MSR: self.msr, SCR: self.scr}[offset]
+
+    def receive(self, data: bytes) -> int:
+        """Input for the guest (keyboard, ``type`` over --control); returns the bytes taken."""
+        with self._lock:
+            taken = data[:max(0, RX_LIMIT - len(self._rx))]
+            self._rx.extend(taken)
+            if taken and self.ier & IER_RDA and self.raise_irq:
+                self.raise_irq(IRQ)
+            return len(taken)
 
     def _transmit(self, value: int) -> None:
         self._line.append(value)
@@ -82,7 +103,7 @@ class Uart:
 
     def _update_irq(self) -> None:
         self.iir = IIR_THRE if self.ier & IER_THRE else IIR_NONE
-        if self.iir == IIR_THRE and self.raise_irq:
+        if self.raise_irq and (self.iir == IIR_THRE or self.ier & IER_RDA and self._rx):
             self.raise_irq(IRQ)
 
     def _flush_line(self) -> None:

@@ -1,0 +1,78 @@
+"""A real Linux guest under kvmsnap: Debian's kernel and a busybox initramfs (samples/linux), booted
+at the kernel's PVH entry, saved mid-flight and restored on.
+
+Linux's kernel mode needs a KVM that runs it natively (kvm_intel, kvm_amd: the KVM lab, where
+tests/test_lab.py runs this file). kvm_pvm, this project's own backend, emulates guest kernel mode
+one instruction at a time and cannot run some of Linux's (int3, fwait, the syscall entry).
+"""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import KVM_MODULE, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit
+from coretools import assert_continuous, console_lines, gdb, sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = r"uptime-tick (\d+) [\d.]+"
+
+pytestmark = [needs_kvm, pytest.mark.skipif(KVM_MODULE == "kvm_pvm", reason=(
+    "needs a KVM that runs guest kernel mode natively (kvm_intel, kvm_amd; tests/test_lab.py runs "
+    "this file in the lab): kvm_pvm emulates Linux's kernel mode and stops at its int3 self-test"))]
+
+
+@pytest.fixture(scope="module")
+def linux():
+    """(vmlinux, initramfs) of samples/linux, built (or found in its cache) by samples/linux/build."""
+    out = os.path.join(ROOT, "samples", "build", "linux")
+    files = (os.path.join(out, "vmlinux"), os.path.join(out, "initramfs.cpio"))
+    if not all(map(os.path.exists, files)):
+        r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    return files
+
+
+def boot(tmp_path, linux, cpus):
+    vmlinux, initrd = linux
+    return RunningGuest(tmp_path, f"--kernel={vmlinux}", "--initrd", initrd, "--append", "console=ttyS0",
+                        "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
+
+
+def printk_times(lines):
+    return [float(m.group(1)) for m in (re.match(r"\[\s*(\d+\.\d+)\]", l) for l in lines) if m]
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path, linux, cpus):
+    g = boot(tmp_path, linux, cpus)
+    g.wait_lines(1, "^GUEST-READY", timeout=300)
+    g.wait_lines(3, "^uptime-tick", timeout=60)
+    lines = g.lines()
+    assert f"smp: Brought up 1 node, {cpus} CPU" in "\n".join(lines)
+    times = printk_times(lines)
+    assert times == sorted(times) and times[-1] > 0, times
+    core = tmp_path / "linux.core"
+    save_quit(g, core)
+    r = Restored(tmp_path, core, console=tmp_path / "restored.console")
+    r.wait_lines(4, "^uptime-tick", timeout=120)
+    assert r.request("type", text="echo typed-$((6 * 7))\n") == {"ok": True, "taken": 22}
+    r.wait_lines(1, "typed-42", timeout=60)                # the restored shell ran the command
+    assert r.quit() == 0
+    ticks = sequence(console_lines(g.console, r.console), TICK)
+    assert_continuous(ticks)
+    uptimes = [float(m.group(1)) for m in (re.fullmatch(r"uptime-tick \d+ ([\d.]+)", l)
+                                            for l in console_lines(g.console, r.console)) if m]
+    assert uptimes == sorted(uptimes), uptimes
+
+    # What a crash analyst looks at first: paging, the IDT, the LAPIC timer, kernel code at the PC.
+    out = run_kvmsnap("inspect", "--json", "--section", "control", "--section", "segments",
+                      "--section", "lapic", "--section", "regs", core)
+    assert out.returncode == 0, out.stderr
+    for vcpu in json.loads(out.stdout)["vcpus"]:
+        assert vcpu["control"]["cr3"]["value"] and vcpu["control"]["cr0"]["value"] & 0x80000001 == 0x80000001
+        assert vcpu["segments"]["idt"]["base"] >> 47 == 0x1FFFF and vcpu["segments"]["idt"]["limit"] == 0xFFF
+        assert not vcpu["lapic"]["lvt"]["timer"]["masked"]
+    text = gdb(core, "x/i $pc")
+    assert re.search(r"=> 0xffffffff[0-9a-f]{8}", text), text
