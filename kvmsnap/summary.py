@@ -14,6 +14,7 @@ from kvmsnap import notes as N
 from kvmsnap.arch import x86_64
 from kvmsnap.arch.x86_64 import decode as x86_decode
 from kvmsnap.arch.x86_64 import devices
+from kvmsnap.decode import linux
 from kvmsnap.decode.bits import DecodeError
 from kvmsnap.errors import InputError
 from kvmsnap.formats import elf
@@ -127,7 +128,8 @@ def _summarize_kvmsnap(snapshot) -> dict:
         memory_map=[dict(slot=s.slot, gpa=s.gpa, size=s.size) for s in snapshot.memory.slots()],
         devices=devices.summary(snapshot.devices),
         process=None,
-        vmcoreinfo=None,
+        vmcoreinfo=next((linux.vmcoreinfo(n.desc) for n in info.elf.notes
+                         if (n.owner, n.type) == (N.OWNER_VMCOREINFO, N.NT_VMCOREINFO)), None),
         xsave_layout=xsave_layout(info.elf),
         vcpus=[x86_decode.vcpu(v, pr.desc) for v, pr in zip(snapshot.vcpus, prstatus)],
         memory=memory_list(info.elf.loads),

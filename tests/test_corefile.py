@@ -688,3 +688,22 @@ def test_random_corruption_never_escapes(core_path):
             read_core(core_path)
         except CoreFormatError as e:
             assert "\n" not in str(e)
+
+
+def test_a_linux_guests_vmcoreinfo_is_found_in_its_memory_and_written_as_a_note(tmp_path):
+    """Linux keeps VMCOREINFO as a note at the start of a page; the core carries it as vmcores do.
+    A decoy without the note header, or off a page boundary, is not taken."""
+    from kvmsnap.summary import summarize
+    text = b"OSRELEASE=6.1.0-test\nPAGESIZE=4096\nSYMBOL(swapper_pg_dir)=ffffffff82a0c000\n"
+    state = make_state(nvcpus=1)
+    header = struct.pack("<III", 11, len(text), 0) + b"VMCOREINFO\0\0"
+    state.memory.write(0x200000, b"VMCOREINFO\0\0" + text)                          # no header
+    state.memory.write(0x280010, header + text)                                      # mid-page
+    state.memory.write(0x2c0000, header + text)
+    write(state, tmp_path / "linux.core")
+    found = [n for n in parse_elf(tmp_path / "linux.core").notes if n.owner == "VMCOREINFO"]
+    assert [(n.type, n.desc) for n in found] == [(0, text.rstrip(b"\0"))]
+    fields = summarize(str(tmp_path / "linux.core"))["vmcoreinfo"]["fields"]
+    assert fields["OSRELEASE"] == "6.1.0-test" and fields["SYMBOL(swapper_pg_dir)"] == "ffffffff82a0c000"
+    write(make_state(nvcpus=1), tmp_path / "plain.core")                  # no Linux: no note
+    assert not [n for n in parse_elf(tmp_path / "plain.core").notes if n.owner == "VMCOREINFO"]

@@ -68,9 +68,12 @@ def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path, linux,
 
     # What a crash analyst looks at first: paging, the IDT, the LAPIC timer, kernel code at the PC.
     out = run_kvmsnap("inspect", "--json", "--section", "control", "--section", "segments",
-                      "--section", "lapic", "--section", "regs", core)
+                      "--section", "lapic", "--section", "regs", "--section", "vmcoreinfo", core)
     assert out.returncode == 0, out.stderr
-    for vcpu in json.loads(out.stdout)["vcpus"]:
+    summary = json.loads(out.stdout)
+    release = re.search(r"Linux version (\S+)", "\n".join(lines)).group(1)
+    assert summary["vmcoreinfo"]["fields"]["OSRELEASE"] == release
+    for vcpu in summary["vcpus"]:
         assert vcpu["control"]["cr3"]["value"] and vcpu["control"]["cr0"]["value"] & 0x80000001 == 0x80000001
         assert vcpu["segments"]["idt"]["base"] >> 47 == 0x1FFFF and vcpu["segments"]["idt"]["limit"] == 0xFFF
         assert not vcpu["lapic"]["lvt"]["timer"]["masked"]

@@ -9,6 +9,7 @@ from kvmsnap.formats import elf
 from kvmsnap.formats.reader import (EHDR_OFFSETS, PHDR_OFFSETS, CoreFormatError, ElfCore, Note,
                                     parse_elf, payload)
 from kvmsnap.memory import PAGE_SIZE
+from kvmsnap.memory.vmcoreinfo import find_vmcoreinfo
 from kvmsnap.state import CoreInfo, MachineConfig, Snapshot
 
 FORMAT_MAJOR = 1
@@ -62,7 +63,9 @@ def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
                                       memory_size=s.size, phdr_index=phdr_of_slot[s.slot],
                                       reserved=0) for s in snapshot.memory.slots()]))),
     ]
-    return vm + notes.device_notes(snapshot.devices) + notes.process_notes(snapshot.vcpus) + [
+    text = find_vmcoreinfo(snapshot.memory)
+    guest_os = [(N.OWNER_VMCOREINFO, N.NT_VMCOREINFO, text)] if text else []
+    return vm + notes.device_notes(snapshot.devices) + guest_os + notes.process_notes(snapshot.vcpus) + [
         note for v in snapshot.vcpus for note in notes.vcpu_notes(v)]
 
 
