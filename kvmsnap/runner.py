@@ -143,9 +143,10 @@ class GuestSession:
         elif not was_paused:
             self.machine.resume()
 
-    def run(self, paused: bool = False, keyboard: bool = False) -> str | None:
+    def run(self, paused: bool = False, keyboard: bool = False, save_on_fault: str | None = None) -> str | None:
         """Run until the end; returns the error that stopped the guest, or None. With ``keyboard``
-        stdin is the guest's serial input."""
+        stdin is the guest's serial input; with ``save_on_fault`` a guest that stops with an error
+        is saved there first, as it was when it stopped (the error then names the core)."""
         # SIGTERM and Ctrl-C only ask the loop below to end, so neither can interrupt start-up half
         # way (a KeyboardInterrupt inside Thread.start would leave a control thread nobody stops).
         interrupted = threading.Event()
@@ -162,6 +163,8 @@ class GuestSession:
                 keys.start()
             while not self._quit.is_set() and not self.machine.wait(0.1):
                 pass
+            if self.machine.error and save_on_fault:
+                self.machine.error += "; " + self._save_fault(save_on_fault)
         finally:
             if keys:
                 keys.close()
@@ -171,6 +174,14 @@ class GuestSession:
         if interrupted.is_set():
             raise Interrupted()
         return self.machine.error
+
+    def _save_fault(self, path: str) -> str:
+        """Save the stopped guest to ``path``; what became of it, for the error message."""
+        try:
+            result = save.save(self.machine, path)
+        except (OSError, KvmsnapError) as e:
+            return f"saving it to {path} failed: {getattr(e, 'strerror', None) or e}"
+        return f"saved as it stopped to {result.path}"
 
     def shutdown(self) -> None:
         if self.control:

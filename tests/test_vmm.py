@@ -162,3 +162,17 @@ def test_type_sends_text_to_the_guest_uart(guest):
     assert g.request("type", text="ls\n") == {"ok": True, "taken": 3}
     with pytest.raises(Exception, match="text"):
         g.request("type", text=7)
+
+
+def test_save_on_fault_keeps_the_guest_as_it_died(tmp_path):
+    """--save-on-fault: the failing run still exits 1 with its one line, which names the core, and
+    the core (which inspect and gdb read) holds the vCPU where it stopped."""
+    import json
+    from conftest import run_kvmsnap
+    img = tiny_elf(tmp_path / "ud2.elf", b"\x90\x0f\x0b")                 # nop; ud2
+    core = tmp_path / "dead.core"
+    r = run_kvmsnap("run", img, "--mem", "16M", "--console", tmp_path / "c.log", "--save-on-fault", core)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "triple fault" in r.stderr and f"saved as it stopped to {core}" in r.stderr, r.stderr
+    rip = json.loads(run_kvmsnap("inspect", "--json", "--section", "regs", core).stdout)["vcpus"][0]["regs"]["rip"]
+    assert rip == (0xFFF0 if KVM_MODULE == "kvm_amd" else 0x100001)     # kvm_amd resets the vCPU

@@ -2,7 +2,7 @@
 import click
 
 from .render import warn
-from .run import GuestFailed, open_console
+from .run import GuestFailed, open_console, save_on_fault_option
 
 
 @click.command()
@@ -18,7 +18,9 @@ from .run import GuestFailed, open_console
               help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
 @click.option("--allow-missing-features", is_flag=True,
               help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
-def restore(core, console, control, paused, memory_mode, allow_missing_msrs, allow_missing_features):
+@save_on_fault_option
+def restore(core, console, control, paused, memory_mode, allow_missing_msrs, allow_missing_features,
+            save_on_fault):
     """Restore the guest saved in CORE and run it on.
 
     The whole file is validated and checked against this host (vCPUs, CPUID features, XCR0 and
@@ -34,6 +36,6 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
         machine, warnings = restore_core(core, sink, policy)
         for warning in warnings:
             warn(warning)
-        error = GuestSession(machine, control).run(paused=paused, keyboard=console == "stdio")
+        error = GuestSession(machine, control).run(paused=paused, keyboard=console == "stdio", save_on_fault=save_on_fault)
     if error:
         raise GuestFailed(error)

@@ -22,6 +22,13 @@ def open_console(console: str):
         raise InputError(f"{console}: cannot open console file: {e.strerror}") from None
 
 
+#: Shared by run and restore.
+save_on_fault_option = click.option(
+    "--save-on-fault", metavar="CORE", type=click.Path(dir_okay=False),
+    help="If the guest stops with an error (triple fault, an instruction KVM cannot emulate), save it "
+         "to CORE first, as it was at that moment.")
+
+
 @click.command()
 @click.argument("guest", required=False)
 @click.option("--mem", "mem_size", type=Size(), default="256M", show_default=True, help="Guest RAM size.")
@@ -35,7 +42,8 @@ def open_console(console: str):
                                                    "instead of GUEST.")
 @click.option("--initrd", metavar="FILE", help="The Linux kernel's initrd (initramfs).")
 @click.option("--append", "cmdline", default="", metavar="TEXT", help="The Linux kernel's command line.")
-def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, initrd, cmdline):
+@save_on_fault_option
+def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, initrd, cmdline, save_on_fault):
     """Run GUEST: a sample name (see `kvmsnap samples`, default `counter`) or an image path;
     or a Linux kernel given with --kernel.
 
@@ -50,6 +58,6 @@ def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, init
     with open_console(console) as sink:
         session = GuestSession.boot(kernel or guest or DEFAULT, mem_size, cpus, sink, control, load_addr,
                                     cmdline, initrd)
-        error = session.run(paused=paused, keyboard=console == "stdio")
+        error = session.run(paused=paused, keyboard=console == "stdio", save_on_fault=save_on_fault)
     if error:
         raise GuestFailed(error)
