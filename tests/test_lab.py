@@ -10,11 +10,14 @@ both ways between the lab and this host (tests/crosshost_lab.py is the lab's hal
 on the other KVM, or is refused naming what that KVM lacks.
 """
 import os
+import re
 import subprocess
+import sys
 
 import pytest
 
 from conftest import RunningGuest, restore_where_possible, save_quit, ticks_continue
+from test_linux import linux_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_TIMEOUT = 2400          # seconds for the lab's run of SUBSET
@@ -30,8 +33,7 @@ def lab(tmp_path_factory):
     """Save a core of a counter guest here, then run SUBSET in the lab with the directory that
     holds it shared: (the lab's exit status, its last lines, the shared directory)."""
     xfer = tmp_path_factory.mktemp("xfer")
-    build = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr       # tests/test_linux.py's guest, built here
+    linux_files(debug=True)        # the Linux guest (and its debug symbols), fetched here, not in the lab
     g = RunningGuest(xfer, "counter", "--mem", "16M", console=xfer / "host.console")
     try:
         g.wait_lines(3, "^tick")
@@ -62,3 +64,39 @@ def test_a_lab_core_continues_here_or_is_refused_by_name(lab, tmp_path):
     _, restored = restore_where_possible(tmp_path, xfer / "lab.core", tmp_path / "restored.console")
     if restored:
         ticks_continue(xfer / "lab.console", restored)
+
+
+DRGN = """
+import sys, drgn
+from drgn.helpers.linux.printk import get_printk_records
+prog = drgn.Program()
+prog.set_core_dump(sys.argv[1])
+prog.load_debug_info([sys.argv[2]])
+print("init_task.comm =", prog["init_task"].comm.string_().decode())
+print("".join(r.text.decode(errors="replace") + "\\n" for r in get_printk_records(prog)))
+"""
+
+
+def test_a_linux_core_from_the_lab_opens_in_gdb_crash_and_drgn(lab):
+    """What a crash analyst runs on a Linux guest's core, with the kernel's debug symbols: gdb shows
+    kernel frames, crash prints the log and the processes, drgn reads kernel variables and the log."""
+    _, tail, xfer = lab
+    core, console = xfer / "linux.core", (xfer / "linux.console").read_text(errors="replace")
+    assert core.exists(), f"the lab saved no Linux core; its last lines:\n{tail}"
+    vmlinux = linux_files(debug=True)[2]
+    banner = re.search(r"Linux version \S+", console).group(0)
+
+    gdb = subprocess.run(["gdb", "-batch", "-nx", vmlinux, str(core), "-ex", "thread apply all bt 4"],
+                         capture_output=True, text=True, timeout=600)
+    frames = re.findall(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\w+) \(", gdb.stdout, re.M)
+    assert gdb.returncode == 0 and frames, gdb.stdout + gdb.stderr
+
+    crash = subprocess.run(["crash", "-s", vmlinux, str(core)], input="log\nps\nbt\nquit\n",
+                           capture_output=True, text=True, timeout=900)
+    assert banner in crash.stdout, crash.stdout[-3000:] + crash.stderr[-3000:]
+    assert re.search(r"^\s*>?\s*\d+\s+\d+\s+\d+\s+\w+\s+\w+.*\bsh\b", crash.stdout, re.M), crash.stdout[-3000:]
+
+    drgn = subprocess.run([sys.executable, "-c", DRGN, str(core), vmlinux], capture_output=True, text=True,
+                          timeout=900)
+    assert drgn.returncode == 0, drgn.stderr
+    assert "init_task.comm = swapper/0" in drgn.stdout and banner in drgn.stdout, drgn.stdout[-3000:]

@@ -23,19 +23,26 @@ pytestmark = [needs_kvm, pytest.mark.skipif(KVM_MODULE == "kvm_pvm", reason=(
     "this file in the lab): kvm_pvm emulates Linux's kernel mode and stops at its int3 self-test"))]
 
 
-@pytest.fixture(scope="module")
-def linux():
-    """(vmlinux, initramfs) of samples/linux, built (or found in its cache) by samples/linux/build."""
+def linux_files(debug=False) -> tuple[str, ...]:
+    """(vmlinux, initramfs[, debug vmlinux]) of samples/linux, built (or found in its cache) by
+    samples/linux/build."""
     out = os.path.join(ROOT, "samples", "build", "linux")
     files = (os.path.join(out, "vmlinux"), os.path.join(out, "initramfs.cpio"))
-    if not all(map(os.path.exists, files)):
-        r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")], capture_output=True, text=True)
+    if debug or not all(map(os.path.exists, files)):
+        r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")] + ["--debug"] * debug,
+                           capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+        files = tuple(r.stdout.split())
     return files
 
 
+@pytest.fixture(scope="module")
+def linux():
+    return linux_files()
+
+
 def boot(tmp_path, linux, cpus):
-    vmlinux, initrd = linux
+    vmlinux, initrd = linux[:2]
     return RunningGuest(tmp_path, f"--kernel={vmlinux}", "--initrd", initrd, "--append", "console=ttyS0",
                         "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
 
