@@ -35,7 +35,7 @@ def test_save_a_core_for_the_host(tmp_path):
 def test_save_a_linux_core_for_the_hosts_debuggers(tmp_path):
     """tests/test_lab.py opens it with gdb, crash and drgn on the host, with the kernel's symbols."""
     from test_linux import boot, linux_files
-    g = boot(tmp_path, linux_files(), 2)
+    g = boot(tmp_path, linux_files(), 1)
     try:
         g.wait_lines(2, "^uptime-tick", timeout=300)
         save_quit(g, XFER / "linux.core")

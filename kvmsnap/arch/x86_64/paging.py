@@ -9,6 +9,7 @@ shared or recursive tables would otherwise be revisited up to 512^4 times), and 
 emits are capped; when either runs out the walk stops and says it was truncated.
 """
 import bisect
+import collections
 import struct
 from typing import NamedTuple
 
@@ -179,12 +180,17 @@ def from_notes(image) -> list[PagingState]:
     return states
 
 
+MAX_ALIASES = 8        # virtual ranges kept for one physical range
+
+
 def virtual_ranges(read_phys, state: PagingState, slots, limit: int):
     """Guest-virtual ranges the tables of ``state`` map onto RAM that need a PT_LOAD of their own:
     ``([(vaddr, paddr, size)], truncated)``.
 
     Identity-mapped ranges are left out (the physical PT_LOADs have p_vaddr = p_paddr), and so
-    are mappings of anything that is not RAM (MMIO); ranges are split at slot boundaries.
+    are mappings of anything that is not RAM (MMIO); ranges are split at slot boundaries. A
+    physical range mapped over and over gets MAX_ALIASES ranges only: Linux's ESPFIX area maps one
+    page thousands of times, below the kernel's text, which a debugger needs far more.
     ``truncated`` is True past ``limit`` ranges, or when the walk ran out of its budget.
     """
     if not paging_enabled(state.cr0, state.efer):
@@ -192,9 +198,12 @@ def virtual_ranges(read_phys, state: PagingState, slots, limit: int):
     mappings, truncated = walk(read_phys, state.cr3, state.cr4, state.efer)
     slots = sorted((s.gpa, s.size) for s in slots)
     starts = [gpa for gpa, _ in slots]
-    out = []
+    out, aliases = [], collections.Counter()
     for vaddr, paddr, size in mappings:
         if vaddr == paddr:
+            continue
+        aliases[paddr, size] += 1
+        if aliases[paddr, size] > MAX_ALIASES:
             continue
         first = max(0, bisect.bisect_right(starts, paddr) - 1)
         for gpa, slot_size in slots[first:bisect.bisect_left(starts, paddr + size)]:
