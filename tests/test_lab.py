@@ -3,29 +3,28 @@ on QEMU's emulated SVM, the KVM users run, where this host's /dev/kvm is kvm_pvm
 test command so runs everything CI runs; inside the lab this test does not run again.
 
 The whole suite takes 40 min in the lab; CI runs the subset below: every KVM-layer, sample-guest,
-save, restore, VMM and Linux-guest test but the two fifty-cycle runs. (The lab found that a save taken right after an OUT exit
-held the OUT still to do, so kvm_amd ran it again after restore: 4 failures, fixed in 3bd7c1e.)
-The same lab run boots, saves and restores the Linux guest (tests/test_linux.py), and moves cores
-both ways between the lab and this host (tests/crosshost_lab.py is the lab's half): each continues
-on the other KVM, or is refused naming what that KVM lacks.
+save, restore and VMM test but the two fifty-cycle runs. (The lab found that a save taken right
+after an OUT exit held the OUT still to do, so kvm_amd ran it again after restore: 4 failures,
+fixed in 3bd7c1e.)
+The same lab run moves cores both ways between the lab and this host (tests/crosshost_lab.py is
+the lab's half): each continues on the other KVM, or is refused naming what that KVM lacks.
 """
 import os
-import re
 import subprocess
-import sys
 
 import pytest
 
 from conftest import RunningGuest, restore_where_possible, save_quit, ticks_continue
-from test_linux import linux_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_TIMEOUT = 3300          # seconds for the lab's run of SUBSET
-#: Every KVM-layer, sample-guest, save, restore, VMM and Linux-guest test, but the fifty-cycle runs:
-#: they repeat paths the others take, and their 100 cycles are a third of the lab's time.
+#: Every KVM-layer, sample-guest, save, restore and VMM test, but the fifty-cycle runs: they repeat
+#: paths the others take, and their 100 cycles are a third of the lab's time. tests/test_linux.py
+#: is run in the lab on demand (docs/testing.md): one Linux boot in about ten there stalled or
+#: took the lab's own kernel down, which CI cannot afford.
 SUBSET = ["tests/test_kvm.py", "tests/test_samples.py", "tests/test_save.py", "tests/test_vmm.py",
           "tests/test_restore.py", "--deselect", "tests/test_restore.py::test_fifty_save_restore_cycles",
-          "tests/test_linux.py", "tests/crosshost_lab.py"]
+          "tests/crosshost_lab.py"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(os.environ.get("KVMSNAP_LAB")), reason="already inside the lab")]
@@ -36,7 +35,6 @@ def lab(tmp_path_factory):
     """Save a core of a counter guest here, then run SUBSET in the lab with the directory that
     holds it shared: (the lab's exit status, its last lines, the shared directory)."""
     xfer = tmp_path_factory.mktemp("xfer")
-    linux_files(debug=True)        # the Linux guest (and its debug symbols), fetched here, not in the lab
     g = RunningGuest(xfer, "counter", "--mem", "16M", console=xfer / "host.console")
     try:
         g.wait_lines(3, "^tick")
@@ -68,34 +66,3 @@ def test_a_lab_core_continues_here_or_is_refused_by_name(lab, tmp_path):
     if restored:
         ticks_continue(xfer / "lab.console", restored)
 
-
-DRGN = """
-import sys, drgn
-from drgn.helpers.linux.printk import get_printk_records
-prog = drgn.Program()
-prog.set_core_dump(sys.argv[1])
-prog.load_debug_info([sys.argv[2]])
-print("init_task.comm =", prog["init_task"].comm.string_().decode())
-print("".join(r.text.decode(errors="replace") + "\\n" for r in get_printk_records(prog)))
-"""
-
-
-def test_a_linux_core_from_the_lab_opens_in_gdb_and_drgn(lab):
-    """What a crash analyst runs on a Linux guest's core, with the kernel's debug symbols: gdb shows
-    kernel frames, drgn reads kernel variables and the log. (Debian 12's crash 8.0.2 segfaults
-    while it loads this kernel's debug vmlinux, before it reads the core: not tested yet.)"""
-    _, tail, xfer = lab
-    core, console = xfer / "linux.core", (xfer / "linux.console").read_text(errors="replace")
-    assert core.exists(), f"the lab saved no Linux core; its last lines:\n{tail}"
-    vmlinux = linux_files(debug=True)[2]
-    banner = re.search(r"Linux version \S+", console).group(0)
-
-    gdb = subprocess.run(["gdb", "-batch", "-nx", vmlinux, str(core), "-ex", "thread apply all bt 4"],
-                         capture_output=True, text=True, timeout=600)
-    frames = re.findall(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\w+) \(", gdb.stdout, re.M)
-    assert gdb.returncode == 0 and frames, gdb.stdout + gdb.stderr
-
-    drgn = subprocess.run([sys.executable, "-c", DRGN, str(core), vmlinux], capture_output=True, text=True,
-                          timeout=900)
-    assert drgn.returncode == 0, drgn.stderr
-    assert "init_task.comm = swapper/0" in drgn.stdout and banner in drgn.stdout, drgn.stdout[-3000:]

@@ -2,8 +2,9 @@
 at the kernel's PVH entry, saved mid-flight and restored on.
 
 Linux's kernel mode needs a KVM that runs it natively (kvm_intel, kvm_amd: the KVM lab, where
-tests/test_lab.py runs this file). kvm_pvm, this project's own backend, emulates guest kernel mode
-one instruction at a time and cannot run some of Linux's (int3, fwait, the syscall entry).
+this file runs on demand: `scripts/lab x86_64 -- python3 -m pytest tests/test_linux.py`; not in CI,
+see docs/testing.md). kvm_pvm, this project's own backend, emulates guest kernel mode one
+instruction at a time and cannot run some of Linux's (int3, fwait, the syscall entry).
 """
 import json
 import os
@@ -20,30 +21,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = r".*?uptime-tick (\d+) ([\d.]+)\r?"
 
 pytestmark = [needs_kvm, pytest.mark.skipif(KVM_MODULE == "kvm_pvm", reason=(
-    "needs a KVM that runs guest kernel mode natively (kvm_intel, kvm_amd; tests/test_lab.py runs "
-    "this file in the lab): kvm_pvm emulates Linux's kernel mode and stops at its int3 self-test"))]
-
-
-def linux_files(debug=False) -> tuple[str, ...]:
-    """(vmlinux, initramfs[, debug vmlinux]) of samples/linux, built (or found in its cache) by
-    samples/linux/build."""
-    out = os.path.join(ROOT, "samples", "build", "linux")
-    files = (os.path.join(out, "vmlinux"), os.path.join(out, "initramfs.cpio"))
-    if debug or not all(map(os.path.exists, files)):
-        r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")] + ["--debug"] * debug,
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        files = tuple(r.stdout.split())
-    return files
+    "needs a KVM that runs guest kernel mode natively (kvm_intel, kvm_amd; run it in the lab: "
+    "scripts/lab x86_64 -- python3 -m pytest tests/test_linux.py): kvm_pvm emulates Linux's kernel "
+    "mode and stops at its int3 self-test"))]
 
 
 @pytest.fixture(scope="module")
 def linux():
-    return linux_files()
+    """(vmlinux, initramfs) of samples/linux, built (or found in its cache) by samples/linux/build."""
+    out = os.path.join(ROOT, "samples", "build", "linux")
+    files = (os.path.join(out, "vmlinux"), os.path.join(out, "initramfs.cpio"))
+    if not all(map(os.path.exists, files)):
+        r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    return files
 
 
 def boot(tmp_path, linux, cpus):
-    vmlinux, initrd = linux[:2]
+    vmlinux, initrd = linux
     return RunningGuest(tmp_path, f"--kernel={vmlinux}", "--initrd", initrd, "--append", "console=ttyS0",
                         "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
 
