@@ -36,6 +36,7 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
         machine, warnings = restore_core(core, sink, policy)
         for warning in warnings:
             warn(warning)
-        error = GuestSession(machine, control).run(paused=paused, keyboard=console == "stdio", save_on_fault=save_on_fault)
+        error = GuestSession(machine, control).run(paused=paused, keyboard=console == "stdio",
+                                                   save_on_fault=save_on_fault)
     if error:
         raise GuestFailed(error)

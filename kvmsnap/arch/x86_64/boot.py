@@ -166,12 +166,9 @@ def write_boot_data(memory, entry: EntryState, kernel: KernelArgs) -> None:
 
 
 def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[int, int]:
-    """Write the command line and the initrd (at the top of the RAM below 4 GiB); return the
-    module count and the command line's address (0: none)."""
+    """For a PVH kernel write the command line and the initrd (at the top of the RAM below the
+    3 GiB hole); return the module count and the command line's address (0: none)."""
     if entry.mode != "pvh":
-        if kernel.cmdline or kernel.initrd is not None:
-            raise LoadError("a command line and an initrd are for a Linux kernel (an ELF vmlinux with "
-                            "a PVH entry note); this image has none")
         return 0, 0
     text = kernel.cmdline.encode()
     if len(text) >= CMDLINE_MAX or b"\0" in text:
@@ -246,12 +243,13 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
     BSP alone for a PVH kernel or a real-mode image (as on hardware, APs wait for INIT/SIPI in
     their reset state)."""
     entry = load_image(image, name, memory, flat_addr)
+    if entry.mode != "pvh" and (kernel.cmdline or kernel.initrd is not None):
+        raise LoadError(f"{name}: a command line and an initrd are for a Linux kernel (an ELF vmlinux "
+                        "with a PVH entry note); this image has none")
     if entry.mode != "real":
         write_boot_data(memory, entry, kernel)
     if entry.mode == "pvh":
         memory.write(MPTABLE_ADDR, mptable(len(vcpus)))
-    elif kernel.cmdline or kernel.initrd is not None:
-        raise LoadError(f"{name}: a command line and an initrd are for a Linux kernel, not a flat binary")
     for vcpu in vcpus:
         vcpu.set_cpuid2(cpuid.for_vcpu(supported_cpuid, vcpu.index))
         if entry.mode != "long" and vcpu.index:

@@ -7,7 +7,6 @@ import struct
 MPTABLE_ADDR = 0xF0000          # the floating pointer; the configuration table follows it
 LAPIC_ADDR, IOAPIC_ADDR = 0xFEE00000, 0xFEC00000
 LAPIC_VERSION, IOAPIC_VERSION = 0x14, 0x11
-IOAPIC_PINS = 24
 SPEC_REV = 4                    # MP spec 1.4
 CPU_ENABLED, CPU_BSP = 1, 2
 INT, NMI, EXTINT = 0, 1, 3      # interrupt types
