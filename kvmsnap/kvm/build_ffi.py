@@ -25,6 +25,7 @@ KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_C
 KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_EXT_CPUID
 KVM_CAP_GET_MSR_FEATURES KVM_CAP_KVMCLOCK_CTRL KVM_CAP_INTERNAL_ERROR_DATA KVM_CAP_PIT_STATE2
 KVM_CAP_IOAPIC_POLARITY_IGNORED KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_X86_ROBUST_SINGLESTEP
+KVM_CAP_EXIT_ON_EMULATION_FAILURE
 KVM_EXIT_UNKNOWN KVM_EXIT_EXCEPTION KVM_EXIT_IO KVM_EXIT_HYPERCALL KVM_EXIT_DEBUG KVM_EXIT_HLT
 KVM_EXIT_MMIO KVM_EXIT_IRQ_WINDOW_OPEN KVM_EXIT_SHUTDOWN KVM_EXIT_FAIL_ENTRY KVM_EXIT_INTR
 KVM_EXIT_SET_TPR KVM_EXIT_TPR_ACCESS KVM_EXIT_NMI KVM_EXIT_INTERNAL_ERROR KVM_EXIT_SYSTEM_EVENT
@@ -62,6 +63,7 @@ struct kvm_run {
         struct { __u32 suberror; __u32 ndata; __u64 flags; __u8 insn_size; __u8 insn_bytes[15]; }
             emulation_failure;
         struct { __u32 type; __u32 ndata; __u64 data[16]; } system_event;
+        struct { __u8 error; __u8 pad[7]; __u32 reason; __u32 index; __u64 data; } msr;
         ...;
     };
     ...;
@@ -86,6 +88,8 @@ KVM_CPUID_FLAG_SIGNIFCANT_INDEX KVM_SREGS2_FLAGS_PDPTRS_VALID
 KVM_VCPUEVENT_VALID_NMI_PENDING KVM_VCPUEVENT_VALID_SIPI_VECTOR KVM_VCPUEVENT_VALID_SHADOW
 KVM_VCPUEVENT_VALID_SMM KVM_VCPUEVENT_VALID_PAYLOAD KVM_VCPUEVENT_VALID_TRIPLE_FAULT
 KVM_CLOCK_TSC_STABLE KVM_CLOCK_REALTIME KVM_CLOCK_HOST_TSC
+KVM_CAP_X86_USER_SPACE_MSR KVM_CAP_X86_MSR_FILTER KVM_X86_SET_MSR_FILTER KVM_MSR_EXIT_REASON_FILTER
+KVM_MSR_FILTER_READ KVM_MSR_FILTER_WRITE KVM_MSR_FILTER_DEFAULT_ALLOW KVM_MSR_FILTER_MAX_RANGES
 """
 
 X86_64_CDEF = r"""
@@ -145,6 +149,8 @@ struct kvm_pit_channel_state {
     __u8 gate; __s64 count_load_time;
 };
 struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; __u32 flags; __u32 reserved[9]; };
+struct kvm_msr_filter_range { __u32 flags; __u32 nmsrs; __u32 base; __u8 *bitmap; };
+struct kvm_msr_filter { __u32 flags; struct kvm_msr_filter_range ranges[16]; };
 struct kvm_clock_data {
     __u64 clock; __u32 flags; __u32 pad0; __u64 realtime; __u64 host_tsc; __u32 pad[4];
 };

@@ -22,6 +22,10 @@ class Vm(VmArch):
         """See KVM_CHECK_EXTENSION on the VM fd (some answers, e.g. KVM_CAP_XSAVE2, are per VM)."""
         return ioctl_int(self.fd, "KVM_CHECK_EXTENSION", cap)
 
+    def enable_cap(self, cap: int, *args: int) -> None:
+        """See KVM_ENABLE_CAP on the VM fd, with up to four arguments."""
+        ioctl_ptr(self.fd, "KVM_ENABLE_CAP", ffi.new("struct kvm_enable_cap *", {"cap": cap, "args": list(args)}))
+
     def set_user_memory_region(self, slot: int, guest_phys_addr: int, size: int, host_addr: int,
                                flags: int = 0) -> None:
         """See KVM_SET_USER_MEMORY_REGION."""

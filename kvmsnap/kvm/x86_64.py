@@ -1,6 +1,6 @@
 """The x86-64 ioctls, as mixins of ``Kvm``, ``Vm`` and ``Vcpu``: MSR and CPUID lists, the in-kernel
 PIC/IOAPIC and PIT, kvmclock, TSS and identity map, and every vCPU register set."""
-from ._ioctl import ffi, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
+from ._ioctl import ffi, lib, as_bytes, get_struct, ioctl_int, ioctl_ptr, set_struct
 from .lists import cpuid_entries, get_msrs, index_list, set_msrs
 
 
@@ -56,6 +56,16 @@ class X86Vm:
     def set_pit2(self, data: bytes) -> None:
         """See KVM_SET_PIT2."""
         set_struct(self.fd, "KVM_SET_PIT2", "struct kvm_pit_state2", data)
+
+    def set_msr_filter(self, denied: list[int], flags: int) -> None:
+        """See KVM_X86_SET_MSR_FILTER: guest accesses (``flags``: KVM_MSR_FILTER_READ/WRITE) to each
+        MSR in ``denied`` are refused (with KVM_CAP_X86_USER_SPACE_MSR: sent to user space); all
+        others are allowed."""
+        bitmaps = [ffi.new("__u8[1]") for _ in denied]          # one MSR per range, its bit clear
+        ranges = [{"flags": flags, "nmsrs": 1, "base": index, "bitmap": bitmap}
+                  for index, bitmap in zip(denied, bitmaps)]
+        ioctl_ptr(self.fd, "KVM_X86_SET_MSR_FILTER", ffi.new("struct kvm_msr_filter *", {
+            "flags": lib.KVM_MSR_FILTER_DEFAULT_ALLOW, "ranges": ranges}))
 
     def get_clock(self) -> bytes:
         """See KVM_GET_CLOCK: raw ``struct kvm_clock_data``."""
