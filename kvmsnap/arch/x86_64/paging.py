@@ -131,29 +131,38 @@ def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_entries: int = MAX_ENT
     return [tuple(r) for r in out], truncated
 
 
-def translate(read_phys, cr3: int, cr4: int, efer: int, vaddr: int) -> int:
-    """The guest-physical address of ``vaddr``; :class:`TranslationError` if it is not mapped."""
+LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
+
+
+def entries(read_phys, cr3: int, cr4: int, efer: int, vaddr: int):
+    """``(level, entry address, entry)`` of each table entry on ``vaddr``'s walk, top level first,
+    down to its leaf or its first entry not present; :class:`TranslationError` when ``vaddr`` is
+    not canonical or a table is not in RAM."""
     levels = _levels(cr4, efer)
     vaddr &= (1 << 64) - 1
     if not is_canonical(vaddr, levels):
         raise TranslationError(f"0x{vaddr:x}: non-canonical address ({levels}-level paging)")
-    names = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
     addr = cr3 & ADDR_MASK
     for level in range(levels, 0, -1):
-        shift = _LEVEL_SHIFT[level]
-        index = (vaddr >> shift) & (ENTRIES - 1)
+        at = addr + ((vaddr >> _LEVEL_SHIFT[level]) & (ENTRIES - 1)) * 8
         try:
-            data = read_phys(addr + index * 8, 8)
+            (pte,) = struct.unpack("<Q", read_phys(at, 8))
         except LookupError as e:
             raise TranslationError(
-                f"0x{vaddr:x}: {names[level]} table at 0x{addr:x} is not in RAM") from e
-        (pte,) = struct.unpack("<Q", data)
-        if not pte & PTE_P:
-            raise TranslationError(f"0x{vaddr:x}: not mapped ({names[level]} not present)")
-        if level == 1 or (level in (2, 3) and pte & PTE_PS):
-            return (pte & _leaf_mask(level)) | (vaddr & ((1 << shift) - 1))
+                f"0x{vaddr:x}: {LEVEL_NAMES[level]} table at 0x{addr:x} is not in RAM") from e
+        yield level, at, pte
+        if not pte & PTE_P or level == 1 or (level in (2, 3) and pte & PTE_PS):
+            return
         addr = pte & ADDR_MASK
-    raise AssertionError("unreachable")
+
+
+def translate(read_phys, cr3: int, cr4: int, efer: int, vaddr: int) -> int:
+    """The guest-physical address of ``vaddr``; :class:`TranslationError` if it is not mapped."""
+    vaddr &= (1 << 64) - 1
+    for level, _, pte in entries(read_phys, cr3, cr4, efer, vaddr):
+        if not pte & PTE_P:
+            raise TranslationError(f"0x{vaddr:x}: not mapped ({LEVEL_NAMES[level]} not present)")
+    return (pte & _leaf_mask(level)) | (vaddr & ((1 << _LEVEL_SHIFT[level]) - 1))
 
 
 def virtual_to_physical(read_phys, state: PagingState, vaddr: int) -> int:
