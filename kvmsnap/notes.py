@@ -71,6 +71,8 @@ KVMSNAP_CLOCK = 0x4b530006
 KVMSNAP_UART = 0x4b530007
 KVMSNAP_DIGEST = 0x4b530008      # reserved: integrity digests, last note, patched after memory
 KVMSNAP_BASE = 0x4b530009        # reserved: the base core of an incremental core
+KVMSNAP_CMOS = 0x4b53000a        # format 1.1
+KVMSNAP_PCI = 0x4b53000b         # format 1.1
 
 KVMSNAP_SREGS = 0x4b530101
 KVMSNAP_XSAVE = 0x4b530102
@@ -151,6 +153,8 @@ KvmsnapIrqchip = _fixed(
 KvmsnapPit = _fixed("pit" / Bytes(x86.kvm_pit_state2.sizeof()))
 KvmsnapClock = _fixed("clock" / Bytes(x86.kvm_clock_data.sizeof()))
 KvmsnapUart = _fixed("uart" / Bytes(x86.UartState.sizeof()))
+KvmsnapCmos = _fixed("cmos" / Bytes(x86.CmosState.sizeof()))
+KvmsnapPci = _fixed("pci" / Bytes(x86.PciState.sizeof()))
 
 KvmsnapSregs = _private(
     "flags" / Int32ul,
@@ -232,6 +236,8 @@ def _entries():
         (KVMSNAP_PIT, "KVMSNAP_PIT", KvmsnapPit, vm),
         (KVMSNAP_CLOCK, "KVMSNAP_CLOCK", KvmsnapClock, vm),
         (KVMSNAP_UART, "KVMSNAP_UART", KvmsnapUart, vm),
+        (KVMSNAP_CMOS, "KVMSNAP_CMOS", KvmsnapCmos, vm),
+        (KVMSNAP_PCI, "KVMSNAP_PCI", KvmsnapPci, vm),
         (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu),
         (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu),
         (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu),

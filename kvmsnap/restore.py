@@ -58,7 +58,9 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
                       saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])
     try:
         warnings = plan.warnings + _restore_state(machine, snapshot, plan)
-        machine.uart.load_state_bytes(snapshot.devices["uart"])
+        for name, model in machine.device_models.items():
+            if name in snapshot.devices:        # a format 1.0 core has no cmos or pci: reset state
+                model.load_state_bytes(snapshot.devices[name])
         return machine, warnings
     except BaseException:
         machine.close()
@@ -81,6 +83,9 @@ def _restore_state(machine: Machine, snapshot: Snapshot, plan) -> list[str]:
         warnings += changed
     if problems:
         raise RestoreError(_listing(snapshot.info.path, problems))
+    if machine.assist:
+        for vcpu, saved in zip(machine.vcpus, snapshot.vcpus):
+            machine.assist.adopt(vcpu, saved)
     for vcpu in machine.vcpus:
         try:
             vcpu.kvmclock_ctrl()

@@ -43,6 +43,7 @@ class GuestSession:
     def __init__(self, machine: Machine, control_path: str | None = None):
         """Takes ownership of ``machine``: it is closed here if the control socket cannot be made."""
         self.machine = machine
+        self.notes: list[str] = []      # what the user should know about how the guest was started
         self.started = time.monotonic()
         self._quit = threading.Event()
         # pause, resume and save change the run state; one at a time, so that a resume from one
@@ -63,11 +64,14 @@ class GuestSession:
         config = MachineConfig(guest=name, mem_size=mem_size, vcpus=vcpus or (sample.vcpus if sample else 1))
         machine = Machine(config, console)
         try:
-            machine.boot(image, name, flat_addr if flat_addr is not None else sample_flat, cmdline, initrd_data)
+            notes = machine.boot(image, name, flat_addr if flat_addr is not None else sample_flat, cmdline,
+                                 initrd_data)
         except BaseException:
             machine.close()
             raise
-        return cls(machine, control_path)
+        session = cls(machine, control_path)
+        session.notes = notes
+        return session
 
     def handlers(self) -> dict:
         """Control commands (docs/control.md)."""

@@ -130,7 +130,8 @@ def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> Snapshot:
                     config=MachineConfig("hello", sum(s.size for s in memory.slots()), nvcpus),
                     vcpus=[make_vcpu(i, paging=paging) for i in range(nvcpus)],
                     devices=dict(pic_master=make_irqchip(0), pic_slave=make_irqchip(1),
-                                 ioapic=make_irqchip(2), pit=pit, clock=clock, uart=uart),
+                                 ioapic=make_irqchip(2), pit=pit, clock=clock, uart=uart,
+                                 cmos=bytes([0x0B]) + bytes(range(128)), pci=(0x80000000).to_bytes(4, "little")),
                     memory=memory)
 
 

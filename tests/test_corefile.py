@@ -19,7 +19,7 @@ from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.arch.x86_64.notes import VCPU_NOTES
 from kvmsnap.arch.x86_64.xsave import xstate_size
 from kvmsnap.formats import elf, layout
-from kvmsnap.formats.kvmsnap import FORMAT_MAJOR, read_core
+from kvmsnap.formats.kvmsnap import FORMAT_MAJOR, FORMAT_MINOR, read_core
 from kvmsnap.formats.reader import CoreFormatError, parse_elf
 from kvmsnap.formats.writer import ZERO_CHUNK
 from kvmsnap.memory import Slot
@@ -43,7 +43,7 @@ def test_round_trip_gives_identical_state(tmp_path):
     got = core
     assert got.config == state.config
     assert got.vcpus == state.vcpus
-    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart"):
+    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "cmos", "pci"):
         assert got.devices[name] == state.devices[name], name
     assert got.memory.slots() == [Slot(0, 0, 8 * MiB)]
     assert core.info.format_major == FORMAT_MAJOR and len(core.vcpus) == 2
@@ -274,7 +274,7 @@ def test_readelf_clean(core_path, cmd):
     text = (out.stdout + out.stderr).lower()
     assert "warning" not in text and "error" not in text, text[:2000]
     if cmd[-1] == "-n":
-        assert out.stdout.count("KVMSNAP") == 7 + 2 * 10
+        assert out.stdout.count("KVMSNAP") == 9 + 2 * 10      # VM-wide notes, then 10 per vCPU
         assert out.stdout.count("CORE") == 4
 
 
@@ -643,13 +643,13 @@ def test_virtual_segment_must_alias_ram(core_path):
 
 
 def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
-    """A 1.1 writer appends fields: a 1.0 reader ignores them."""
+    """A newer minor version appends fields: this reader ignores them."""
     original = layout.note_bytes
 
     def grow(owner, n_type, desc):
         if owner == "KVMSNAP":
             desc = bytearray(desc + b"NEWFIELD")
-            struct.pack_into("<II", desc, 0, 1 << 16 | 1, len(desc))
+            struct.pack_into("<II", desc, 0, 1 << 16 | FORMAT_MINOR + 1, len(desc))
         return original(owner, n_type, bytes(desc))
 
     monkeypatch.setattr(layout, "note_bytes", grow)
@@ -659,6 +659,21 @@ def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
     core = read_core(tmp_path / "minor.core")
     assert core.vcpus == state.vcpus
     assert core.devices["uart"] == state.devices["uart"]
+
+
+def test_format_1_0_core_without_cmos_and_pci_notes_reads(tmp_path, monkeypatch):
+    """Format 1.0 had no KVMSNAP_CMOS or KVMSNAP_PCI: such a core reads, without those devices
+    (restore leaves them in their reset state)."""
+    from kvmsnap.arch.x86_64 import notes as x86_notes
+    original = x86_notes.device_notes
+    monkeypatch.setattr(x86_notes, "device_notes", lambda devices: [
+        n for n in original(devices) if n[1] not in (N.KVMSNAP_CMOS, N.KVMSNAP_PCI)])
+    state = make_state()
+    write(state, tmp_path / "old.core")
+    monkeypatch.undo()
+    core = read_core(tmp_path / "old.core")
+    assert "cmos" not in core.devices and "pci" not in core.devices
+    assert core.devices["uart"] == state.devices["uart"] and core.vcpus == state.vcpus
 
 
 def test_not_a_file(tmp_path):

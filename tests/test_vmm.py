@@ -155,6 +155,73 @@ def test_uart_input_is_read_in_order_with_data_ready_and_its_interrupt():
     assert u.receive(bytes(uart.RX_LIMIT + 1)) == uart.RX_LIMIT                # bounded
 
 
+# 64-bit user-mode code (IOPL 3): a PCI configuration read of 00:00.0 register 0 into ECX, then
+# CMOS status register B into BL; then it spins.
+LEGACY_PORTS = bytes.fromhex(
+    "b800000080" "66baf80c" "ef"        # mov eax, 0x80000000; mov dx, 0xcf8; out dx, eax
+    "66bafc0c" "ed" "89c1"              # mov dx, 0xcfc; in eax, dx; mov ecx, eax
+    "b00b" "e670" "e471" "89c3"         # mov al, 0x0b; out 0x70, al; in al, 0x71; mov ebx, eax
+    "ebfe")                             # jmp .
+
+
+def test_pci_host_bridge_and_cmos_answer_and_their_registers_are_saved(guest, tmp_path):
+    import json
+    from conftest import run_kvmsnap
+    g = guest(str(tiny_elf(tmp_path / "ports.elf", LEGACY_PORTS, boot_cpl=3)), "--mem", "16M")
+    time.sleep(0.5)
+    core = tmp_path / "ports.core"
+    g.request("save", path=str(core), quit=True)
+    out = run_kvmsnap("inspect", "--json", core)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    regs = s["vcpus"][0]["sections"]["regs"]
+    assert regs["rcx"] == 0x0008_1B36                    # device 0x0008, vendor 0x1b36: the host bridge
+    assert regs["rbx"] & 0xFF == 0x02                     # status B: 24-hour, BCD
+    assert s["devices"]["pci"]["address"] == 0x8000_0000 and s["devices"]["pci"]["enabled"]
+    assert s["devices"]["cmos"]["index"] == 0x0B
+
+
+def test_reset_through_the_keyboard_controller_ends_the_run_cleanly(guest, tmp_path):
+    """Linux's `reboot` without ACPI: command 0xfe to port 0x64."""
+    g = guest(str(tiny_elf(tmp_path / "reset.elf", bytes.fromhex("b0fee664ebfe"), boot_cpl=3)), "--mem", "16M")
+    assert g.proc.wait(seconds(30)) == 0
+    assert g.stderr().strip() == ""
+
+
+def test_cmos_clock_reads_the_host_utc_time_in_the_format_register_b_asks_for():
+    from kvmsnap.vmm import cmos
+    rtc = cmos.Cmos(clock=lambda: 1_796_136_930.0)        # 2026-12-01 14:55:30 UTC, a Tuesday
+
+    def reg(index):
+        rtc.write(cmos.INDEX, 0x80 | index)               # bit 7 (NMI mask) is not part of the index
+        return rtc.read(cmos.DATA)
+    assert [reg(r) for r in (0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32)] == \
+        [0x30, 0x55, 0x14, 0x03, 0x01, 0x12, 0x26, 0x20]  # BCD, 24-hour
+    rtc.write(cmos.INDEX, cmos.STATUS_B)
+    rtc.write(cmos.DATA, cmos.B_BINARY)                   # binary, 12-hour
+    assert [reg(0x04), reg(0x02)] == [0x80 | 2, 55]       # 2 PM
+    rtc.write(cmos.INDEX, 0x40)
+    rtc.write(cmos.DATA, 0xA5)
+    assert reg(0x40) == 0xA5 and reg(cmos.STATUS_D) & cmos.D_VALID
+    copy = cmos.Cmos()
+    copy.load_state_bytes(rtc.state_bytes())
+    assert copy.ram == rtc.ram and copy.index == rtc.index
+
+
+def test_pci_config_space_has_only_the_host_bridge():
+    from kvmsnap.vmm import pci
+    bus = pci.PciConfig()
+    bus.write(pci.ADDRESS, 4, 0x8000_0008)                # 00:00.0, register 8: revision and class
+    assert bus.read(pci.ADDRESS, 4) == 0x8000_0008 and bus.read(pci.DATA, 4) >> 8 == 0x060000
+    assert bus.read(pci.DATA + 3, 1) == 0x06 and bus.read(pci.DATA + 2, 2) == 0x0600
+    bus.write(pci.ADDRESS, 4, 0x8000_0800)                # 00:01.0: nothing there
+    assert bus.read(pci.DATA, 4) == 0xFFFF_FFFF and bus.read(pci.DATA, 2) == 0xFFFF
+    bus.write(pci.ADDRESS, 4, 0x0000_0000)                # not enabled
+    assert bus.read(pci.DATA, 4) == 0xFFFF_FFFF
+    bus.write(pci.ADDRESS + 3, 1, 0x01)                   # a byte write is not the address register
+    assert bus.read(pci.ADDRESS, 4) == 0
+
+
 @needs_kvm
 def test_type_sends_text_to_the_guest_uart(guest):
     g = guest("counter", "--mem", "16M")

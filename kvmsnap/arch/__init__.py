@@ -25,7 +25,7 @@ class RegisterRefused(KvmsnapError):
 
 
 def live(package, module: str):
-    """A module of the live half of ``package`` (``vm``, ``vcpu``, ``host``, ``boot``): these
+    """A module of the live half of ``package`` (``vm``, ``vcpu``, ``host``, ``boot``, ``assist``): these
     import the KVM layer, so they are imported only when asked for."""
     return importlib.import_module(f"{package.__name__}.{module}")
 

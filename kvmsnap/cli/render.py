@@ -51,6 +51,11 @@ def _hex(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def note(message: str) -> None:
+    """Something the user should know: one line on stderr."""
+    click.echo(f"kvmsnap: {message}", err=True)
+
+
 def warn(message: str) -> None:
     """A warning: always one line on stderr."""
     click.echo(f"kvmsnap: warning: {message}", err=True)

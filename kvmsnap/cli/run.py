@@ -6,6 +6,7 @@ import click
 
 from ..errors import InputError, KvmsnapError
 from .params import Address, Size
+from .render import note
 
 
 class GuestFailed(KvmsnapError):
@@ -58,6 +59,8 @@ def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, init
     with open_console(console) as sink:
         session = GuestSession.boot(kernel or guest or DEFAULT, mem_size, cpus, sink, control, load_addr,
                                     cmdline, initrd)
+        for message in session.notes:
+            note(message)
         error = session.run(paused=paused, keyboard=console == "stdio", save_on_fault=save_on_fault)
     if error:
         raise GuestFailed(error)

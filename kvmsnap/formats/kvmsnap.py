@@ -13,7 +13,7 @@ from kvmsnap.memory.vmcoreinfo import find_vmcoreinfo
 from kvmsnap.state import CoreInfo, MachineConfig, Snapshot
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 MAX_VCPUS = 4096
 
 _HEADER_AT = elf.offsets(N.KvmsnapHeader)
@@ -151,7 +151,7 @@ def decode(image: ElfCore) -> Snapshot:
             sets[-1][key] = note
             note.vcpu = len(sets) - 1
     for n_type in N.FORMAT_NOTES + tuple(arch_notes.DEVICE_NOTES):
-        if n_type != N.KVMSNAP_HEADER and n_type not in vm:
+        if n_type != N.KVMSNAP_HEADER and n_type not in vm and n_type not in arch_notes.OPTIONAL_DEVICE_NOTES:
             fail(first.p_offset, f"missing {N.type_name(N.OWNER_KVMSNAP, n_type)} note")
     if len(sets) != h.nr_vcpus:
         fail(first.p_offset, f"KVMSNAP_HEADER says {h.nr_vcpus} vCPUs but the notes hold "

@@ -4,7 +4,7 @@ import struct
 from kvmsnap.kvm import lib
 from kvmsnap.arch.x86_64 import layouts
 from kvmsnap.formats.elf import offsets
-from kvmsnap.vmm import uart
+from kvmsnap.vmm import cmos, pci, uart
 
 EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and not n.startswith("KVM_EXIT_IO_")}
 INTERNAL_ERRORS = {
@@ -21,6 +21,9 @@ _CS_BASE_AT = offsets(layouts.kvm_sregs)["cs"] + offsets(layouts.kvm_segment)["b
 RESET_VECTOR = (0xFFF0, 0xFFFF0000)
 #: Port the guest writes to for a clean power-off (QEMU's isa-debug-exit convention: any value).
 POWEROFF_PORT = 0x501
+#: The 8042 keyboard controller's command port, and its command that pulses the CPU reset line
+#: (Linux's default way to reboot without ACPI).  Reads of it float high: no controller.
+I8042_COMMAND, I8042_RESET = 0x64, 0xFE
 
 
 class GuestStopped(Exception):
@@ -57,7 +60,12 @@ class ExitHandler:
             raise GuestStopped(f"vCPU {vcpu.index}: VM entry failed, hardware reason "
                                f"{run.fail_entry.hardware_entry_failure_reason:#x} at {_where(vcpu)}")
         elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
-            raise GuestStopped(describe_internal_error(vcpu))
+            assist = self.machine.assist
+            if not (assist and run.internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION
+                    and assist.emulation_failure(vcpu)):
+                raise GuestStopped(describe_internal_error(vcpu))
+        elif reason in (lib.KVM_EXIT_X86_RDMSR, lib.KVM_EXIT_X86_WRMSR) and self.machine.assist:
+            self.machine.assist.msr_access(vcpu, reason)
         elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
             kind = SYSTEM_EVENTS.get(run.system_event.type, f"event {run.system_event.type}")
             raise GuestStopped(f"guest {kind}", error=run.system_event.type == lib.KVM_SYSTEM_EVENT_CRASH)
@@ -71,14 +79,32 @@ class ExitHandler:
         for i in range(io.count):
             off = io.data_offset + i * size
             if io.direction == lib.KVM_EXIT_IO_OUT:
-                value = int.from_bytes(buf[off:off + size], "little")
-                if port in uart.PORTS:
-                    self.machine.uart.write(port - uart.BASE, value & 0xFF)
-                elif port == POWEROFF_PORT:
-                    raise GuestStopped("guest powered off", error=False)
+                self._out(port, size, int.from_bytes(buf[off:off + size], "little"))
             else:
-                value = self.machine.uart.read(port - uart.BASE) if port in uart.PORTS else 0xFFFFFFFF
-                buf[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+                buf[off:off + size] = (self._in(port, size) & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+
+    def _out(self, port: int, size: int, value: int) -> None:
+        m = self.machine
+        if port in uart.PORTS:
+            m.uart.write(port - uart.BASE, value & 0xFF)
+        elif port in cmos.PORTS:
+            m.cmos.write(port - cmos.BASE, value & 0xFF)
+        elif port in pci.PORTS:
+            m.pci.write(port, size, value)
+        elif port == POWEROFF_PORT:
+            raise GuestStopped("guest powered off", error=False)
+        elif port == I8042_COMMAND and value & 0xFF == I8042_RESET:
+            raise GuestStopped("guest reset itself (keyboard controller)", error=False)
+
+    def _in(self, port: int, size: int) -> int:
+        m = self.machine
+        if port in uart.PORTS:
+            return m.uart.read(port - uart.BASE)
+        if port in cmos.PORTS:
+            return m.cmos.read(port - cmos.BASE)
+        if port in pci.PORTS:
+            return m.pci.read(port, size)
+        return 0xFFFFFFFF                       # nothing there: the bus floats high
 
 
 def _rip_cs(vcpu) -> tuple[int, int] | None:

@@ -15,6 +15,8 @@ from kvmsnap.kvm import Kvm, KvmError, lib, max_vcpus
 from kvmsnap.memory.ram import GuestRam
 from kvmsnap.state import MachineConfig
 from kvmsnap.vmm.exits import ExitHandler, GuestStopped
+from kvmsnap.vmm.cmos import Cmos
+from kvmsnap.vmm.pci import PciConfig
 from kvmsnap.vmm.uart import Uart
 
 KICK_SIGNAL = signal.SIGUSR1
@@ -26,13 +28,13 @@ class MachineError(KvmsnapError):
 
 
 class HostArch:
-    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``, ``host``."""
+    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``, ``host``, ``assist``."""
 
     def __init__(self):
         package = arch.host()
         self.name = package.NAME
-        self.vm, self.vcpu, self.boot, self.host = (arch.live(package, m)
-                                                    for m in ("vm", "vcpu", "boot", "host"))
+        self.vm, self.vcpu, self.boot, self.host, self.assist = (
+            arch.live(package, m) for m in ("vm", "vcpu", "boot", "host", "assist"))
 
 
 class Machine:
@@ -49,6 +51,7 @@ class Machine:
         self.arch = HostArch()
         self.vm = None
         self.vcpus = []
+        self.assist = None          # what the VMM completes for a KVM that emulates guest kernel mode
         self.memory = memory
         self.kvm = Kvm()
         try:
@@ -57,6 +60,10 @@ class Machine:
             self.close()
             raise
         self.uart = Uart(console, raise_irq=self._pulse_irq)
+        self.cmos = Cmos()
+        self.pci = PciConfig()
+        #: the VMM's own devices, by their name in Snapshot.devices
+        self.device_models = {"uart": self.uart, "cmos": self.cmos, "pci": self.pci}
         self._exits = ExitHandler(self)
         self._cond = threading.Condition()
         self._pause_requested = False
@@ -78,6 +85,7 @@ class Machine:
         self.memory = memory or GuestRam.anonymous(self.arch.vm.ram_layout(self.config.mem_size))
         for slot, (_, address) in zip(self.memory.slots(), self.memory.buffers()):
             self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address)
+        self.assist = self.arch.assist.for_vm(self.vm, self.memory)
         for i in range(self.config.vcpus):
             self.vcpus.append(self.vm.create_vcpu(i))
         self.vcpu_caps = self.arch.vcpu.VcpuCaps.of(self.kvm, self.vm)
@@ -93,11 +101,19 @@ class Machine:
 
     # --- building -------------------------------------------------------------------------------
     def boot(self, image: bytes, name: str, flat_addr: int | None = None, cmdline: str = "",
-             initrd: bytes | None = None) -> None:
+             initrd: bytes | None = None) -> list[str]:
         """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md); a Linux
-        kernel gets ``cmdline`` and ``initrd``."""
-        self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
-                            self.arch.host.offered_cpuid(self.kvm), self.arch.boot.KernelArgs(cmdline, initrd))
+        kernel gets ``cmdline`` and ``initrd``, after the parameters an emulating KVM needs.
+        Returns notes for the user: what was added, and why."""
+        added = self.arch.assist.kernel_params() if self.assist else ""
+        kernel = self.arch.boot.KernelArgs(cmdline, initrd, added)
+        entry = self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
+                                    self.arch.host.offered_cpuid(self.kvm), kernel)
+        if not added or entry.mode != "pvh":
+            return []
+        return [f"this host's KVM emulates guest kernel mode: the kernel command line starts with "
+                f"\"{added}\" (instructions its emulator cannot run), and kvmsnap completes int3, "
+                "fwait and system calls (docs/kernel-mode-assist.md)"]
 
     def _pulse_irq(self, irq: int) -> None:
         self.vm.irq_line(irq, 1)

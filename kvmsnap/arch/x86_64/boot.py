@@ -59,9 +59,11 @@ class EntryState:
 
 @dataclass
 class KernelArgs:
-    """What a PVH kernel is given besides its image: a command line and an initrd (module 0)."""
+    """What a PVH kernel is given besides its image: a command line and an initrd (module 0).
+    ``host_params`` go before the user's ``cmdline``: what this host needs (kvmsnap.arch.x86_64.assist)."""
     cmdline: str = ""
     initrd: bytes | None = None
+    host_params: str = ""
 
 
 def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> EntryState:
@@ -170,7 +172,7 @@ def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[int, in
     3 GiB hole); return the module count and the command line's address (0: none)."""
     if entry.mode != "pvh":
         return 0, 0
-    text = kernel.cmdline.encode()
+    text = f"{kernel.host_params} {kernel.cmdline}".strip().encode()
     if len(text) >= CMDLINE_MAX or b"\0" in text:
         raise LoadError(f"the kernel command line is {len(text)} bytes: at most {CMDLINE_MAX - 1}, "
                         "without NUL", setting="cmdline")
@@ -238,10 +240,10 @@ def guest_xcr0(cpuid_table: bytes) -> int:
 
 
 def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supported_cpuid: bytes,
-         kernel: KernelArgs = KernelArgs()) -> None:
+         kernel: KernelArgs = KernelArgs()) -> EntryState:
     """Load ``image`` and put the vCPUs in its entry state: every vCPU for a long-mode image, the
     BSP alone for a PVH kernel or a real-mode image (as on hardware, APs wait for INIT/SIPI in
-    their reset state)."""
+    their reset state).  Returns the entry state."""
     entry = load_image(image, name, memory, flat_addr)
     if entry.mode != "pvh" and (kernel.cmdline or kernel.initrd is not None):
         raise LoadError(f"{name}: a command line and an initrd are for a Linux kernel (an ELF vmlinux "
@@ -277,3 +279,4 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
             xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, guest_xcr0(supported_cpuid)
             vcpu.set_xcrs(bytes(ffi.buffer(xcrs)))
         vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
+    return entry

@@ -64,8 +64,24 @@ def uart(raw: bytes) -> dict:
     return plain(x86.UartState.parse(raw))
 
 
+def cmos(raw: bytes) -> dict:
+    """kvmsnap's RTC/CMOS: the index register, status registers A-D and the whole RAM (hex)."""
+    state = x86.CmosState.parse(raw)
+    return dict(index=state.index, status_a=state.ram[0x0A], status_b=state.ram[0x0B],
+                status_c=state.ram[0x0C], status_d=state.ram[0x0D], ram=state.ram.hex())
+
+
+def pci(raw: bytes) -> dict:
+    """kvmsnap's PCI configuration address register (0xcf8), with its fields."""
+    address = x86.PciState.parse(raw).address
+    return dict(address=address, enabled=bool(address >> 31), bus=address >> 16 & 0xFF,
+                device=address >> 11 & 0x1F, function=address >> 8 & 7, register=address & 0xFC)
+
+
+_DECODERS = dict(uart=uart, pic_master=pic, pic_slave=pic, ioapic=ioapic, pit=pit, clock=clock,
+                 cmos=cmos, pci=pci)
+
+
 def summary(devices: dict[str, bytes]) -> dict:
-    """Every device blob of an x86 snapshot, decoded."""
-    return dict(uart=uart(devices["uart"]), pic_master=pic(devices["pic_master"]),
-                pic_slave=pic(devices["pic_slave"]), ioapic=ioapic(devices["ioapic"]),
-                pit=pit(devices["pit"]), clock=clock(devices["clock"]))
+    """Every device blob of an x86 snapshot, decoded (a format 1.0 core has no cmos or pci)."""
+    return {name: decode(devices[name]) for name, decode in _DECODERS.items() if name in devices}

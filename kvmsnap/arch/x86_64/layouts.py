@@ -294,6 +294,17 @@ UartState = Struct(
     "scr" / Int8ul,   # scratch
 )
 
+#: kvmsnap's MC146818 RTC / CMOS RAM (kvmsnap.vmm.cmos): the index register, then the 128 bytes.
+CmosState = Struct(
+    "index" / Int8ul,
+    "ram" / Bytes(128),
+)
+
+#: kvmsnap's PCI configuration mechanism #1 (kvmsnap.vmm.pci): the address register at 0xcf8.
+PciState = Struct(
+    "address" / Int32ul,
+)
+
 # ---------------------------------------------------------------------------------------------
 # Architectural bits (control registers, EFER, RFLAGS) used by boot, the core writer and paging.
 
@@ -310,5 +321,5 @@ SIZES = {
     kvm_mp_state: 4, kvm_vcpu_events: 64, kvm_pic_state: 16, kvm_ioapic_state: 216, kvm_irqchip: 520,
     kvm_pit_channel_state: 24, kvm_pit_state2: 112, kvm_clock_data: 48,
     user_regs_struct: 216, elf_prstatus: 336, user_fpregs_struct: 512, xsave_header: 64,
-    QEMUCPUSegment: 24, QEMUCPUState: 440, UartState: 10,
+    QEMUCPUSegment: 24, QEMUCPUState: 440, UartState: 10, CmosState: 129, PciState: 4,
 }

@@ -34,10 +34,15 @@ DEVICE_NOTES = {
     N.KVMSNAP_PIT: (N.KvmsnapPit, {"pit": "pit"}),
     N.KVMSNAP_CLOCK: (N.KvmsnapClock, {"clock": "clock"}),
     N.KVMSNAP_UART: (N.KvmsnapUart, {"uart": "uart"}),
+    N.KVMSNAP_CMOS: (N.KvmsnapCmos, {"cmos": "cmos"}),
+    N.KVMSNAP_PCI: (N.KvmsnapPci, {"pci": "pci"}),
 }
+#: Device notes a format 1.0 core lacks: its devices then start from their reset state.
+OPTIONAL_DEVICE_NOTES = (N.KVMSNAP_CMOS, N.KVMSNAP_PCI)
 DEVICE_SIZES = {"pic_master": x86.kvm_irqchip.sizeof(), "pic_slave": x86.kvm_irqchip.sizeof(),
                 "ioapic": x86.kvm_irqchip.sizeof(), "pit": x86.kvm_pit_state2.sizeof(),
-                "clock": x86.kvm_clock_data.sizeof(), "uart": x86.UartState.sizeof()}
+                "clock": x86.kvm_clock_data.sizeof(), "uart": x86.UartState.sizeof(),
+                "cmos": x86.CmosState.sizeof(), "pci": x86.PciState.sizeof()}
 
 
 def parse_sregs(v: VcpuState):
@@ -167,9 +172,12 @@ def device_notes(devices: dict[str, bytes]) -> list[tuple[str, int, bytes]]:
 # -- reading --------------------------------------------------------------------------------------
 
 def read_devices(path: str, vm_notes: dict) -> dict[str, bytes]:
-    """The device blobs from the VM-wide notes (type -> Note), every one present."""
+    """The device blobs from the VM-wide notes (type -> Note), every one present but the
+    OPTIONAL_DEVICE_NOTES."""
     devices = {}
     for n_type, (layout, fields) in DEVICE_NOTES.items():
+        if n_type not in vm_notes and n_type in OPTIONAL_DEVICE_NOTES:
+            continue
         parsed = payload(path, vm_notes[n_type], layout)
         devices.update({name: bytes(parsed[field]) for name, field in fields.items()})
     return devices
