@@ -98,6 +98,15 @@ def test_kernel_arguments_need_a_linux_kernel(tmp_path):
                    str(tmp_path / "no.cpio"), "initrd")
 
 
+def test_vmlinux_must_have_symbols(tmp_path):
+    stripped = tiny_elf(tmp_path / "stripped.elf", b"\xf4")
+    for command in ("run", "restore"):
+        one_line_error(run_kvmsnap(command, "--vmlinux", stripped, "x"), 2, str(stripped), "no symbol table")
+    one_line_error(run_kvmsnap("run", "--vmlinux", tmp_path / "none"), 2, str(tmp_path / "none"))
+    (tmp_path / "text").write_text("not a kernel")
+    one_line_error(run_kvmsnap("run", "--vmlinux", tmp_path / "text"), 2, "not an ELF file")
+
+
 @pytest.mark.parametrize("cpus", ["0", "x"])
 def test_bad_cpu_count(cpus):
     one_line_error(run_kvmsnap("run", "--cpus", cpus), 2)

@@ -105,6 +105,29 @@ def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
     assert "instruction emulation failed at RIP 0x100000" in err and "c5 fe 6f 04 25" in err, err
 
 
+@pytest.mark.skipif(KVM_MODULE == "kvm_amd", reason="needs a KVM whose emulator reports the failing "
+                    "instruction (kvm_pvm, kvm_intel); kvm_amd on the lab's emulated SVM loses the RIP")
+def test_fault_names_the_function_at_rip_and_the_last_console_line(guest, tmp_path):
+    """With --vmlinux (any ELF with a symbol table) the message names the symbol at RIP."""
+    import subprocess
+    src = tmp_path / "fault.S"
+    src.write_text(".text\n.globl start64\nstart64:\n"
+                   " mov $0x3f8, %dx\n mov $'h', %al\n out %al, %dx\n mov $'i', %al\n out %al, %dx\n"
+                   " mov $10, %al\n out %al, %dx\n mov $0xd0000000, %eax\n"
+                   ".globl load_from_mmio\nload_from_mmio:\n vmovdqu (%rax), %ymm0\n")
+    img = tmp_path / "fault.elf"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["gcc", "-c", "-o", tmp_path / "fault.o", src], check=True)
+    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
+                    os.path.join(root, "samples", "guest.ld"), "-o", img, tmp_path / "fault.o"], check=True)
+    g = guest(str(img), "--mem", "16M", "--vmlinux", str(img))
+    assert g.proc.wait(seconds(30)) == 1
+    err = g.stderr().strip()
+    assert len(err.splitlines()) == 1, err
+    assert "instruction emulation failed" in err and "RIP is in load_from_mmio+0x0" in err, err
+    assert err.endswith("last console line: 'hi'"), err
+
+
 def test_oversized_request_gets_one_reply_and_the_connection_closes(guest):
     g = guest("counter", "--mem", "32M")
     with socket.socket(socket.AF_UNIX) as s:

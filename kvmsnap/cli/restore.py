@@ -2,7 +2,7 @@
 import click
 
 from .render import warn
-from .run import GuestFailed, open_console, save_on_fault_option
+from .run import GuestFailed, open_console, save_on_fault_option, vmlinux_option
 
 
 @click.command()
@@ -19,8 +19,9 @@ from .run import GuestFailed, open_console, save_on_fault_option
 @click.option("--allow-missing-features", is_flag=True,
               help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
 @save_on_fault_option
+@vmlinux_option
 def restore(core, console, control, paused, memory_mode, allow_missing_msrs, allow_missing_features,
-            save_on_fault):
+            save_on_fault, vmlinux):
     """Restore the guest saved in CORE and run it on.
 
     The whole file is validated and checked against this host (vCPUs, CPUID features, XCR0 and
@@ -28,12 +29,15 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
     (or read, with --memory eager), which is never modified. Every register set is read back
     and compared after restoring.
     """
+    from ..decode.symbols import KernelSymbols
     from ..restore import Policy, restore as restore_core
     from ..runner import GuestSession
     policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
                     eager_memory=memory_mode == "eager")
+    symbols = KernelSymbols(vmlinux) if vmlinux else None
     with open_console(console) as sink:
         machine, warnings = restore_core(core, sink, policy)
+        machine.symbols = symbols
         for warning in warnings:
             warn(warning)
         error = GuestSession(machine, control).run(paused=paused, keyboard=console == "stdio",

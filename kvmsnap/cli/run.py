@@ -28,6 +28,9 @@ save_on_fault_option = click.option(
     "--save-on-fault", metavar="CORE", type=click.Path(dir_okay=False),
     help="If the guest stops with an error (triple fault, an instruction KVM cannot emulate), save it "
          "to CORE first, as it was at that moment.")
+vmlinux_option = click.option(
+    "--vmlinux", metavar="FILE", help="The guest kernel with its symbols (the -dbg package's vmlinux): an "
+                                      "error that stops the guest names the function at its RIP.")
 
 
 @click.command()
@@ -44,7 +47,9 @@ save_on_fault_option = click.option(
 @click.option("--initrd", metavar="FILE", help="The Linux kernel's initrd (initramfs).")
 @click.option("--append", "cmdline", default="", metavar="TEXT", help="The Linux kernel's command line.")
 @save_on_fault_option
-def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, initrd, cmdline, save_on_fault):
+@vmlinux_option
+def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, initrd, cmdline, save_on_fault,
+        vmlinux):
     """Run GUEST: a sample name (see `kvmsnap samples`, default `counter`) or an image path;
     or a Linux kernel given with --kernel.
 
@@ -52,15 +57,18 @@ def run(guest, mem_size, cpus, console, control, load_addr, paused, kernel, init
     (with --initrd and --append); other files are flat binaries started in 16-bit real mode at
     --load-addr. Ends when the guest stops, on `quit` over --control, on SIGTERM, or on Ctrl-C.
     """
+    from ..decode.symbols import KernelSymbols
     from ..runner import GuestSession
     from ..samples import DEFAULT
     if kernel and guest:
         raise InputError(f"give GUEST ({guest}) or --kernel ({kernel}), not both")
+    symbols = KernelSymbols(vmlinux) if vmlinux else None
     with open_console(console) as sink:
         session = GuestSession.boot(kernel or guest or DEFAULT, mem_size, cpus, sink, control, load_addr,
                                     cmdline, initrd)
         for message in session.notes:
             note(message)
+        session.machine.symbols = symbols
         error = session.run(paused=paused, keyboard=console == "stdio", save_on_fault=save_on_fault)
     if error:
         raise GuestFailed(error)

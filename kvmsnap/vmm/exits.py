@@ -124,6 +124,18 @@ def _where(vcpu) -> str:
     return f"RIP {rip:#x}" + (f" (CS base {cs_base:#x})" if cs_base else "")
 
 
+def fault_context(vcpu, uart, symbols=None) -> str:
+    """What follows a fault's message: the kernel function at RIP (with ``symbols``, a
+    :class:`kvmsnap.decode.symbols.KernelSymbols`) and the console's last line."""
+    context = ""
+    where = _rip_cs(vcpu)
+    if symbols is not None and where is not None and (name := symbols.name(where[0])):
+        context += f"; RIP is in {name}"
+    if uart.last_line:
+        context += f"; last console line: {uart.last_line!r}"
+    return context
+
+
 def describe_internal_error(vcpu) -> str:
     """KVM_EXIT_INTERNAL_ERROR in words: suberror, RIP and, for emulation failures, the instruction bytes."""
     internal = vcpu.run_area.internal

@@ -14,7 +14,7 @@ from kvmsnap.errors import InputError, KvmsnapError
 from kvmsnap.kvm import Kvm, KvmError, lib, max_vcpus
 from kvmsnap.memory.ram import GuestRam
 from kvmsnap.state import MachineConfig
-from kvmsnap.vmm.exits import ExitHandler, GuestStopped
+from kvmsnap.vmm.exits import ExitHandler, GuestStopped, fault_context
 from kvmsnap.vmm.cmos import Cmos
 from kvmsnap.vmm.pci import PciConfig
 from kvmsnap.vmm.uart import Uart
@@ -71,6 +71,7 @@ class Machine:
         self._parked = 0
         self._threads: list[threading.Thread] = []
         self.error: str | None = None       # why the guest stopped, when it failed
+        self.symbols = None                 # the guest kernel's KernelSymbols, for fault messages
         self._saved_msrs = saved_msrs
         lib.kvmsnap_install_kick_handler(KICK_SIGNAL)
 
@@ -151,7 +152,7 @@ class Machine:
                 self._exits.handle(vcpu, reason)
                 pending = True
         except GuestStopped as stop:
-            self._fail(str(stop) if stop.error else None)
+            self._fail(str(stop) + fault_context(vcpu, self.uart, self.symbols) if stop.error else None)
         except Exception as e:          # any failure stops the whole machine with its message
             self._fail(f"vCPU {vcpu.index}: {e}")
 

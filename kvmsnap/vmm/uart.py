@@ -27,6 +27,7 @@ class Uart:
         self.sink = sink
         self.raise_irq = raise_irq          # callable(irq) pulsing the IRQ line, or None
         self._line = bytearray()
+        self.last_line = ""                 # the last complete line, for fault messages
         self._rx = collections.deque()
         self._lock = threading.Lock()       # vCPUs may write concurrently
         self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
@@ -108,6 +109,8 @@ class Uart:
 
     def _flush_line(self) -> None:
         if self._line:
+            if text := self._line.decode(errors="replace").strip():
+                self.last_line = text[-200:]
             self.sink.write(bytes(self._line))
             self.sink.flush()
             self._line.clear()
