@@ -42,6 +42,15 @@ def linux():
     return files
 
 
+@pytest.fixture(scope="module")
+def vmlinuz():
+    """The same kernel as Debian ships it: a bzImage (samples/linux/build --bzimage, cached)."""
+    r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build"), "--bzimage"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1]
+
+
 def boot(tmp_path, linux, cpus):
     vmlinux, initrd = linux
     return RunningGuest(tmp_path, f"--kernel={vmlinux}", "--initrd", initrd, "--append", "console=ttyS0",
@@ -90,6 +99,19 @@ def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path, linux,
         assert not vcpu["lapic"]["lvt"]["timer"]["masked"]
     text = gdb(core, "x/i $pc")
     assert re.search(r"=> 0xffffffff[0-9a-f]{8}", text), text
+
+
+@native
+def test_bzimage_boots_through_the_64_bit_boot_protocol(tmp_path, linux, vmlinuz):
+    """The zero page carries the command line, the initrd and the e820 map to the kernel."""
+    g = RunningGuest(tmp_path, f"--kernel={vmlinuz}", "--initrd", linux[1], "--append", "console=ttyS0 via=bzimage",
+                     "--mem", "256M", console=tmp_path / "bzimage.console")
+    g.wait_lines(1, "^GUEST-READY", timeout=300)
+    log = "\n".join(g.lines())
+    assert "Command line: console=ttyS0 via=bzimage" in log
+    assert "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable" in log
+    assert re.search(r"RAMDISK: \[mem 0x[0-9a-f]+-0x000000000fffffff\]", log), log
+    assert g.quit() == 0
 
 
 @emulated

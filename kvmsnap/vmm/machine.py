@@ -107,14 +107,18 @@ class Machine:
         kernel gets ``cmdline`` and ``initrd``, after the parameters an emulating KVM needs.
         Returns notes for the user: what was added, and why."""
         added = self.arch.assist.kernel_params() if self.assist else ""
-        kernel = self.arch.boot.KernelArgs(cmdline, initrd, added)
+        kernel = self.arch.boot.KernelArgs(cmdline, initrd, added, prefer_vmlinux=bool(self.assist))
         entry = self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
                                     self.arch.host.offered_cpuid(self.kvm), kernel)
-        if not added or entry.mode != "pvh":
+        if not added or entry.mode not in self.arch.boot.LINUX_MODES:
             return []
-        return [f"this host's KVM emulates guest kernel mode: the kernel command line starts with "
-                f"\"{added}\" (instructions its emulator cannot run), and kvmsnap completes int3, "
-                "fwait and system calls (docs/kernel-mode-assist.md)"]
+        notes = [f"this host's KVM emulates guest kernel mode: the kernel command line starts with "
+                 f"\"{added}\" (instructions its emulator cannot run), and kvmsnap completes int3, "
+                 "fwait and system calls (docs/kernel-mode-assist.md)"]
+        if entry.unpacked:
+            notes.append(f"{name}: booting the vmlinux inside this bzImage at its PVH entry (its "
+                         "decompressor would run emulated for many minutes)")
+        return notes
 
     def _pulse_irq(self, irq: int) -> None:
         self.vm.irq_line(irq, 1)

@@ -1,12 +1,13 @@
-"""Booting x86 guests: ELF64 images in long mode (CPL0 or CPL3), PVH kernels (Linux's vmlinux) at
-their 32-bit entry with a command line and initrd, and flat binaries in real mode.
+"""Booting x86 guests: ELF64 images in long mode (CPL0 or CPL3), Linux kernels with a command line
+and initrd (an ELF vmlinux at its 32-bit PVH entry, a bzImage at its 64-bit entry with a zero page),
+and flat binaries in real mode.
 
 The entry state is documented in docs/boot-protocol.md; this module is its implementation.
 """
 import struct
 from dataclasses import dataclass
 
-from kvmsnap.arch.x86_64 import cpuid
+from kvmsnap.arch.x86_64 import bzimage, cpuid
 from kvmsnap.arch.x86_64.mptable import MPTABLE_ADDR, mptable
 from kvmsnap.arch.x86_64.layouts import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                                          CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME,
@@ -18,12 +19,14 @@ from kvmsnap.kvm import ffi, lib
 
 # Boot data the loader keeps below 1 MiB (docs/boot-protocol.md)
 GDT_ADDR, START_INFO_ADDR, MEMMAP_ADDR, MODLIST_ADDR, TSS_ADDR = 0x1000, 0x2000, 0x2100, 0x3000, 0x4000
+ZERO_PAGE_ADDR = 0x7000
 CMDLINE_ADDR, CMDLINE_MAX = 0x20000, 2048      # Linux's COMMAND_LINE_SIZE, with its NUL
 PAGE_TABLES_ADDR, PAGE_TABLES_END = 0x10000, 0xA0000
 ELF_LOAD_MIN = 0x100000
 PVH_MAGIC = 0x336EC578
 
 SEL_KCODE, SEL_KDATA, SEL_UDATA, SEL_UCODE, SEL_TSS, SEL_KCODE32 = 0x08, 0x10, 0x1B, 0x23, 0x28, 0x38
+BOOT_CS, BOOT_DS = 0x10, 0x18    # the 64-bit boot protocol's selectors (a bzImage's GDT has them)
 GDT = [
     0,
     0x00AF9A000000FFFF,   # 0x08 kernel code, 64-bit
@@ -50,26 +53,37 @@ class LoadError(InputError):
 @dataclass
 class EntryState:
     """Where and how every vCPU starts."""
-    mode: str           # "long", "pvh" (32-bit protected mode, the BSP alone) or "real"
+    mode: str           # "long", "pvh" (32-bit protected mode), "bzimage" (64-bit, the BSP alone) or "real"
     rip: int
     cpl: int = 0
     cs_base: int = 0
-    image_end: int = 0  # end of the highest PT_LOAD
+    image_end: int = 0  # end of the highest PT_LOAD (a bzImage: of the memory its kernel may use)
+    setup: bzimage.SetupHeader | None = None    # a bzImage's setup header
+    unpacked: bool = False                      # a PVH vmlinux taken out of a bzImage
+
+
+LINUX_MODES = ("pvh", "bzimage")
 
 
 @dataclass
 class KernelArgs:
     """What a PVH kernel is given besides its image: a command line and an initrd (module 0).
-    ``host_params`` go before the user's ``cmdline``: what this host needs (kvmsnap.arch.x86_64.assist)."""
+    ``host_params`` go before the user's ``cmdline``: what this host needs (kvmsnap.arch.x86_64.assist);
+    ``prefer_vmlinux``: boot the vmlinux inside a bzImage at its PVH entry when it can be unpacked
+    (on an emulating KVM the decompressor would take many minutes)."""
     cmdline: str = ""
     initrd: bytes | None = None
     host_params: str = ""
+    prefer_vmlinux: bool = False
 
 
 def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> EntryState:
-    """Copy an image into guest RAM and say how to enter it. ELF64 by magic, else a flat binary."""
+    """Copy an image into guest RAM and say how to enter it. ELF64 or bzImage by magic, else a flat
+    binary."""
     if data[:4] == elf.ELFMAG:
         return _load_elf(data, name, memory)
+    if bzimage.is_bzimage(data):
+        return _load_bzimage(data, name, memory)
     addr = REALMODE_DEFAULT_ADDR if flat_addr is None else flat_addr
     if not data:
         raise LoadError(f"{name}: empty image")
@@ -85,6 +99,21 @@ def _require_ram(memory, name: str, addr: int, size: int) -> None:
     if not memory.contains(addr, size):
         raise LoadError(f"{name}: needs guest RAM at {addr:#x}-{addr + size:#x}, but the guest has only "
                         f"{memory.top >> 20} MiB: give it more memory", setting="mem_size")
+
+
+def _load_bzimage(data: bytes, name: str, memory) -> EntryState:
+    """The protected-mode kernel at its preferred address, entered at its 64-bit entry."""
+    try:
+        setup = bzimage.parse(data)
+    except bzimage.NotBootable as e:
+        raise LoadError(f"{name}: {e}") from None
+    load = setup.pref_address
+    if load < ELF_LOAD_MIN or load % 4096:
+        raise LoadError(f"{name}: preferred load address {load:#x} is not a page above 1 MiB")
+    size = max(setup.init_size, len(setup.kernel))
+    _require_ram(memory, name, load, size)
+    memory.write(load, setup.kernel)
+    return EntryState("bzimage", rip=load + bzimage.ENTRY_64_OFFSET, image_end=load + size, setup=setup)
 
 
 _PHDR = elf.row_parser("Elf64_Phdr", elf.Elf64_Phdr)
@@ -143,10 +172,14 @@ def _notes(table: bytes) -> dict[tuple[str, int], bytes]:
 
 
 def write_boot_data(memory, entry: EntryState, kernel: KernelArgs) -> None:
-    """GDT, TSS and PVH start info with the memory map; for a long-mode entry identity page
-    tables (2 MiB pages), for a PVH kernel its command line and initrd."""
+    """GDT and TSS; the memory map and what the entry passes it in (PVH start info; a bzImage's
+    zero page); for a long-mode or bzImage entry identity page tables (2 MiB pages); for a Linux
+    kernel its command line and initrd."""
+    gdt = list(GDT)
+    if entry.mode == "bzimage":     # 64-bit code at BOOT_CS, data at BOOT_DS
+        gdt[BOOT_CS // 8], gdt[BOOT_DS // 8] = GDT[SEL_KCODE // 8], GDT[SEL_KDATA // 8]
     tss_lo = (TSS_LIMIT & 0xFFFF) | (TSS_ADDR & 0xFFFFFF) << 16 | 0x89 << 40 | ((TSS_ADDR >> 24) & 0xFF) << 56
-    memory.write(GDT_ADDR, struct.pack(f"<{len(GDT) + 3}Q", *GDT, tss_lo, TSS_ADDR >> 32, GDT_CODE32))
+    memory.write(GDT_ADDR, struct.pack(f"<{len(gdt) + 3}Q", *gdt, tss_lo, TSS_ADDR >> 32, GDT_CODE32))
     # User-mode port I/O goes through the TSS I/O bitmap: some hosts' KVM drop IOPL at CPL3.
     tss = bytearray(TSS_LIMIT + 1)
     struct.pack_into("<H", tss, 102, IO_BITMAP_OFFSET)
@@ -154,40 +187,63 @@ def write_boot_data(memory, entry: EntryState, kernel: KernelArgs) -> None:
     memory.write(TSS_ADDR, bytes(tss))
 
     ram = [(max(s.gpa, ELF_LOAD_MIN), s.end - max(s.gpa, ELF_LOAD_MIN), 1) for s in memory.slots()]
-    if entry.mode == "pvh":
+    if entry.mode in LINUX_MODES:
         # Linux wants RAM below 640 KiB (its real-mode trampoline) and reserves all of the first MiB.
         memmap = [(0, 0xA0000, 1), (0xF0000, 0x10000, 2)] + ram
     else:   # the samples: below 1 MiB is reserved (boot data); RAM starts at 1 MiB
         memmap = [(0, ELF_LOAD_MIN, 2)] + ram
-    memory.write(MEMMAP_ADDR, b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in memmap))
-    modules, cmdline = _kernel_args(memory, entry, kernel)
-    memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, modules, MODLIST_ADDR,
-                                              cmdline, 0, MEMMAP_ADDR, len(memmap), 0))
-    if entry.mode == "long":
+    initrd, cmdline = _kernel_args(memory, entry, kernel)
+    if entry.mode == "bzimage":
+        memory.write(ZERO_PAGE_ADDR, _zero_page(entry.setup, memmap, cmdline, initrd))
+    else:
+        memory.write(MEMMAP_ADDR, b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in memmap))
+        if initrd:
+            memory.write(MODLIST_ADDR, struct.pack("<QQQQ", *initrd, 0, 0))
+        memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 1 if initrd else 0,
+                                                  MODLIST_ADDR, cmdline, 0, MEMMAP_ADDR, len(memmap), 0))
+    if entry.mode in ("long", "bzimage"):
         _write_page_tables(memory)
 
 
-def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[int, int]:
-    """For a PVH kernel write the command line and the initrd (at the top of the RAM below the
-    3 GiB hole); return the module count and the command line's address (0: none)."""
-    if entry.mode != "pvh":
-        return 0, 0
+def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[tuple[int, int] | None, int]:
+    """For a Linux kernel write the command line and the initrd (at the top of the RAM below the
+    3 GiB hole, and below a bzImage's initrd_addr_max); return the initrd's (address, size) or None
+    and the command line's address (0: none)."""
+    if entry.mode not in LINUX_MODES:
+        return None, 0
     text = f"{kernel.host_params} {kernel.cmdline}".strip().encode()
-    if len(text) >= CMDLINE_MAX or b"\0" in text:
-        raise LoadError(f"the kernel command line is {len(text)} bytes: at most {CMDLINE_MAX - 1}, "
+    limit = min(CMDLINE_MAX, entry.setup.cmdline_size + 1) if entry.setup else CMDLINE_MAX
+    if len(text) >= limit or b"\0" in text:
+        raise LoadError(f"the kernel command line is {len(text)} bytes: at most {limit - 1}, "
                         "without NUL", setting="cmdline")
     memory.write(CMDLINE_ADDR, text + b"\0")
     if kernel.initrd is None:
-        return 0, CMDLINE_ADDR
-    low = memory.slots()[0]
-    start = (low.end - len(kernel.initrd)) & ~0xFFF
+        return None, CMDLINE_ADDR
+    top = memory.slots()[0].end
+    if entry.setup:
+        top = min(top, entry.setup.initrd_addr_max + 1)
+    start = (top - len(kernel.initrd)) & ~0xFFF
     if start < entry.image_end:
         raise LoadError(f"the kernel (up to {entry.image_end:#x}) and the initrd ({len(kernel.initrd)} "
-                        f"bytes) do not fit in {low.end >> 20} MiB below the 3 GiB hole: give the "
-                        "guest more memory", setting="mem_size")
+                        f"bytes) do not fit below {top:#x} (the 3 GiB hole or the kernel's initrd "
+                        "limit): give the guest more memory", setting="mem_size")
     memory.write(start, kernel.initrd)
-    memory.write(MODLIST_ADDR, struct.pack("<QQQQ", start, len(kernel.initrd), 0, 0))
-    return 1, CMDLINE_ADDR
+    return (start, len(kernel.initrd)), CMDLINE_ADDR
+
+
+def _zero_page(setup: bzimage.SetupHeader, memmap, cmdline: int, initrd) -> bytes:
+    """struct boot_params for the 64-bit boot protocol: the image's setup header with the loader's
+    fields filled in, and the memory map as its e820 table."""
+    page = bytearray(4096)
+    page[bzimage.SETUP_HEADER_START:bzimage.SETUP_HEADER_START + len(setup.header)] = setup.header
+    page[0x210] = 0xFF                                  # type_of_loader: not a registered one
+    struct.pack_into("<I", page, 0x228, cmdline)        # cmd_line_ptr
+    if initrd:
+        struct.pack_into("<II", page, 0x218, *initrd)  # ramdisk_image, ramdisk_size
+    page[0x1E8] = len(memmap)                           # e820_entries, then e820_table at 0x2d0
+    for i, (addr, size, kind) in enumerate(memmap):
+        struct.pack_into("<QQI", page, 0x2D0 + 20 * i, addr, size, kind)
+    return bytes(page)
 
 
 def _write_page_tables(memory) -> None:
@@ -229,6 +285,15 @@ def pvh_sregs(sregs) -> None:
     sregs.cr0 = CR0_PE | CR0_ET
 
 
+def bzimage_sregs(sregs) -> None:
+    """The 64-bit boot protocol: long mode on the identity tables, CS = __BOOT_CS (0x10), the data
+    segments __BOOT_DS (0x18)."""
+    long_mode_sregs(sregs, 0)
+    sregs.cs.selector = BOOT_CS
+    for seg in (sregs.ds, sregs.es, sregs.ss, sregs.fs, sregs.gs):
+        seg.selector = BOOT_DS
+
+
 def real_mode_sregs(sregs, cs_base: int) -> None:
     """Point CS at ``cs_base`` in a reset ``struct kvm_sregs2`` (real mode otherwise unchanged)."""
     sregs.cs.base, sregs.cs.selector = cs_base, cs_base >> 4
@@ -242,15 +307,17 @@ def guest_xcr0(cpuid_table: bytes) -> int:
 def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supported_cpuid: bytes,
          kernel: KernelArgs = KernelArgs()) -> EntryState:
     """Load ``image`` and put the vCPUs in its entry state: every vCPU for a long-mode image, the
-    BSP alone for a PVH kernel or a real-mode image (as on hardware, APs wait for INIT/SIPI in
+    BSP alone for a Linux kernel or a real-mode image (as on hardware, APs wait for INIT/SIPI in
     their reset state).  Returns the entry state."""
-    entry = load_image(image, name, memory, flat_addr)
-    if entry.mode != "pvh" and (kernel.cmdline or kernel.initrd is not None):
-        raise LoadError(f"{name}: a command line and an initrd are for a Linux kernel (an ELF vmlinux "
-                        "with a PVH entry note); this image has none")
+    inner = bzimage.embedded_vmlinux(image) if kernel.prefer_vmlinux else None
+    entry = load_image(inner or image, name, memory, flat_addr)
+    entry.unpacked = entry.mode == "pvh" and inner is not None
+    if entry.mode not in LINUX_MODES and (kernel.cmdline or kernel.initrd is not None):
+        raise LoadError(f"{name}: a command line and an initrd are for a Linux kernel (a bzImage, or an "
+                        "ELF vmlinux with a PVH entry note); this image is neither")
     if entry.mode != "real":
         write_boot_data(memory, entry, kernel)
-    if entry.mode == "pvh":
+    if entry.mode in LINUX_MODES:
         memory.write(MPTABLE_ADDR, mptable(len(vcpus)))
     for vcpu in vcpus:
         vcpu.set_cpuid2(cpuid.for_vcpu(supported_cpuid, vcpu.index))
@@ -269,6 +336,9 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
         elif entry.mode == "pvh":
             pvh_sregs(sregs)
             regs.rbx = START_INFO_ADDR
+        elif entry.mode == "bzimage":
+            bzimage_sregs(sregs)
+            regs.rsi = ZERO_PAGE_ADDR
         else:
             real_mode_sregs(sregs, entry.cs_base)
         vcpu.set_sregs2(bytes(ffi.buffer(sregs)))
