@@ -73,6 +73,7 @@ KVMSNAP_DIGEST = 0x4b530008      # reserved: integrity digests, last note, patch
 KVMSNAP_BASE = 0x4b530009        # reserved: the base core of an incremental core
 KVMSNAP_CMOS = 0x4b53000a        # format 1.1
 KVMSNAP_PCI = 0x4b53000b         # format 1.1
+KVMSNAP_ACPI_PM = 0x4b53000c     # format 1.1
 
 KVMSNAP_SREGS = 0x4b530101
 KVMSNAP_XSAVE = 0x4b530102
@@ -155,6 +156,7 @@ KvmsnapClock = _fixed("clock" / Bytes(x86.kvm_clock_data.sizeof()))
 KvmsnapUart = _fixed("uart" / Bytes(x86.UartState.sizeof()))
 KvmsnapCmos = _fixed("cmos" / Bytes(x86.CmosState.sizeof()))
 KvmsnapPci = _fixed("pci" / Bytes(x86.PciState.sizeof()))
+KvmsnapAcpiPm = _fixed("acpi_pm" / Bytes(x86.AcpiPmState.sizeof()))
 
 KvmsnapSregs = _private(
     "flags" / Int32ul,
@@ -238,6 +240,7 @@ def _entries():
         (KVMSNAP_UART, "KVMSNAP_UART", KvmsnapUart, vm),
         (KVMSNAP_CMOS, "KVMSNAP_CMOS", KvmsnapCmos, vm),
         (KVMSNAP_PCI, "KVMSNAP_PCI", KvmsnapPci, vm),
+        (KVMSNAP_ACPI_PM, "KVMSNAP_ACPI_PM", KvmsnapAcpiPm, vm),
         (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu),
         (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu),
         (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu),

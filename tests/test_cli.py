@@ -104,7 +104,7 @@ def test_vmlinux_must_have_symbols(tmp_path):
         one_line_error(run_kvmsnap(command, "--vmlinux", stripped, "x"), 2, str(stripped), "no symbol table")
     one_line_error(run_kvmsnap("run", "--vmlinux", tmp_path / "none"), 2, str(tmp_path / "none"))
     (tmp_path / "text").write_text("not a kernel")
-    one_line_error(run_kvmsnap("run", "--vmlinux", tmp_path / "text"), 2, "not an ELF file")
+    one_line_error(run_kvmsnap("run", "--vmlinux", tmp_path / "text"), 2, "not an ELF64 file")
 
 
 @pytest.mark.parametrize("cpus", ["0", "x"])

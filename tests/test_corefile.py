@@ -43,7 +43,7 @@ def test_round_trip_gives_identical_state(tmp_path):
     got = core
     assert got.config == state.config
     assert got.vcpus == state.vcpus
-    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "cmos", "pci"):
+    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "cmos", "pci", "acpi_pm"):
         assert got.devices[name] == state.devices[name], name
     assert got.memory.slots() == [Slot(0, 0, 8 * MiB)]
     assert core.info.format_major == FORMAT_MAJOR and len(core.vcpus) == 2
@@ -274,7 +274,7 @@ def test_readelf_clean(core_path, cmd):
     text = (out.stdout + out.stderr).lower()
     assert "warning" not in text and "error" not in text, text[:2000]
     if cmd[-1] == "-n":
-        assert out.stdout.count("KVMSNAP") == 9 + 2 * 10      # VM-wide notes, then 10 per vCPU
+        assert out.stdout.count("KVMSNAP") == 10 + 2 * 10     # VM-wide notes, then 10 per vCPU
         assert out.stdout.count("CORE") == 4
 
 
@@ -661,18 +661,18 @@ def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
     assert core.devices["uart"] == state.devices["uart"]
 
 
-def test_format_1_0_core_without_cmos_and_pci_notes_reads(tmp_path, monkeypatch):
-    """Format 1.0 had no KVMSNAP_CMOS or KVMSNAP_PCI: such a core reads, without those devices
-    (restore leaves them in their reset state)."""
+def test_format_1_0_core_without_the_vmm_device_notes_reads(tmp_path, monkeypatch):
+    """Format 1.0 had no KVMSNAP_CMOS, KVMSNAP_PCI or KVMSNAP_ACPI_PM: such a core reads, without
+    those devices (restore leaves them in their reset state)."""
     from kvmsnap.arch.x86_64 import notes as x86_notes
     original = x86_notes.device_notes
     monkeypatch.setattr(x86_notes, "device_notes", lambda devices: [
-        n for n in original(devices) if n[1] not in (N.KVMSNAP_CMOS, N.KVMSNAP_PCI)])
+        n for n in original(devices) if n[1] not in x86_notes.OPTIONAL_DEVICE_NOTES])
     state = make_state()
     write(state, tmp_path / "old.core")
     monkeypatch.undo()
     core = read_core(tmp_path / "old.core")
-    assert "cmos" not in core.devices and "pci" not in core.devices
+    assert not {"cmos", "pci", "acpi_pm"} & set(core.devices)
     assert core.devices["uart"] == state.devices["uart"] and core.vcpus == state.vcpus
 
 

@@ -30,7 +30,7 @@ def test_kvmsnap_sections(core_path):
     assert all(set(m) == {"index", "name", "value"} for m in v["msrs"])
     assert {"timer", "lvt", "isr", "irr", "tmr", "svr", "tpr", "id"} <= set(v["lapic"])
     assert set(s["devices"]) == {"uart", "pic_master", "pic_slave", "ioapic", "pit", "clock", "cmos",
-                                "pci"}
+                                "pci", "acpi_pm"}
     assert len(s["devices"]["ioapic"]["redirtbl"]) == 24
     assert all(n["decoded"] for n in s["notes"])
     json.dumps(s)

@@ -231,6 +231,21 @@ def test_cmos_clock_reads_the_host_utc_time_in_the_format_register_b_asks_for():
     assert copy.ram == rtc.ram and copy.index == rtc.index
 
 
+def test_acpi_pm_registers_keep_what_linux_writes_and_report_poweroff_and_reset():
+    from kvmsnap.arch.x86_64 import acpi
+    from kvmsnap.vmm import acpi_pm
+    pm = acpi_pm.AcpiPm()
+    assert pm.read(acpi.PM1A_CNT_PORT, 2) & acpi.SCI_EN                  # always in ACPI mode
+    assert pm.write(acpi.PM1A_EVT_PORT + 2, 2, 0x0020) is None            # enable the global-lock event
+    assert pm.read(acpi.PM1A_EVT_PORT + 2, 2) == 0x0020 and pm.read(acpi.PM1A_EVT_PORT, 2) == 0
+    assert pm.write(acpi.PM1A_CNT_PORT, 2, acpi.SLP_TYP_S5 << acpi.SLP_TYP_SHIFT) is None   # type first
+    assert pm.write(acpi.PM1A_CNT_PORT, 2, acpi.SLP_TYP_S5 << acpi.SLP_TYP_SHIFT | acpi.SLP_EN) == "poweroff"
+    assert pm.write(acpi.RESET_PORT, 1, acpi.RESET_VALUE) == "reset"
+    copy = acpi_pm.AcpiPm()
+    copy.load_state_bytes(pm.state_bytes())
+    assert (copy.enable, copy.control) == (pm.enable, pm.control)
+
+
 def test_pci_config_space_has_only_the_host_bridge():
     from kvmsnap.vmm import pci
     bus = pci.PciConfig()

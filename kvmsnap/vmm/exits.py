@@ -4,7 +4,7 @@ import struct
 from kvmsnap.kvm import lib
 from kvmsnap.arch.x86_64 import layouts
 from kvmsnap.formats.elf import offsets
-from kvmsnap.vmm import cmos, pci, uart
+from kvmsnap.vmm import acpi_pm, cmos, pci, uart
 
 EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and not n.startswith("KVM_EXIT_IO_")}
 INTERNAL_ERRORS = {
@@ -95,6 +95,9 @@ class ExitHandler:
             raise GuestStopped("guest powered off", error=False)
         elif port == I8042_COMMAND and value & 0xFF == I8042_RESET:
             raise GuestStopped("guest reset itself (keyboard controller)", error=False)
+        elif port in acpi_pm.PORTS:
+            if (asked := m.acpi_pm.write(port, size, value)) is not None:
+                raise GuestStopped(f"guest asked for {asked} through ACPI", error=False)
 
     def _in(self, port: int, size: int) -> int:
         m = self.machine
@@ -104,6 +107,8 @@ class ExitHandler:
             return m.cmos.read(port - cmos.BASE)
         if port in pci.PORTS:
             return m.pci.read(port, size)
+        if port in acpi_pm.PORTS:
+            return m.acpi_pm.read(port, size)
         return 0xFFFFFFFF                       # nothing there: the bus floats high
 
 

@@ -15,6 +15,7 @@ from kvmsnap.kvm import Kvm, KvmError, lib, max_vcpus
 from kvmsnap.memory.ram import GuestRam
 from kvmsnap.state import MachineConfig
 from kvmsnap.vmm.exits import ExitHandler, GuestStopped, fault_context
+from kvmsnap.vmm.acpi_pm import AcpiPm
 from kvmsnap.vmm.cmos import Cmos
 from kvmsnap.vmm.pci import PciConfig
 from kvmsnap.vmm.uart import Uart
@@ -62,8 +63,9 @@ class Machine:
         self.uart = Uart(console, raise_irq=self._pulse_irq)
         self.cmos = Cmos()
         self.pci = PciConfig()
+        self.acpi_pm = AcpiPm()
         #: the VMM's own devices, by their name in Snapshot.devices
-        self.device_models = {"uart": self.uart, "cmos": self.cmos, "pci": self.pci}
+        self.device_models = {"uart": self.uart, "cmos": self.cmos, "pci": self.pci, "acpi_pm": self.acpi_pm}
         self._exits = ExitHandler(self)
         self._cond = threading.Condition()
         self._pause_requested = False

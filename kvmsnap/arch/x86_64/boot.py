@@ -7,7 +7,7 @@ The entry state is documented in docs/boot-protocol.md; this module is its imple
 import struct
 from dataclasses import dataclass
 
-from kvmsnap.arch.x86_64 import bzimage, cpuid
+from kvmsnap.arch.x86_64 import acpi, bzimage, cpuid
 from kvmsnap.arch.x86_64.mptable import MPTABLE_ADDR, mptable
 from kvmsnap.arch.x86_64.layouts import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                                          CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME,
@@ -188,19 +188,21 @@ def write_boot_data(memory, entry: EntryState, kernel: KernelArgs) -> None:
 
     ram = [(max(s.gpa, ELF_LOAD_MIN), s.end - max(s.gpa, ELF_LOAD_MIN), 1) for s in memory.slots()]
     if entry.mode in LINUX_MODES:
-        # Linux wants RAM below 640 KiB (its real-mode trampoline) and reserves all of the first MiB.
-        memmap = [(0, 0xA0000, 1), (0xF0000, 0x10000, 2)] + ram
+        # Linux wants RAM below 640 KiB (its real-mode trampoline) and reserves all of the first MiB;
+        # the ACPI tables and the MP table are in the reserved part.
+        memmap = [(0, 0xA0000, 1), (acpi.ACPI_ADDR, ELF_LOAD_MIN - acpi.ACPI_ADDR, 2)] + ram
     else:   # the samples: below 1 MiB is reserved (boot data); RAM starts at 1 MiB
         memmap = [(0, ELF_LOAD_MIN, 2)] + ram
     initrd, cmdline = _kernel_args(memory, entry, kernel)
+    rsdp = acpi.ACPI_ADDR if entry.mode in LINUX_MODES else 0
     if entry.mode == "bzimage":
-        memory.write(ZERO_PAGE_ADDR, _zero_page(entry.setup, memmap, cmdline, initrd))
+        memory.write(ZERO_PAGE_ADDR, _zero_page(entry.setup, memmap, cmdline, initrd, rsdp))
     else:
         memory.write(MEMMAP_ADDR, b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in memmap))
         if initrd:
             memory.write(MODLIST_ADDR, struct.pack("<QQQQ", *initrd, 0, 0))
         memory.write(START_INFO_ADDR, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 1 if initrd else 0,
-                                                  MODLIST_ADDR, cmdline, 0, MEMMAP_ADDR, len(memmap), 0))
+                                                  MODLIST_ADDR, cmdline, rsdp, MEMMAP_ADDR, len(memmap), 0))
     if entry.mode in ("long", "bzimage"):
         _write_page_tables(memory)
 
@@ -231,10 +233,11 @@ def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[tuple[i
     return (start, len(kernel.initrd)), CMDLINE_ADDR
 
 
-def _zero_page(setup: bzimage.SetupHeader, memmap, cmdline: int, initrd) -> bytes:
+def _zero_page(setup: bzimage.SetupHeader, memmap, cmdline: int, initrd, rsdp: int) -> bytes:
     """struct boot_params for the 64-bit boot protocol: the image's setup header with the loader's
-    fields filled in, and the memory map as its e820 table."""
+    fields filled in, the RSDP's address, and the memory map as its e820 table."""
     page = bytearray(4096)
+    struct.pack_into("<Q", page, 0x070, rsdp)           # acpi_rsdp_addr
     page[bzimage.SETUP_HEADER_START:bzimage.SETUP_HEADER_START + len(setup.header)] = setup.header
     page[0x210] = 0xFF                                  # type_of_loader: not a registered one
     struct.pack_into("<I", page, 0x228, cmdline)        # cmd_line_ptr
@@ -319,6 +322,7 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
         write_boot_data(memory, entry, kernel)
     if entry.mode in LINUX_MODES:
         memory.write(MPTABLE_ADDR, mptable(len(vcpus)))
+        memory.write(acpi.ACPI_ADDR, acpi.tables(len(vcpus)))
     for vcpu in vcpus:
         vcpu.set_cpuid2(cpuid.for_vcpu(supported_cpuid, vcpu.index))
         if entry.mode != "long" and vcpu.index:

@@ -78,10 +78,16 @@ def pci(raw: bytes) -> dict:
                 device=address >> 11 & 0x1F, function=address >> 8 & 7, register=address & 0xFC)
 
 
+def acpi_pm(raw: bytes) -> dict:
+    """kvmsnap's ACPI PM1a enable and control registers."""
+    state = x86.AcpiPmState.parse(raw)
+    return dict(pm1_enable=state.pm1_enable, pm1_control=state.pm1_control)
+
+
 _DECODERS = dict(uart=uart, pic_master=pic, pic_slave=pic, ioapic=ioapic, pit=pit, clock=clock,
-                 cmos=cmos, pci=pci)
+                 cmos=cmos, pci=pci, acpi_pm=acpi_pm)
 
 
 def summary(devices: dict[str, bytes]) -> dict:
-    """Every device blob of an x86 snapshot, decoded (a format 1.0 core has no cmos or pci)."""
+    """Every device blob of an x86 snapshot, decoded (a format 1.0 core has no cmos, pci or acpi_pm)."""
     return {name: decode(devices[name]) for name, decode in _DECODERS.items() if name in devices}

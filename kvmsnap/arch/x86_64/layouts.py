@@ -300,6 +300,12 @@ CmosState = Struct(
     "ram" / Bytes(128),
 )
 
+#: kvmsnap's ACPI PM1a registers (kvmsnap.vmm.acpi_pm): what the guest wrote to enable and control.
+AcpiPmState = Struct(
+    "pm1_enable" / Int16ul,
+    "pm1_control" / Int16ul,
+)
+
 #: kvmsnap's PCI configuration mechanism #1 (kvmsnap.vmm.pci): the address register at 0xcf8.
 PciState = Struct(
     "address" / Int32ul,
@@ -321,5 +327,5 @@ SIZES = {
     kvm_mp_state: 4, kvm_vcpu_events: 64, kvm_pic_state: 16, kvm_ioapic_state: 216, kvm_irqchip: 520,
     kvm_pit_channel_state: 24, kvm_pit_state2: 112, kvm_clock_data: 48,
     user_regs_struct: 216, elf_prstatus: 336, user_fpregs_struct: 512, xsave_header: 64,
-    QEMUCPUSegment: 24, QEMUCPUState: 440, UartState: 10, CmosState: 129, PciState: 4,
+    QEMUCPUSegment: 24, QEMUCPUState: 440, UartState: 10, CmosState: 129, PciState: 4, AcpiPmState: 4,
 }

@@ -36,13 +36,15 @@ DEVICE_NOTES = {
     N.KVMSNAP_UART: (N.KvmsnapUart, {"uart": "uart"}),
     N.KVMSNAP_CMOS: (N.KvmsnapCmos, {"cmos": "cmos"}),
     N.KVMSNAP_PCI: (N.KvmsnapPci, {"pci": "pci"}),
+    N.KVMSNAP_ACPI_PM: (N.KvmsnapAcpiPm, {"acpi_pm": "acpi_pm"}),
 }
 #: Device notes a format 1.0 core lacks: its devices then start from their reset state.
-OPTIONAL_DEVICE_NOTES = (N.KVMSNAP_CMOS, N.KVMSNAP_PCI)
+OPTIONAL_DEVICE_NOTES = (N.KVMSNAP_CMOS, N.KVMSNAP_PCI, N.KVMSNAP_ACPI_PM)
 DEVICE_SIZES = {"pic_master": x86.kvm_irqchip.sizeof(), "pic_slave": x86.kvm_irqchip.sizeof(),
                 "ioapic": x86.kvm_irqchip.sizeof(), "pit": x86.kvm_pit_state2.sizeof(),
                 "clock": x86.kvm_clock_data.sizeof(), "uart": x86.UartState.sizeof(),
-                "cmos": x86.CmosState.sizeof(), "pci": x86.PciState.sizeof()}
+                "cmos": x86.CmosState.sizeof(), "pci": x86.PciState.sizeof(),
+                "acpi_pm": x86.AcpiPmState.sizeof()}
 
 
 def parse_sregs(v: VcpuState):
