@@ -134,6 +134,12 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     assert "booting the vmlinux inside this bzImage at its PVH entry" in g.stderr()
     core = tmp_path / "linux.core"
     save_quit(g, core)
+    # The core holds the guest's own syscall entry (in the kernel's text mapping), not kvmsnap's trap.
+    out = run_kvmsnap("inspect", "--json", "--section", "msrs", core)
+    assert out.returncode == 0, out.stderr
+    lstar = {m["value"] for v in json.loads(out.stdout)["vcpus"] for m in v["sections"]["msrs"]
+             if m["index"] == 0xC0000082}
+    assert len(lstar) == 1 and 0xFFFFFFFF80000000 <= lstar.pop() < 0xFFFFFFFFC0000000, lstar
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
     r.wait_lines(2, "^uptime-tick", timeout=1800)
     r.request("type", text="poweroff -f\n")

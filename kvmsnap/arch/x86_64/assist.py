@@ -21,7 +21,7 @@ import mmap
 import struct
 
 from kvmsnap.arch.x86_64 import paging
-from kvmsnap.arch.x86_64.layouts import CR0_ET, CR0_PE, RFLAGS_RESERVED
+from kvmsnap.arch.x86_64.layouts import CR0_ET, CR0_PE, RFLAGS_IOPL3, RFLAGS_RESERVED
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.kvm import Cap, Kvm, KvmError, ffi, lib
 
@@ -205,7 +205,10 @@ class KernelModeAssist:
 
     def _enter_kernel(self, vcpu, regs) -> None:
         """Finish SYSCALL: kernel CS and SS from STAR, RFLAGS masked by SFMASK, RIP at the guest's
-        entry (the KVM already saved RIP in RCX and RFLAGS in R11 and jumped to the trap)."""
+        entry (the KVM already saved RIP in RCX and RFLAGS in R11 and jumped to the trap).  A user
+        process can also jump to the trap with R11 of its choice, which SYSRET loads into RFLAGS:
+        R11's I/O privilege level is therefore forced to the one in RFLAGS at the trap (never 3 in a
+        Linux process since 5.5)."""
         star, mask = (v for _, v in vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK]))
         sregs = _struct(vcpu.get_sregs(), "struct kvm_sregs")
         code = (star >> 32) & 0xFFFC
@@ -213,6 +216,7 @@ class KernelModeAssist:
             seg.base, seg.limit, seg.selector, seg.type = 0, 0xFFFFFFFF, sel, kind
             seg.present, seg.dpl, seg.s, seg.l, seg.db, seg.g, seg.unusable = 1, 0, 1, long, 1 - long, 1, 0
         vcpu.set_sregs(_bytes(sregs))
+        regs.r11 = regs.r11 & ~RFLAGS_IOPL3 | regs.rflags & RFLAGS_IOPL3
         regs.rip = self.lstar[vcpu.index]
         regs.rflags = regs.rflags & ~mask | RFLAGS_RESERVED
         vcpu.set_regs(_bytes(regs))
