@@ -108,11 +108,12 @@ class Machine:
         """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md); a Linux
         kernel gets ``cmdline`` and ``initrd``, after the parameters an emulating KVM needs.
         Returns notes for the user: what was added, and why."""
-        added = self.arch.assist.kernel_params() if self.assist else ""
-        kernel = self.arch.boot.KernelArgs(cmdline, initrd, added, prefer_vmlinux=bool(self.assist))
+        kernel = self.arch.boot.KernelArgs(cmdline, initrd)
+        if self.assist:
+            kernel.host_params, kernel.prefer_vmlinux = self.assist.kernel_params, self.assist.needed
         entry = self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
                                     self.arch.host.offered_cpuid(self.kvm), kernel)
-        if not added or entry.mode not in self.arch.boot.LINUX_MODES:
+        if entry.mode not in self.arch.boot.LINUX_MODES or not (added := kernel.host_params()):
             return []
         notes = [f"this host's KVM emulates guest kernel mode: the kernel command line starts with "
                  f"\"{added}\" (instructions its emulator cannot run), and kvmsnap completes int3, "

@@ -1,8 +1,9 @@
 """Guest kernel mode on a KVM that emulates it: kvm_pvm, this project's host backend, runs every
 guest CPL0 instruction through KVM's instruction emulator, which cannot run some of the ones Linux
-uses.  This module finds out whether this host's KVM is such a one (by running one: :func:`probe`),
-completes the instructions its emulator stops at, and names the kernel parameters that keep Linux
-away from the others (docs/kernel-mode-assist.md gives the reasons, one per parameter).
+uses.  This module finds out whether this host's KVM is such a one (by running one: :func:`probe`, only
+when a guest first needs to know), completes the instructions its emulator stops at, and names the
+kernel parameters that keep Linux away from the others (docs/kernel-mode-assist.md gives the
+reasons, one per parameter).
 
 Assisted, as the CPU would do them:
 
@@ -19,6 +20,7 @@ Assisted, as the CPU would do them:
 import functools
 import mmap
 import struct
+import threading
 
 from kvmsnap.arch.x86_64 import paging
 from kvmsnap.arch.x86_64.layouts import CR0_ET, CR0_PE, RFLAGS_IOPL3, RFLAGS_RESERVED
@@ -52,10 +54,6 @@ KERNEL_PARAMS = (
 
 class AssistError(KvmsnapError):
     """The guest needs an assist this module cannot give; the message says why."""
-
-
-def kernel_params() -> str:
-    return " ".join(p for p, _ in KERNEL_PARAMS)
 
 
 @functools.cache
@@ -121,23 +119,42 @@ def _bytes(value) -> bytes:
 
 
 class KernelModeAssist:
-    """The assists of one VM (see the module docstring); made before its vCPUs run."""
+    """The assists of one VM (see the module docstring), made before its vCPUs run.  Whether this
+    host's KVM needs them is found out only when first asked (a Linux kernel booted, the guest's
+    first kernel-mode LSTAR, an emulation failure): a guest that asks none of these runs as it
+    would without, and costs no probe."""
 
     def __init__(self, vm, memory):
-        vm.enable_cap(Cap.EXIT_ON_EMULATION_FAILURE, 1)     # also from user mode: no #UD instead
         vm.enable_cap(Cap.X86_USER_SPACE_MSR, lib.KVM_MSR_EXIT_REASON_FILTER)
         vm.set_msr_filter([MSR_LSTAR], lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE)
+        self.vm = vm
         self.memory = memory
         self.lstar: dict[int, int] = {}         # vCPU index -> the LSTAR the guest wrote
-        self.assisted = {"int3": 0, "fwait": 0, "syscall": 0}
+        self._needed: bool | None = None
+        self._lock = threading.Lock()
+
+    def needed(self) -> bool:
+        """True when this host's KVM emulates guest kernel mode (found out once); from then on
+        emulation failures in user mode come to the VMM too, instead of a #UD in the guest."""
+        with self._lock:
+            if self._needed is None:
+                self._needed = probe()
+                if self._needed:
+                    self.vm.enable_cap(Cap.EXIT_ON_EMULATION_FAILURE, 1)
+            return self._needed
+
+    def kernel_params(self) -> str:
+        """What a Linux kernel's command line needs on this host (empty where nothing is emulated)."""
+        return " ".join(p for p, _ in KERNEL_PARAMS) if self.needed() else ""
 
     # --- exits ----------------------------------------------------------------------------------
     def emulation_failure(self, vcpu) -> bool:
         """Complete the instruction KVM's emulator stopped at, if it is one assisted; False if not."""
+        if not self.needed():
+            return False
         regs = _struct(vcpu.get_regs(), "struct kvm_regs")
         if regs.rip == SYSCALL_TRAP and vcpu.index in self.lstar:
             self._enter_kernel(vcpu, regs)
-            self.assisted["syscall"] += 1
             return True
         fail = vcpu.run_area.emulation_failure
         if not (fail.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and fail.insn_size):
@@ -147,7 +164,6 @@ class KernelModeAssist:
             regs.rip += 1
             vcpu.set_regs(_bytes(regs))
             self._raise(vcpu, VECTOR_BP)
-            self.assisted["int3"] += 1
         elif opcode == FWAIT:
             fpu = _struct(vcpu.get_fpu(), "struct kvm_fpu")
             if fpu.fsw & FSW_ES:
@@ -155,7 +171,6 @@ class KernelModeAssist:
             else:
                 regs.rip += 1
                 vcpu.set_regs(_bytes(regs))
-            self.assisted["fwait"] += 1
         else:
             return False
         return True
@@ -171,9 +186,9 @@ class KernelModeAssist:
 
     # --- state ----------------------------------------------------------------------------------
     def redirect(self, vcpu, lstar: int) -> None:
-        """The guest's LSTAR is ``lstar``: a kernel entry gets the trap in front of it."""
+        """The guest's LSTAR is ``lstar``: on an emulating KVM a kernel entry gets the trap in front."""
         self.lstar[vcpu.index] = lstar
-        if lstar >> 63:
+        if lstar >> 63 and self.needed():
             self._map_trap(vcpu)
             lstar = SYSCALL_TRAP
         vcpu.set_msrs([(MSR_LSTAR, lstar)])
@@ -231,10 +246,9 @@ class KernelModeAssist:
 
 
 def for_vm(vm, memory) -> KernelModeAssist | None:
-    """The assists for a VM on this host: None when its KVM runs guest kernel mode itself."""
-    if not probe():
-        return None
+    """The assists for a VM, or None where this host's KVM lacks the MSR filter they need (an
+    emulation failure then stops the guest, with its message)."""
     try:
         return KernelModeAssist(vm, memory)
-    except KvmError as e:
-        raise KvmsnapError(f"this host's KVM emulates guest kernel mode, and kvmsnap cannot assist it: {e}") from None
+    except KvmError:
+        return None

@@ -5,6 +5,7 @@ and flat binaries in real mode.
 The entry state is documented in docs/boot-protocol.md; this module is its implementation.
 """
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmsnap.arch.x86_64 import acpi, bzimage, cpuid
@@ -67,14 +68,15 @@ LINUX_MODES = ("pvh", "bzimage")
 
 @dataclass
 class KernelArgs:
-    """What a PVH kernel is given besides its image: a command line and an initrd (module 0).
-    ``host_params`` go before the user's ``cmdline``: what this host needs (kvmsnap.arch.x86_64.assist);
-    ``prefer_vmlinux``: boot the vmlinux inside a bzImage at its PVH entry when it can be unpacked
-    (on an emulating KVM the decompressor would take many minutes)."""
+    """What a Linux kernel is given besides its image: a command line and an initrd.  Asked only
+    for a Linux kernel: ``host_params()``, what this host needs before the user's ``cmdline``
+    (kvmsnap.arch.x86_64.assist); ``prefer_vmlinux()``, whether to boot the vmlinux inside a
+    bzImage at its PVH entry when it can be unpacked (on an emulating KVM the decompressor would
+    take many minutes)."""
     cmdline: str = ""
     initrd: bytes | None = None
-    host_params: str = ""
-    prefer_vmlinux: bool = False
+    host_params: Callable[[], str] = lambda: ""
+    prefer_vmlinux: Callable[[], bool] = lambda: False
 
 
 def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> EntryState:
@@ -213,7 +215,7 @@ def _kernel_args(memory, entry: EntryState, kernel: KernelArgs) -> tuple[tuple[i
     and the command line's address (0: none)."""
     if entry.mode not in LINUX_MODES:
         return None, 0
-    text = f"{kernel.host_params} {kernel.cmdline}".strip().encode()
+    text = f"{kernel.host_params()} {kernel.cmdline}".strip().encode()
     limit = min(CMDLINE_MAX, entry.setup.cmdline_size + 1) if entry.setup else CMDLINE_MAX
     if len(text) >= limit or b"\0" in text:
         raise LoadError(f"the kernel command line is {len(text)} bytes: at most {limit - 1}, "
@@ -312,7 +314,7 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
     """Load ``image`` and put the vCPUs in its entry state: every vCPU for a long-mode image, the
     BSP alone for a Linux kernel or a real-mode image (as on hardware, APs wait for INIT/SIPI in
     their reset state).  Returns the entry state."""
-    inner = bzimage.embedded_vmlinux(image) if kernel.prefer_vmlinux else None
+    inner = bzimage.embedded_vmlinux(image) if bzimage.is_bzimage(image) and kernel.prefer_vmlinux() else None
     entry = load_image(inner or image, name, memory, flat_addr)
     entry.unpacked = entry.mode == "pvh" and inner is not None
     if entry.mode not in LINUX_MODES and (kernel.cmdline or kernel.initrd is not None):
