@@ -49,6 +49,7 @@ KERNEL_PARAMS = (
     ("cryptomgr.notests", "the crypto self-tests are half the instructions to /init when emulated"),
     ("rodata=off", "after marking its data read-only Linux checks every kernel mapping for W+X: a minute emulated"),
     ("nowatchdog", "a kernel slowed down this much trips the soft-lockup watchdog, whose reports cost more"),
+    ("rcupdate.rcu_cpu_stall_suppress=1", "and RCU's stall detector, likewise"),
 )
 
 
