@@ -27,7 +27,7 @@ class Uart:
         self.sink = sink
         self.raise_irq = raise_irq          # callable(irq) pulsing the IRQ line, or None
         self._line = bytearray()
-        self.last_line = ""                 # the last complete line, for fault messages
+        self._last = b""                    # the last line written out, for fault messages
         self._rx = collections.deque()
         self._lock = threading.Lock()       # vCPUs may write concurrently
         self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
@@ -109,11 +109,16 @@ class Uart:
 
     def _flush_line(self) -> None:
         if self._line:
-            if text := self._line.decode(errors="replace").strip():
-                self.last_line = text[-200:]
+            if self._line.strip():
+                self._last = bytes(self._line[-400:])
             self.sink.write(bytes(self._line))
             self.sink.flush()
             self._line.clear()
+
+    @property
+    def last_line(self) -> str:
+        """The last non-blank line the guest wrote (decoded only when asked: a fault message)."""
+        return self._last.decode(errors="replace").strip()[-200:]
 
     def flush(self) -> None:
         """Write out a partial line (on pause, save and exit)."""
