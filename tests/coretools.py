@@ -6,9 +6,9 @@ from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.formats.writer import write_core
 
 
-def gdb(core, *commands, timeout=60) -> str:
-    """gdb's batch output for ``commands`` run against ``core``."""
-    args = ["gdb", "-batch", "-nx", "-c", str(core)]
+def gdb(core, *commands, timeout=60, program=None) -> str:
+    """gdb's batch output for ``commands`` run against ``core`` (and the ELF ``program``: a vmlinux)."""
+    args = ["gdb", "-batch", "-nx"] + ([str(program)] if program else []) + ["-c", str(core)]
     for c in commands:
         args += ["-ex", c]
     r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)

@@ -43,6 +43,15 @@ def linux():
 
 
 @pytest.fixture(scope="module")
+def vmlinux_dbg():
+    """The kernel's debug vmlinux, with DWARF (samples/linux/build --debug: fetched once, cached)."""
+    r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build"), "--debug"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1]
+
+
+@pytest.fixture(scope="module")
 def vmlinuz():
     """The same kernel as Debian ships it: a bzImage (samples/linux/build --bzimage, cached)."""
     path = os.path.join(ROOT, "samples", "build", "linux", "vmlinuz")
@@ -58,6 +67,35 @@ def boot(tmp_path, linux, cpus):
     vmlinux, initrd = linux
     return RunningGuest(tmp_path, f"--kernel={vmlinux}", "--initrd", initrd, "--append", "console=ttyS0",
                         "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
+
+
+def assert_debuggers_read(core, vmlinux, cpus, logged):
+    """What a crash analyst runs on a Linux guest's core: gdb's backtrace of every vCPU names kernel
+    functions, crash opens it (log, bt -a, ps) and drgn reads init_task and the kernel log; both
+    logs hold ``logged``, a line the guest printed before the save."""
+    text = gdb(core, "info threads", "thread apply all bt", program=vmlinux, timeout=600)
+    stacks = re.split(r"^Thread \d+ .*\n", text, flags=re.M)[1:]
+    assert len(stacks) == cpus, text
+    for stack in stacks:        # named frames from the PC down (gdb cannot unwind out of the IRQ stack)
+        frames = re.findall(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(", stack, re.M)
+        assert frames and "??" not in frames, text
+    r = subprocess.run(["crash", "-s", vmlinux, str(core)], input="log\nbt -a\nps\nq\n", capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and logged in r.stdout, (r.stdout[-2000:], r.stderr[-2000:])
+    assert len(re.findall(r"^PID: \d+ .* CPU: \d+ ", r.stdout, re.M)) >= cpus, r.stdout[-4000:]
+    assert re.search(r"^>?\s+0\s+0\s+0\s+ffffffff[0-9a-f]{8}\s+RU .*\[swapper/0\]", r.stdout, re.M), r.stdout
+    script = ("import drgn, sys\n"
+              "from drgn.helpers.linux.printk import get_printk_records\n"
+              "prog = drgn.Program()\n"
+              "prog.set_core_dump(sys.argv[1])\n"
+              "prog.load_debug_info([sys.argv[2]])\n"
+              "print(prog['init_task'].comm.string_().decode())\n"
+              "for record in get_printk_records(prog):\n"
+              "    print(record.text.decode(errors='replace'))\n")
+    r = subprocess.run(["python3", "-c", script, str(core), vmlinux], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, *log = r.stdout.splitlines()
+    assert first == "swapper/0" and any(logged in line for line in log), r.stdout[-2000:]
 
 
 def printk_times(lines):
@@ -123,11 +161,11 @@ def test_bzimage_boots_through_the_64_bit_boot_protocol(tmp_path, linux, vmlinuz
 @emulated
 @pytest.mark.slow
 @pytest.mark.parametrize("cpus", [1, 2])
-def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, vmlinuz, cpus):
+def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, vmlinuz, vmlinux_dbg, cpus):
     """Debian's bzImage, saved (--quit) while the kernel prints its boot log, restored: the log goes
     on with no gap and no repeated line, printk time keeps rising, and the boot reaches user space
     (GUEST-READY and uptime ticks, printed through system calls kvmsnap completes); poweroff ends
-    the run."""
+    the run.  gdb, crash and drgn read the core."""
     g = RunningGuest(tmp_path, f"--kernel={vmlinuz}", "--initrd", linux[1], "--append", "console=ttyS0",
                      "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
     g.wait_lines(1, "NET: Registered PF_NETLINK", timeout=900)     # about a third of the way to /init
@@ -140,6 +178,7 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     lstar = {m["value"] for v in json.loads(out.stdout)["vcpus"] for m in v["sections"]["msrs"]
              if m["index"] == 0xC0000082}
     assert len(lstar) == 1 and 0xFFFFFFFF80000000 <= lstar.pop() < 0xFFFFFFFFC0000000, lstar
+    assert_debuggers_read(core, vmlinux_dbg, cpus, "NET: Registered PF_NETLINK")
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
     r.wait_lines(2, "^uptime-tick", timeout=1800)
     r.request("type", text="poweroff -f\n")

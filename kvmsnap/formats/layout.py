@@ -20,6 +20,9 @@ from kvmsnap.memory import PAGE_SIZE, Slot
 from kvmsnap.state import Snapshot
 
 NOTE_ALIGN = 4                       # Linux cores align notes (and PT_NOTE p_align) to 4
+# PT_LOAD p_align, as kdump's and QEMU's cores have it: crash takes a core whose first PT_LOAD has a
+# page-aligned p_offset and a nonzero p_align for a (2005) netdump core, and crash 8.0.2 then dies.
+LOAD_ALIGN = 0
 MAX_VIRTUAL_SEGMENTS = 4096          # guest-virtual PT_LOADs written at most
 MAX_PHNUM = elf.PN_XNUM - 1
 PF_RWX = elf.PF_R | elf.PF_W | elf.PF_X
@@ -77,9 +80,9 @@ def plan(snapshot: Snapshot, *, producer: str, host_kernel: str,
     for vaddr, paddr, size in virtual:      # each inside one slot (virtual_ranges splits them)
         s, s_offset = placements[bisect.bisect_right(starts, paddr) - 1]
         phdrs.append(phdr(elf.PT_LOAD, s_offset + paddr - s.gpa, vaddr, paddr, size, PF_RWX,
-                          PAGE_SIZE))
+                          LOAD_ALIGN))
     for s, s_offset in placements:
-        phdrs.append(phdr(elf.PT_LOAD, s_offset, s.gpa, s.gpa, s.size, PF_RWX, PAGE_SIZE))
+        phdrs.append(phdr(elf.PT_LOAD, s_offset, s.gpa, s.gpa, s.size, PF_RWX, LOAD_ALIGN))
 
     ehdr = elf.Elf64_Ehdr.build(dict(
         e_ident=dict(EI_MAG=elf.ELFMAG, EI_CLASS=elf.ELFCLASS64, EI_DATA=elf.ELFDATA2LSB,
