@@ -355,6 +355,8 @@ def _devices(d, show_all) -> list[str]:
                 words += [f"{k} {c[k]}" for k in c if k not in ("mode", "mode_name", "access",
                                                                  "rw_mode")]
                 lines += _fill(f"    channel {n} ({PIT_CHANNELS[n]}): ", _items(words))
+        elif name == "uart_input":      # escaped: a core's bytes never reach the terminal raw
+            lines.append(f"  uart_input: {state['length']} bytes the guest has not read: {state['text']!r}")
         else:
             lines += [f"  {name}:"] + _generic(state, 4)
     return lines

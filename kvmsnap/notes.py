@@ -10,7 +10,7 @@ See docs/core-format.md for the byte-level description.
 """
 from dataclasses import dataclass
 
-from construct import (Aligned, Array, Bytes, Construct, GreedyRange, Int16ul, Int32ul, Int64ul,
+from construct import (Aligned, Array, Bytes, Construct, Default, GreedyRange, Int16ul, Int32ul, Int64ul,
                        PascalString, Rebuild, Struct, len_, this)
 
 from kvmsnap.arch.aarch64 import layouts as arm64
@@ -74,6 +74,7 @@ KVMSNAP_BASE = 0x4b530009        # reserved: the base core of an incremental cor
 KVMSNAP_CMOS = 0x4b53000a        # format 1.1
 KVMSNAP_PCI = 0x4b53000b         # format 1.1
 KVMSNAP_ACPI_PM = 0x4b53000c     # format 1.1
+KVMSNAP_UART_INPUT = 0x4b53000d  # format 1.2
 
 KVMSNAP_SREGS = 0x4b530101
 KVMSNAP_XSAVE = 0x4b530102
@@ -157,6 +158,11 @@ KvmsnapUart = _fixed("uart" / Bytes(x86.UartState.sizeof()))
 KvmsnapCmos = _fixed("cmos" / Bytes(x86.CmosState.sizeof()))
 KvmsnapPci = _fixed("pci" / Bytes(x86.PciState.sizeof()))
 KvmsnapAcpiPm = _fixed("acpi_pm" / Bytes(x86.AcpiPmState.sizeof()))
+KvmsnapUartInput = _private(
+    "length" / Rebuild(Int32ul, len_(this.input)),
+    "reserved" / Default(Int32ul, 0),
+    "input" / Bytes(this.length),   # received bytes the guest has not read yet, oldest first
+    size=lambda this: 16 + len(this.input))
 
 KvmsnapSregs = _private(
     "flags" / Int32ul,
@@ -205,7 +211,7 @@ KvmsnapArm64Regs = _private(
 # Smallest payload each private type can have at version 1.0 (the reader's lower bound).
 MIN_SIZES = {
     KVMSNAP_HEADER: KVMSNAP_HEADER_MIN_SIZE, KVMSNAP_CONFIG: 26, KVMSNAP_MEMORY_MAP: 16,
-    KVMSNAP_SREGS: 16, KVMSNAP_XSAVE: 16, KVMSNAP_MSRS: 16, KVMSNAP_CPUID: 16,
+    KVMSNAP_SREGS: 16, KVMSNAP_XSAVE: 16, KVMSNAP_MSRS: 16, KVMSNAP_CPUID: 16, KVMSNAP_UART_INPUT: 16,
 }
 
 
@@ -241,6 +247,7 @@ def _entries():
         (KVMSNAP_CMOS, "KVMSNAP_CMOS", KvmsnapCmos, vm),
         (KVMSNAP_PCI, "KVMSNAP_PCI", KvmsnapPci, vm),
         (KVMSNAP_ACPI_PM, "KVMSNAP_ACPI_PM", KvmsnapAcpiPm, vm),
+        (KVMSNAP_UART_INPUT, "KVMSNAP_UART_INPUT", KvmsnapUartInput, vm),
         (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu),
         (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu),
         (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu),

@@ -132,7 +132,7 @@ def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> Snapshot:
                     devices=dict(pic_master=make_irqchip(0), pic_slave=make_irqchip(1),
                                  ioapic=make_irqchip(2), pit=pit, clock=clock, uart=uart,
                                  cmos=bytes([0x0B]) + bytes(range(128)), pci=(0x80000000).to_bytes(4, "little"),
-                                 acpi_pm=bytes([0x20, 0, 0x01, 0])),
+                                 acpi_pm=bytes([0x20, 0, 0x01, 0]), uart_input=b"ls -l\n"),
                     memory=memory)
 
 

@@ -43,7 +43,8 @@ def test_round_trip_gives_identical_state(tmp_path):
     got = core
     assert got.config == state.config
     assert got.vcpus == state.vcpus
-    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "cmos", "pci", "acpi_pm"):
+    for name in ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "uart_input", "cmos", "pci",
+                 "acpi_pm"):
         assert got.devices[name] == state.devices[name], name
     assert got.memory.slots() == [Slot(0, 0, 8 * MiB)]
     assert core.info.format_major == FORMAT_MAJOR and len(core.vcpus) == 2
@@ -274,7 +275,7 @@ def test_readelf_clean(core_path, cmd):
     text = (out.stdout + out.stderr).lower()
     assert "warning" not in text and "error" not in text, text[:2000]
     if cmd[-1] == "-n":
-        assert out.stdout.count("KVMSNAP") == 10 + 2 * 10     # VM-wide notes, then 10 per vCPU
+        assert out.stdout.count("KVMSNAP") == 11 + 2 * 10     # VM-wide notes, then 10 per vCPU
         assert out.stdout.count("CORE") == 4
 
 
@@ -662,8 +663,8 @@ def test_newer_minor_with_trailing_bytes_is_accepted(tmp_path, monkeypatch):
 
 
 def test_format_1_0_core_without_the_vmm_device_notes_reads(tmp_path, monkeypatch):
-    """Format 1.0 had no KVMSNAP_CMOS, KVMSNAP_PCI or KVMSNAP_ACPI_PM: such a core reads, without
-    those devices (restore leaves them in their reset state)."""
+    """Format 1.0 had no KVMSNAP_CMOS, KVMSNAP_PCI, KVMSNAP_ACPI_PM or KVMSNAP_UART_INPUT: such a core
+    reads, without those devices (restore leaves them in their reset state)."""
     from kvmsnap.arch.x86_64 import notes as x86_notes
     original = x86_notes.device_notes
     monkeypatch.setattr(x86_notes, "device_notes", lambda devices: [
@@ -672,8 +673,22 @@ def test_format_1_0_core_without_the_vmm_device_notes_reads(tmp_path, monkeypatc
     write(state, tmp_path / "old.core")
     monkeypatch.undo()
     core = read_core(tmp_path / "old.core")
-    assert not {"cmos", "pci", "acpi_pm"} & set(core.devices)
+    assert not {"cmos", "pci", "acpi_pm", "uart_input"} & set(core.devices)
     assert core.devices["uart"] == state.devices["uart"] and core.vcpus == state.vcpus
+
+
+def test_uart_input_past_its_limit_is_refused(tmp_path, monkeypatch):
+    """The UART holds 64 KiB of input: a core with more names the note instead of loading it."""
+    from kvmsnap.arch.x86_64 import notes as x86_notes
+    monkeypatch.setattr(x86_notes, "check_devices", lambda devices: None)
+    state = make_state()
+    state.devices["uart_input"] = bytes(65537)
+    write(state, tmp_path / "flood.core")
+    monkeypatch.undo()
+    note = next(n for n in _notes(tmp_path / "flood.core") if n.type == N.KVMSNAP_UART_INPUT)
+    _expect_error(tmp_path / "flood.core", note.desc_offset, "KVMSNAP_UART_INPUT: 65537 bytes of input, at most 65536")
+    with pytest.raises(ValueError, match="uart_input: 65537 bytes, at most 65536"):
+        write(state, tmp_path / "refused.core")
 
 
 def test_not_a_file(tmp_path):

@@ -29,8 +29,9 @@ def test_kvmsnap_sections(core_path):
     assert v["mp_state"] == {"value": 3, "name": "HALTED"}
     assert all(set(m) == {"index", "name", "value"} for m in v["msrs"])
     assert {"timer", "lvt", "isr", "irr", "tmr", "svr", "tpr", "id"} <= set(v["lapic"])
-    assert set(s["devices"]) == {"uart", "pic_master", "pic_slave", "ioapic", "pit", "clock", "cmos",
-                                "pci", "acpi_pm"}
+    assert set(s["devices"]) == {"uart", "uart_input", "pic_master", "pic_slave", "ioapic", "pit", "clock",
+                                "cmos", "pci", "acpi_pm"}
+    assert s["devices"]["uart_input"] == {"length": 6, "text": "ls -l\n"}
     assert len(s["devices"]["ioapic"]["redirtbl"]) == 24
     assert all(n["decoded"] for n in s["notes"])
     json.dumps(s)

@@ -175,7 +175,49 @@ def test_uart_input_is_read_in_order_with_data_ready_and_its_interrupt():
     assert not u.read(uart.LSR) & uart.LSR_DR and u.read(uart.IIR_FCR) & 0x0F == uart.IIR_THRE
     u.receive(b"c")
     assert pulses[-1] == uart.IRQ and u.read(uart.THR_RBR_DLL) == ord("c")
-    assert u.receive(bytes(uart.RX_LIMIT + 1)) == uart.RX_LIMIT                # bounded
+    assert u.receive(bytes(uart.UART_INPUT_LIMIT + 1)) == uart.UART_INPUT_LIMIT                # bounded
+
+
+def test_uart_input_reloaded_is_read_as_received():
+    import io
+    from kvmsnap.vmm import uart
+    u = uart.Uart(io.BytesIO())
+    u.receive(b"xy")
+    v = uart.Uart(io.BytesIO())
+    v.load_unread_input(uart.UartInput(u).state_bytes())
+    assert v.read(uart.LSR) & uart.LSR_DR and [v.read(uart.THR_RBR_DLL) for _ in "xy"] == [ord("x"), ord("y")]
+    assert not v.read(uart.LSR) & uart.LSR_DR
+
+
+# 64-bit user-mode code (IOPL 3): counts RCX down from 2^32 (a second or more), then echoes every
+# byte the UART receives.
+LATE_ECHO = bytes.fromhex(
+    "48b90000000001000000"              # mov rcx, 1 << 32
+    "48ffc9" "75fb"                     # 1: dec rcx; jnz 1b
+    "66bafd03" "ec" "a801" "74fb"       # 2: mov dx, 0x3fd; 3: in al, dx; test al, 1 (LSR.DR); jz 3b
+    "66baf803" "ec" "ee" "ebef")        # mov dx, 0x3f8; in al, dx; out dx, al; jmp 2b
+
+
+def test_input_the_guest_has_not_read_is_saved_and_read_after_restore(guest, tmp_path):
+    """Typed before the guest reads it, saved with --quit: the core holds it and the restored
+    guest reads it (KVMSNAP_UART_INPUT)."""
+    import json
+    from conftest import Restored, run_kvmsnap, save_quit
+    g = guest(str(tiny_elf(tmp_path / "echo.elf", LATE_ECHO, boot_cpl=3)), "--mem", "16M")
+    assert g.request("type", text="echo me\n") == {"ok": True, "taken": 8}
+    core = tmp_path / "echo.core"
+    save_quit(g, core)
+    assert "echo me" not in "\n".join(g.lines()), "the guest read its input before the save: count longer"
+    out = run_kvmsnap("inspect", "--json", core)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["devices"]["uart_input"] == {"length": 8, "text": "echo me\n"}
+    text = run_kvmsnap("inspect", "--section", "devices", core).stdout
+    assert "uart_input: 8 bytes the guest has not read: 'echo me\\n'" in text, text
+    r = Restored(tmp_path, core, console=tmp_path / "restored.console")
+    try:
+        r.wait_lines(1, "^echo me$", timeout=120)
+    finally:
+        r.kill()
 
 
 # 64-bit user-mode code (IOPL 3): a PCI configuration read of 00:00.0 register 0 into ECX, then

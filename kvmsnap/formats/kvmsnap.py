@@ -13,7 +13,7 @@ from kvmsnap.memory.vmcoreinfo import find_vmcoreinfo
 from kvmsnap.state import CoreInfo, MachineConfig, Snapshot
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+FORMAT_MINOR = 2
 MAX_VCPUS = 4096
 
 _HEADER_AT = elf.offsets(N.KvmsnapHeader)

@@ -18,7 +18,7 @@ from kvmsnap.vmm.exits import ExitHandler, GuestStopped, fault_context
 from kvmsnap.vmm.acpi_pm import AcpiPm
 from kvmsnap.vmm.cmos import Cmos
 from kvmsnap.vmm.pci import PciConfig
-from kvmsnap.vmm.uart import Uart
+from kvmsnap.vmm.uart import Uart, UartInput
 
 KICK_SIGNAL = signal.SIGUSR1
 MIN_MEM = 2 << 20
@@ -65,7 +65,8 @@ class Machine:
         self.pci = PciConfig()
         self.acpi_pm = AcpiPm()
         #: the VMM's own devices, by their name in Snapshot.devices
-        self.device_models = {"uart": self.uart, "cmos": self.cmos, "pci": self.pci, "acpi_pm": self.acpi_pm}
+        self.device_models = {"uart": self.uart, "uart_input": UartInput(self.uart), "cmos": self.cmos,
+                              "pci": self.pci, "acpi_pm": self.acpi_pm}
         self._exits = ExitHandler(self)
         self._cond = threading.Condition()
         self._pause_requested = False

@@ -3,7 +3,7 @@ time; input (``receive``) waits in a receive buffer the guest reads byte by byte
 import collections
 import threading
 
-from kvmsnap.arch.x86_64.layouts import UartState
+from kvmsnap.arch.x86_64.layouts import UART_INPUT_LIMIT, UartState
 
 BASE = 0x3F8
 PORTS = range(BASE, BASE + 8)
@@ -16,8 +16,6 @@ LSR_DR = 0x01             # data ready: the receive buffer holds a byte
 LSR_THRE_TEMT = 0x60      # transmitter empty: output is consumed at once
 IIR_NONE, IIR_THRE, IIR_RDA = 0x01, 0x02, 0x04
 IER_RDA, IER_THRE = 0x01, 0x02
-RX_LIMIT = 1 << 16        # bytes of input held for the guest; more is dropped
-
 
 
 class Uart:
@@ -42,6 +40,16 @@ class Uart:
         state = UartState.parse(blob)
         for sub in UartState.subcons:
             setattr(self, sub.name, state[sub.name])
+
+    def unread_input(self) -> bytes:
+        """Input the guest has not read yet (the device blob of KVMSNAP_UART_INPUT)."""
+        with self._lock:
+            return bytes(self._rx)
+
+    def load_unread_input(self, data: bytes) -> None:
+        """Restore the input from :meth:`unread_input`; the guest finds it with LSR.DR set."""
+        with self._lock:
+            self._rx = collections.deque(data[:UART_INPUT_LIMIT])
 
     def write(self, offset: int, value: int) -> None:
         """Guest ``out`` to BASE + offset."""
@@ -90,7 +98,7 @@ class Uart:
     def receive(self, data: bytes) -> int:
         """Input for the guest (keyboard, ``type`` over --control); returns the bytes taken."""
         with self._lock:
-            taken = data[:max(0, RX_LIMIT - len(self._rx))]
+            taken = data[:max(0, UART_INPUT_LIMIT - len(self._rx))]
             self._rx.extend(taken)
             if taken and self.ier & IER_RDA and self.raise_irq:
                 self.raise_irq(IRQ)
@@ -124,3 +132,11 @@ class Uart:
         """Write out a partial line (on pause, save and exit)."""
         with self._lock:
             self._flush_line()
+
+
+class UartInput:
+    """The UART's unread input as a device of its own (Machine.device_models: "uart_input")."""
+
+    def __init__(self, uart: Uart):
+        self.state_bytes = uart.unread_input
+        self.load_state_bytes = uart.load_unread_input

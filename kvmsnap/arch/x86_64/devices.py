@@ -64,6 +64,11 @@ def uart(raw: bytes) -> dict:
     return plain(x86.UartState.parse(raw))
 
 
+def uart_input(raw: bytes) -> dict:
+    """Input the guest has not read yet: its length and the bytes as text."""
+    return dict(length=len(raw), text=raw.decode(errors="replace"))
+
+
 def cmos(raw: bytes) -> dict:
     """kvmsnap's RTC/CMOS: the index register, status registers A-D and the whole RAM (hex)."""
     state = x86.CmosState.parse(raw)
@@ -84,10 +89,10 @@ def acpi_pm(raw: bytes) -> dict:
     return dict(pm1_enable=state.pm1_enable, pm1_control=state.pm1_control)
 
 
-_DECODERS = dict(uart=uart, pic_master=pic, pic_slave=pic, ioapic=ioapic, pit=pit, clock=clock,
+_DECODERS = dict(uart=uart, uart_input=uart_input, pic_master=pic, pic_slave=pic, ioapic=ioapic, pit=pit, clock=clock,
                  cmos=cmos, pci=pci, acpi_pm=acpi_pm)
 
 
 def summary(devices: dict[str, bytes]) -> dict:
-    """Every device blob of an x86 snapshot, decoded (a format 1.0 core has no cmos, pci or acpi_pm)."""
+    """Every device blob of an x86 snapshot, decoded (older cores lack some: see notes.OPTIONAL_DEVICE_NOTES)."""
     return {name: decode(devices[name]) for name, decode in _DECODERS.items() if name in devices}

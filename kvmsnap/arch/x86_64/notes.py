@@ -37,9 +37,11 @@ DEVICE_NOTES = {
     N.KVMSNAP_CMOS: (N.KvmsnapCmos, {"cmos": "cmos"}),
     N.KVMSNAP_PCI: (N.KvmsnapPci, {"pci": "pci"}),
     N.KVMSNAP_ACPI_PM: (N.KvmsnapAcpiPm, {"acpi_pm": "acpi_pm"}),
+    N.KVMSNAP_UART_INPUT: (N.KvmsnapUartInput, {"uart_input": "input"}),
 }
-#: Device notes a format 1.0 core lacks: its devices then start from their reset state.
-OPTIONAL_DEVICE_NOTES = (N.KVMSNAP_CMOS, N.KVMSNAP_PCI, N.KVMSNAP_ACPI_PM)
+#: Device notes an older core lacks (format 1.0: CMOS, PCI, ACPI PM; 1.0 and 1.1: the UART's
+#: input): its devices then start from their reset state.
+OPTIONAL_DEVICE_NOTES = (N.KVMSNAP_CMOS, N.KVMSNAP_PCI, N.KVMSNAP_ACPI_PM, N.KVMSNAP_UART_INPUT)
 DEVICE_SIZES = {"pic_master": x86.kvm_irqchip.sizeof(), "pic_slave": x86.kvm_irqchip.sizeof(),
                 "ioapic": x86.kvm_irqchip.sizeof(), "pit": x86.kvm_pit_state2.sizeof(),
                 "clock": x86.kvm_clock_data.sizeof(), "uart": x86.UartState.sizeof(),
@@ -86,6 +88,8 @@ def check_devices(devices: dict[str, bytes]) -> None:
     for name, size in DEVICE_SIZES.items():
         if len(devices.get(name, b"")) != size:
             raise ValueError(f"{name}: {len(devices.get(name, b''))} bytes, expected {size}")
+    if len(devices.get("uart_input", b"")) > x86.UART_INPUT_LIMIT:
+        raise ValueError(f"uart_input: {len(devices['uart_input'])} bytes, at most {x86.UART_INPUT_LIMIT}")
 
 
 def prstatus(index: int, regs, sregs) -> bytes:
@@ -181,6 +185,9 @@ def read_devices(path: str, vm_notes: dict) -> dict[str, bytes]:
         if n_type not in vm_notes and n_type in OPTIONAL_DEVICE_NOTES:
             continue
         parsed = payload(path, vm_notes[n_type], layout)
+        if n_type == N.KVMSNAP_UART_INPUT and parsed.length > x86.UART_INPUT_LIMIT:
+            raise CoreFormatError(path, vm_notes[n_type].desc_offset, f"KVMSNAP_UART_INPUT: {parsed.length}"
+                                  f" bytes of input, at most {x86.UART_INPUT_LIMIT}")
         devices.update({name: bytes(parsed[field]) for name, field in fields.items()})
     return devices
 

@@ -3,9 +3,10 @@ the VM-wide device blobs of an x86 :class:`kvmsnap.state.Snapshot`."""
 from dataclasses import dataclass
 
 #: Snapshot.devices of an x86 VM: KVM's irqchip (struct kvm_irqchip, by chip), PIT (struct
-#: kvm_pit_state2), kvmclock (struct kvm_clock_data) and the VMM's UART, RTC/CMOS, PCI
-#: configuration ports and ACPI PM registers (layouts.UartState, CmosState, PciState, AcpiPmState).
-DEVICES = ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "cmos", "pci", "acpi_pm")
+#: kvm_pit_state2), kvmclock (struct kvm_clock_data) and the VMM's UART (registers, and the input
+#: the guest has not read), RTC/CMOS, PCI configuration ports and ACPI PM registers
+#: (layouts.UartState, bytes, CmosState, PciState, AcpiPmState).
+DEVICES = ("pic_master", "pic_slave", "ioapic", "pit", "clock", "uart", "uart_input", "cmos", "pci", "acpi_pm")
 
 
 @dataclass
