@@ -214,6 +214,16 @@ def guest(tmp_path):
         g.kill()
 
 
+@pytest.fixture(scope="session")
+def vmlinux_dbg():
+    """The Linux sample's debug vmlinux, with DWARF (samples/linux/build --debug: fetched once, cached)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([os.path.join(root, "samples", "linux", "build"), "--debug"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Offline core fixtures (shared by test_corefile, test_inspect*, test_diff, test_mem*)
 

@@ -50,3 +50,32 @@ def rewrite_core(src, dst, change):
     with read_core(src) as snapshot:
         change(snapshot)
         write_core(snapshot, str(dst), producer="test rewrite", host_kernel="test")
+
+
+def assert_debuggers_read(core, vmlinux, cpus, logged):
+    """What a crash analyst runs on a Linux guest's core: gdb's backtrace of every vCPU names kernel
+    functions, crash opens it (log, bt -a, ps) and drgn reads init_task and the kernel log; both
+    logs hold ``logged``, a line the guest printed before the save."""
+    text = gdb(core, "info threads", "thread apply all bt", program=vmlinux, timeout=600)
+    stacks = re.split(r"^Thread \d+ .*\n", text, flags=re.M)[1:]
+    assert len(stacks) == cpus, text
+    for stack in stacks:    # kernel functions from the PC down (gdb stops at the IRQ stack's edge)
+        frames = re.findall(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(", stack, re.M)
+        assert frames and frames[0] != "??" and len([f for f in frames if f != "??"]) >= 2, text
+    r = subprocess.run(["crash", "-s", vmlinux, str(core)], input="log\nbt -a\nps\nq\n", capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and logged in r.stdout, (r.stdout[-2000:], r.stderr[-2000:])
+    assert len(re.findall(r"^PID: \d+ .* CPU: \d+ ", r.stdout, re.M)) >= cpus, r.stdout[-4000:]
+    assert re.search(r"^>?\s+0\s+0\s+0\s+ffffffff[0-9a-f]{8}\s+RU .*\[swapper/0\]", r.stdout, re.M), r.stdout
+    script = ("import drgn, sys\n"
+              "from drgn.helpers.linux.printk import get_printk_records\n"
+              "prog = drgn.Program()\n"
+              "prog.set_core_dump(sys.argv[1])\n"
+              "prog.load_debug_info([sys.argv[2]])\n"
+              "print(prog['init_task'].comm.string_().decode())\n"
+              "for record in get_printk_records(prog):\n"
+              "    print(record.text.decode(errors='replace'))\n")
+    r = subprocess.run(["python3", "-c", script, str(core), vmlinux], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, *log = r.stdout.splitlines()
+    assert first == "swapper/0" and any(logged in line for line in log), r.stdout[-2000:]
