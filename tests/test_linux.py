@@ -133,7 +133,8 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     the run.  gdb, crash and drgn read the core."""
     g = RunningGuest(tmp_path, f"--kernel={vmlinuz}", "--initrd", linux[1], "--append", "console=ttyS0",
                      "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
-    g.wait_lines(1, "NET: Registered PF_NETLINK", timeout=900)     # about a third of the way to /init
+    # After the kernel's VMCOREINFO is set up (a subsys initcall: drgn needs it), long before /init.
+    g.wait_lines(1, "clocksource: Switched to clocksource", timeout=1200)
     assert "booting the vmlinux inside this bzImage at its PVH entry" in g.stderr()
     core = tmp_path / "linux.core"
     save_quit(g, core)
@@ -156,7 +157,7 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     times = [float(PRINTK.match(line).group(1)) for line in kernel]
     assert times == sorted(times), "printk time went backwards across the restore"
     joined = "\n".join(lines)
-    for milestone in ("NET: Registered PF_NETLINK", "Freeing unused kernel image", "Run /init as init process",
+    for milestone in ("NET: Registered PF_NETLINK", "clocksource: Switched to clocksource", "Freeing unused kernel image", "Run /init as init process",
                       "GUEST-READY", f"smp: Brought up 1 node, {cpus} CPU"):
         assert joined.count(milestone) == 1, milestone
     ticks = sequence(console_lines(r.console), TICK)
