@@ -19,7 +19,8 @@ Making the saved state, once per guest and size and VMM:
   RAM for memtest.
 
 Timing a restore (clock starts just before the process is spawned; every run a new process):
-  kvmsnap: `kvmsnap restore CORE --console FILE --control SOCK`.
+  kvmsnap: `kvmsnap restore CORE --memory MODE --console FILE --control SOCK`, for each of the three
+    modes: background (the default: RAM mapped from the core, copied in by a thread), lazy, eager.
     first_instr_ms — PROXY: kvmsnap has no first-instruction hook; this is the time until the
     control socket answers `status` with state `running`. kvmsnap serves the socket only after
     it has started the vCPU threads, so this is an upper bound on "ready to enter KVM_RUN" plus one
@@ -124,7 +125,7 @@ def kvmsnap_status_running(sock: str):
         return False
 
 
-def time_kvmsnap_restore(core: str, guest: str, mem: int, work: str, memory: str = "lazy") -> dict:
+def time_kvmsnap_restore(core: str, guest: str, mem: int, work: str, memory: str) -> dict:
     sock, console = os.path.join(work, "kr.sock"), os.path.join(work, "kr.console")
     open(console, "wb").close()
     t0 = time.perf_counter()
@@ -232,8 +233,8 @@ def time_qemu_restore(mig: str, guest: str, mem: int, work: str) -> dict:
 # --- driver ------------------------------------------------------------------------------------------
 def bench(guest: str, mem: int, runs: int, work: str, use_qemu: bool) -> list[dict]:
     rows = []
-    peers = [(make_kvmsnap_core, [("kvmsnap lazy", functools.partial(time_kvmsnap_restore, memory="lazy")),
-                                  ("kvmsnap eager", functools.partial(time_kvmsnap_restore, memory="eager"))])]
+    peers = [(make_kvmsnap_core, [(f"kvmsnap {memory}", functools.partial(time_kvmsnap_restore, memory=memory))
+                                  for memory in ("background", "lazy", "eager")])]
     if use_qemu:
         peers.append((make_qemu_migration, [("qemu -incoming", time_qemu_restore)]))
     for make, restorers in peers:

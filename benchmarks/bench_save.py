@@ -6,10 +6,13 @@ QEMU's `dump-guest-memory` with paging off and on, for `counter` and `memtest`.
 
 kvmsnap: `kvmsnap run GUEST --mem SIZE --control SOCK --console FILE`, wait until the guest is going
 (`tick 1` for counter; `memtest round 0 ok` for memtest, so all of its RAM has been written), then
-`kvmsnap save --control SOCK OUT --json` (guest resumed afterwards) N times. save_ms and paused_ms are
-the VMM's own `wall_ms` and `paused_ms` from the JSON reply; cli_ms is the wall time of the whole
-`kvmsnap save` process (Python start-up and the control round trip included). kvmsnap fsyncs the core
-before it answers.
+`kvmsnap save --control SOCK OUT --json` (guest resumed afterwards) and `kvmsnap save --background`,
+in alternating order, N times each. save_ms and paused_ms are the VMM's own `wall_ms` and `paused_ms`
+from the JSON reply (with --background, paused_ms is the guest's downtime and save_ms runs until the
+file is complete); cli_ms is the wall time of the whole `kvmsnap save` process (Python start-up and
+the control round trip included). kvmsnap fsyncs the core before it answers. Then the last core is
+restored (`kvmsnap restore`, lazy memory: RAM mapped from the core) and that guest saved N times
+("kvmsnap restored": a restored guest should save as fast as a freshly booted one).
 
 QEMU: the same image booted with `-kernel` (PVH) and the same `-m`, the same readiness line, then QMP
 `dump-guest-memory` (synchronous, `protocol: file:OUT`) with `paging: false` and `paging: true`, in
@@ -39,39 +42,58 @@ def ready_timeout(mem: int) -> float:
     return 60 + 30 * (mem >> 30)          # memtest round 0 at 4 GiB takes ~10-20 s here
 
 
+def kvmsnap_save(sock: str, core: str, tag: str, *flags, keep=False) -> dict:
+    """One `kvmsnap save` of the guest behind ``sock``: its sample (the core deleted unless ``keep``)."""
+    t0 = time.perf_counter()
+    out = subprocess.run(kvmsnap_cmd("save", "--control", sock, core, "--json", *flags), capture_output=True, text=True)
+    cli_ms = (time.perf_counter() - t0) * 1000
+    if out.returncode != 0:
+        raise RuntimeError(f"kvmsnap save {' '.join(flags)} failed ({out.returncode}): {out.stderr.strip()}")
+    reply = json.loads(out.stdout)
+    apparent, on_disk = file_sizes(core)
+    if not keep:
+        os.unlink(core)
+    if (apparent, on_disk) != (reply["apparent_size"], reply["size_on_disk"]):
+        print(f"  note: {tag}: os.stat says {apparent}/{on_disk} bytes, the reply said "
+              f"{reply['apparent_size']}/{reply['size_on_disk']}", file=sys.stderr)
+    time.sleep(0.2)
+    return {"save_ms": reply["wall_ms"], "paused_ms": reply["paused_ms"], "cli_ms": cli_ms,
+            "apparent": apparent, "on_disk": on_disk, "fsync_ms": 0.0}
+
+
 def bench_kvmsnap(guest: str, mem: int, runs: int, work: str) -> dict:
     tag = f"k-{guest}-{size_label(mem)}"
-    sock, console, core = (os.path.join(work, f"{tag}.{ext}") for ext in ("sock", "console", "core"))
-    proc = subprocess.Popen(kvmsnap_cmd("run", guest, "--mem", mem, "--control", sock, "--console", console),
-                            stdout=subprocess.DEVNULL)
-    samples = []
+    sock, console, core, source = (os.path.join(work, f"{tag}.{ext}") for ext in ("sock", "console", "core", "src"))
+    samples = {"kvmsnap": [], "kvmsnap --background": [], "kvmsnap restored": []}
+    procs = []
     try:
-        wait_console_line(console, READY[guest], ready_timeout(mem), proc)
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            out = subprocess.run(kvmsnap_cmd("save", "--control", sock, core, "--json"),
-                                 capture_output=True, text=True)
-            cli_ms = (time.perf_counter() - t0) * 1000
-            if out.returncode != 0:
-                raise RuntimeError(f"kvmsnap save failed ({out.returncode}): {out.stderr.strip()}")
-            reply = json.loads(out.stdout)
-            apparent, on_disk = file_sizes(core)
-            os.unlink(core)
-            if (apparent, on_disk) != (reply["apparent_size"], reply["size_on_disk"]):
-                print(f"  note: {tag}: os.stat says {apparent}/{on_disk} bytes, the reply said "
-                      f"{reply['apparent_size']}/{reply['size_on_disk']}", file=sys.stderr)
-            samples.append({"save_ms": reply["wall_ms"], "paused_ms": reply["paused_ms"], "cli_ms": cli_ms,
-                            "apparent": apparent, "on_disk": on_disk, "fsync_ms": 0.0})
-            time.sleep(0.2)
+        procs.append(subprocess.Popen(kvmsnap_cmd("run", guest, "--mem", mem, "--control", sock, "--console",
+                                                  console), stdout=subprocess.DEVNULL))
+        wait_console_line(console, READY[guest], ready_timeout(mem), procs[-1])
+        for i in range(runs):
+            for flags in (((), ("--background",)) if i % 2 == 0 else (("--background",), ())):
+                samples["kvmsnap " + flags[0] if flags else "kvmsnap"].append(kvmsnap_save(sock, core, tag, *flags))
+        kvmsnap_save(sock, source, tag, keep=True)       # the core the restored guest is mapped from
         control.request(sock, "quit", timeout=60)
-        stop_process(proc)
-        if proc.returncode != 0:
-            raise RuntimeError(f"kvmsnap run exited {proc.returncode}")
+        stop_process(procs[-1])
+        if procs[-1].returncode != 0:
+            raise RuntimeError(f"kvmsnap run exited {procs[-1].returncode}")
+        os.unlink(sock)
+        lines = len(open(console, "rb").read().splitlines())
+        procs.append(subprocess.Popen(kvmsnap_cmd("restore", source, "--control", sock, "--console", console),
+                                      stdout=subprocess.DEVNULL))
+        wait_console_line(console, READY[guest].split()[0], ready_timeout(mem), procs[-1], after=lines)
+        for _ in range(runs):
+            samples["kvmsnap restored"].append(kvmsnap_save(sock, core, tag))
+        control.request(sock, "quit", timeout=60)
+        stop_process(procs[-1])
     finally:
-        kill_process(proc)
-        if os.path.exists(core):
-            os.unlink(core)
-    return {"kvmsnap": samples}
+        for proc in procs:
+            kill_process(proc)
+        for path in (core, source):
+            if os.path.exists(path):
+                os.unlink(path)
+    return samples
 
 
 def bench_qemu(guest: str, mem: int, runs: int, work: str) -> dict:
@@ -135,7 +157,7 @@ def summarise(guest: str, mem: int, per_vmm: dict) -> list[dict]:
 
 def ratios(rows: list[dict]) -> list[dict]:
     out = []
-    for k in (r for r in rows if r["vmm"] == "kvmsnap"):
+    for k in (r for r in rows if r["vmm"].startswith("kvmsnap")):
         for q in (r for r in rows if r["vmm"].startswith("qemu") and (r["guest"], r["mem"]) == (k["guest"], k["mem"])):
             out.append({"guest": k["guest"], "mem": k["mem"], "kvmsnap/": q["vmm"],
                         "save": ratio(k["save_ms"], q["save_ms"]),
@@ -158,6 +180,12 @@ def main():
     report(f"save (median of {args.runs} runs; total {seconds:.0f} s)", rows, "save.json")
     if use_qemu:
         report("ratios kvmsnap / QEMU (below 1: kvmsnap is faster or smaller)", ratios(rows), "save-ratios.json")
+    restored = [{"guest": r["guest"], "mem": r["mem"],
+                 "restored/fresh save": ratio(r["save_ms"], next(f["save_ms"] for f in rows if f["vmm"] == "kvmsnap"
+                                                              and (f["guest"], f["mem"]) == (r["guest"], r["mem"])))}
+                for r in rows if r["vmm"] == "kvmsnap restored"]
+    report("a restored guest's save against the same guest's freshly booted (target: at most 1.5)", restored,
+           "save-restored.json")
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,8 @@ class Policy:
     """What to do instead of refusing (each default: refuse), and how to bring RAM in."""
     allow_missing_msrs: bool = False       # drop MSRs this host's KVM does not list
     allow_missing_features: bool = False   # clear CPUID features this host lacks from the guest's table
-    eager_memory: bool = False             # read guest RAM now instead of mapping the core copy-on-write
+    memory: str = "background"             # guest RAM: "lazy" (mapped from the core copy-on-write), "eager"
+    #                                        (read now) or "background" (mapped, and copied in by a thread)
 
 
 def restore(core_path, console, policy: Policy) -> tuple[Machine, list[str]]:
@@ -52,7 +53,7 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         raise RestoreError(_listing(snapshot.info.path, plan.problems))
     memory = snapshot.memory
     slots = [(s, memory.slot_offset(s.slot)) for s in memory.slots()]
-    ram = (GuestRam.load_file if policy.eager_memory else GuestRam.map_file)(memory.fileno(), slots)
+    ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(memory.fileno(), slots)
     restored = {i for i, _ in plan.msrs[0]}
     machine = Machine(snapshot.config, console, memory=ram,       # a later save keeps the order
                       saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])
@@ -61,6 +62,8 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         for name, model in machine.device_models.items():
             if name in snapshot.devices:        # a format 1.0 core has no cmos or pci: reset state
                 model.load_state_bytes(snapshot.devices[name])
+        if policy.memory == "background":
+            ram.populate_in_background()
         return machine, warnings
     except BaseException:
         machine.close()

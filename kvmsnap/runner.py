@@ -1,6 +1,8 @@
 """A running guest: the machine, its console, its control socket and its lifetime (``kvmsnap run``)."""
+import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -49,6 +51,8 @@ class GuestSession:
         # pause, resume and save change the run state; one at a time, so that a resume from one
         # client cannot let the guest run while another client's save is reading it
         self._run_state = threading.Lock()
+        self._writers: set = set()      # background saves whose child is writing
+        self._writers_done = threading.Event()
         try:
             self.control = ControlServer(control_path, self.handlers()) if control_path else None
         except BaseException:
@@ -104,24 +108,45 @@ class GuestSession:
         return {}
 
     def _save(self, req, emit) -> dict:
-        """Pause, capture, write the core atomically, then resume (or end the guest with ``quit``).
-        A failure leaves no file at ``path`` and the guest as it was (running unless it was paused)."""
-        path, quit_after = req.get("path"), bool(req.get("quit"))
+        """Pause, capture, write the core atomically, then resume (or end the guest with ``quit``);
+        with ``background`` the guest resumes once a forked child holds its memory, and the reply
+        comes when that child has written the file.  A failure leaves no file at ``path`` and the
+        guest as it was (running unless it was paused)."""
+        path, quit_after, background = req.get("path"), _flag(req, "quit"), _flag(req, "background")
         if not isinstance(path, str) or not os.path.isabs(path):
             raise InputError('save needs "path": an absolute file name')
-        with self._run_state:
-            return self._save_paused(path, quit_after, emit)
-
-    def _save_paused(self, path: str, quit_after: bool, emit) -> dict:
+        if quit_after and background:
+            raise InputError('"quit" and "background" exclude each other: a guest that ends has no need to run '
+                             "while its core is written")
+        progress = _progress_lines(emit)
+        if not background:
+            with self._run_state:
+                return self._save_paused(path, quit_after, progress)
         t0 = time.perf_counter()
-        last_emit = [0.0]
+        with self._run_state:
+            was_paused = self.machine.paused
+            self.machine.pause()
+            t_paused = time.perf_counter()
+            try:
+                writer = save.BackgroundSave(self.machine, path)
+            finally:
+                if not was_paused:
+                    self.machine.resume()
+            t_resumed = time.perf_counter()
+        self._writers.add(writer)
+        try:
+            result = writer.wait(progress)
+        finally:
+            self._writers.discard(writer)
+            self._writers_done.set()
+        return {"path": result.path, "paused_ms": round((t_resumed - t_paused) * 1000, 3),
+                "resumed_ms": round((t_resumed - t0) * 1000, 3),
+                "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
+                "bytes_written": result.bytes_written, "apparent_size": result.apparent_size,
+                "size_on_disk": result.size_on_disk, "quit": False, "background": True}
 
-        def progress(done, total):          # at most five progress lines a second
-            now = time.perf_counter()
-            if now - last_emit[0] >= 0.2 or done == total:
-                last_emit[0] = now
-                emit({"done": done, "total": total})
-
+    def _save_paused(self, path: str, quit_after: bool, progress) -> dict:
+        t0 = time.perf_counter()
         was_paused = self.machine.paused
         self.machine.pause()
         t_paused = time.perf_counter()
@@ -139,7 +164,7 @@ class GuestSession:
                 "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
                 "bytes_written": result.bytes_written, "apparent_size": result.apparent_size,
                 "size_on_disk": result.size_on_disk,
-                "quit": quit_after}
+                "quit": quit_after, "background": False}
 
     def _after_save(self, was_paused: bool, quit_after: bool) -> None:
         if quit_after:
@@ -188,8 +213,34 @@ class GuestSession:
         return f"saved as it stopped to {result.path}"
 
     def shutdown(self) -> None:
+        self.machine.stop()
+        while self._writers:            # a background save's child still writing: the file completes
+            self._writers_done.clear()
+            if self._writers:
+                paths = ", ".join(sorted(w.path for w in self._writers))
+                print(f"kvmsnap: waiting for the background save to {paths}", file=sys.stderr, flush=True)
+                self._writers_done.wait()
         if self.control:
             self.control.close()
             self.control = None
-        self.machine.stop()
         self.machine.close()
+
+
+def _flag(req: dict, name: str) -> bool:
+    """A boolean field of a control request (absent: False); a string such as "false" is refused."""
+    value = req.get(name, False)
+    if not isinstance(value, bool):
+        raise InputError(f'"{name}" must be true or false, not {json.dumps(value)}')
+    return value
+
+
+def _progress_lines(emit):
+    """``progress(done, total)`` sending at most five progress lines a second through ``emit``."""
+    last = [0.0]
+
+    def progress(done, total):
+        now = time.perf_counter()
+        if now - last[0] >= 0.2 or done == total:
+            last[0] = now
+            emit({"done": done, "total": total})
+    return progress

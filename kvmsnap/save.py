@@ -1,10 +1,16 @@
 """Saving a running machine: capture its state into a :class:`~kvmsnap.state.Snapshot` while every
-vCPU is parked, then write the core file."""
+vCPU is parked, then write the core file, at once (:func:`save`) or from a forked child that keeps a
+copy-on-write view of guest RAM while the guest runs on (:class:`BackgroundSave`)."""
+import contextlib
+import dataclasses
+import json
 import os
+import signal
 
 from kvmsnap import __version__
+from kvmsnap.errors import KvmsnapError
 from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS
-from kvmsnap.formats.writer import WriteResult, write_core
+from kvmsnap.formats.writer import WriteResult, temp_path, write_core
 from kvmsnap.state import Snapshot
 
 
@@ -25,6 +31,77 @@ def capture(machine) -> Snapshot:
 def save(machine, path: str, progress=None,
          max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS) -> WriteResult:
     """Capture the paused ``machine`` and write it to ``path`` atomically."""
-    return write_core(capture(machine), path, producer=f"kvmsnap {__version__}",
-                      host_kernel=os.uname().release, progress=progress,
-                      max_virtual_segments=max_virtual_segments)
+    return _write(capture(machine), path, progress, max_virtual_segments)
+
+
+def _write(snapshot: Snapshot, path: str, progress, max_virtual_segments: int) -> WriteResult:
+    return write_core(snapshot, path, producer=f"kvmsnap {__version__}", host_kernel=os.uname().release,
+                      progress=progress, max_virtual_segments=max_virtual_segments)
+
+
+class BackgroundSave:
+    """A core of the paused ``machine`` written by a forked child.  The child's memory is a
+    copy-on-write image of the parent's at the fork, so guest RAM stays as captured however the
+    guest writes it once resumed (which the caller may do as soon as this returns).  ``wait``
+    relays the child's progress and gives its result."""
+
+    def __init__(self, machine, path: str, max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS):
+        self.path = path
+        snapshot = capture(machine)
+        read_fd, write_fd = os.pipe()
+        try:
+            self.pid = os.fork()
+        except OSError as e:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise KvmsnapError(f"cannot write {path}: cannot start a writer process: {e.strerror}") from None
+        if self.pid == 0:
+            os.close(read_fd)
+            _write_in_child(snapshot, path, write_fd, max_virtual_segments)
+        os.close(write_fd)
+        self._messages = os.fdopen(read_fd, "rb")
+
+    def wait(self, progress=None) -> WriteResult:
+        """The child's WriteResult once the file is complete; KvmsnapError if it failed or died (its
+        temporary file removed: nothing is left at ``path``)."""
+        result = error = None
+        with self._messages:
+            for line in self._messages:
+                message = json.loads(line)
+                if "done" in message and progress is not None:
+                    progress(message["done"], message["total"])
+                result = WriteResult(**message["result"]) if "result" in message else result
+                error = message.get("error", error)
+        _, status = os.waitpid(self.pid, 0)
+        if result is not None and status == 0:
+            return result
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path(self.path, self.pid))
+        if error is None:
+            how = (f"was killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+                   else f"exited with status {os.waitstatus_to_exitcode(status)}")
+            error = f"the writer (pid {self.pid}) {how}"
+        raise KvmsnapError(f"cannot write {self.path}: {error}; no file was left")
+
+
+def _write_in_child(snapshot: Snapshot, path: str, fd: int, max_virtual_segments: int):
+    """The forked writer: only this thread lives on, so it touches nothing another thread may have
+    held locked at the fork (no stdio, no logging); it reports on ``fd`` and never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the VMM's handler would only set its quit flag
+        result = _write(snapshot, path, lambda done, total: _send(fd, {"done": done, "total": total}),
+                        max_virtual_segments)
+        _send(fd, {"result": dataclasses.asdict(result)})
+        code = 0
+    except BaseException as e:      # noqa: BLE001 - whatever it was, the parent must hear of it
+        with contextlib.suppress(BaseException):
+            _send(fd, {"error": e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"})
+    finally:
+        os._exit(code)
+
+
+def _send(fd: int, message: dict) -> None:
+    data = json.dumps(message).encode() + b"\n"
+    while data:
+        data = data[os.write(fd, data):]

@@ -1,7 +1,10 @@
 """Test helpers for real cores: gdb and readelf runs, console sequences, rewriting a saved core."""
 import re
+import struct
 import subprocess
 
+from kvmsnap import notes
+from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS
 from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.formats.writer import write_core
 
@@ -79,3 +82,27 @@ def assert_debuggers_read(core, vmlinux, cpus, logged):
     assert r.returncode == 0, r.stderr[-2000:]
     first, *log = r.stdout.splitlines()
     assert first == "swapper/0" and any(logged in line for line in log), r.stdout[-2000:]
+
+
+def notes_by_key(core):
+    """The notes of ``core`` by (owner, type, vCPU), and the core."""
+    with read_core(core) as c:
+        return {(n.owner, n.type, n.vcpu): n.desc for n in c.info.elf.notes}, c
+
+
+def mask_volatile(key, desc: bytes) -> bytes:
+    """A note with the fields that move on by themselves (clocks, counters; docs/restore.md) zeroed."""
+    from kvmsnap.arch.x86_64.vcpu import LAPIC_TMCCT       # a live module: tests with KVM only
+    owner, ntype, _vcpu = key
+    d = bytearray(desc)
+    if ntype == notes.KVMSNAP_LAPIC:
+        d[8 + LAPIC_TMCCT:8 + LAPIC_TMCCT + 4] = bytes(4)
+    elif ntype == notes.KVMSNAP_MSRS:
+        count = struct.unpack_from("<I", d, 8)[0]
+        for i in range(count):
+            off = 16 + 16 * i
+            if struct.unpack_from("<I", d, off)[0] in COUNTER_MSRS:   # count on by themselves
+                d[off + 8:off + 16] = bytes(8)
+    elif ntype in (notes.KVMSNAP_CLOCK, notes.KVMSNAP_PIT, notes.KVMSNAP_HEADER):
+        return b""            # kvmclock and PIT load time are clocks; the header names the producer run
+    return bytes(d)

@@ -142,6 +142,36 @@ def test_sparse_64mib_guest_is_small_on_disk(tmp_path):
     assert read_core(tmp_path / "sparse.core").memory.read(40 * MiB, 5) == b"tail!"
 
 
+def test_ram_mapped_from_a_core_is_read_only_where_the_core_has_data_or_the_guest_wrote(tmp_path):
+    """A restored guest's RAM (a private mapping of its core): pages it has not written hold the
+    core's bytes, so the core's holes are zero without reading them; its writes are found by
+    pagemap (copied on write)."""
+    from kvmsnap.memory import file_data_runs
+    from kvmsnap.memory.ram import GuestRam
+    size = 64 * MiB
+    state = make_state(1, mem=size)
+    state.memory.buffers()[0][0][40 * MiB:40 * MiB + 5] = b"saved"
+    write(state, tmp_path / "source.core")
+    with read_core(tmp_path / "source.core") as core:
+        offset = core.memory.slot_offset(0)
+        ram = GuestRam.map_file(core.memory.fileno(), [(Slot(0, 0, size), offset)])
+    try:
+        with open(tmp_path / "source.core", "rb") as f:
+            data = [(a - offset, b - offset) for a, b in file_data_runs(f.fileno(), offset, offset + size)]
+        assert data and sum(b - a for a, b in data) < 2 * MiB
+        assert list(ram.data_runs(0, size)) == data
+        ram.buffers()[0][0][20 * MiB] = 1                             # the guest writes a page
+        ram.read(30 * MiB, 4096)                                       # and reads a hole
+        runs = list(ram.data_runs(0, size))
+        assert (20 * MiB, 20 * MiB + 4096) in runs and sorted(set(runs) - {(20 * MiB, 20 * MiB + 4096)}) == data
+        state.memory = ram
+        write(state, tmp_path / "again.core")
+        with read_core(tmp_path / "again.core") as again:
+            assert again.memory.read(40 * MiB, 5) == b"saved" and again.memory.read(20 * MiB, 1) == b"\x01"
+    finally:
+        ram.close()
+
+
 @pytest.mark.parametrize("flags", ["private", "shared"])
 def test_sparse_anonymous_mappings(tmp_path, flags):
     """Guest RAM as the VMM allocates it (private anonymous mmap: never-touched pages are skipped

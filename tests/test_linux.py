@@ -157,7 +157,7 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     times = [float(PRINTK.match(line).group(1)) for line in kernel]
     assert times == sorted(times), "printk time went backwards across the restore"
     joined = "\n".join(lines)
-    for milestone in ("NET: Registered PF_NETLINK", "clocksource: Switched to clocksource", "Freeing unused kernel image", "Run /init as init process",
+    for milestone in ("NET: Registered PF_NETLINK", "Switched to clocksource kvm-clock", "Freeing unused kernel image", "Run /init as init process",
                       "GUEST-READY", f"smp: Brought up 1 node, {cpus} CPU"):
         assert joined.count(milestone) == 1, milestone
     ticks = sequence(console_lines(r.console), TICK)

@@ -7,12 +7,11 @@ import time
 import pytest
 
 from conftest import KVM_MODULE, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit, seconds
-from coretools import assert_continuous, console_lines, rewrite_core, sequence
+from coretools import assert_continuous, console_lines, mask_volatile, notes_by_key, rewrite_core, sequence
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.host import effective_cpuid
 from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS
-from kvmsnap.arch.x86_64.vcpu import LAPIC_TMCCT
 from kvmsnap.arch.x86_64.xsave import xcr0_of
 from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.kvm import Kvm
@@ -54,29 +53,7 @@ def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample, mem, n
     core.unlink()
 
 
-def _notes_by_key(core):
-    with read_core(core) as c:
-        return {(n.owner, n.type, n.vcpu): n.desc for n in c.info.elf.notes}, c
-
-
-# Fields that move on by themselves between restoring and saving again (docs/restore.md).
-def _mask_volatile(key, desc: bytes) -> bytes:
-    owner, ntype, _vcpu = key
-    d = bytearray(desc)
-    if ntype == notes.KVMSNAP_LAPIC:
-        d[8 + LAPIC_TMCCT:8 + LAPIC_TMCCT + 4] = bytes(4)
-    elif ntype == notes.KVMSNAP_MSRS:
-        count = struct.unpack_from("<I", d, 8)[0]
-        for i in range(count):
-            off = 16 + 16 * i
-            if struct.unpack_from("<I", d, off)[0] in COUNTER_MSRS:   # count on by themselves
-                d[off + 8:off + 16] = bytes(8)
-    elif ntype in (notes.KVMSNAP_CLOCK, notes.KVMSNAP_PIT, notes.KVMSNAP_HEADER):
-        return b""            # kvmclock and PIT load time are clocks; the header names the producer run
-    return bytes(d)
-
-
-@pytest.mark.parametrize("memory", ["lazy", "eager"])
+@pytest.mark.parametrize("memory", ["background", "lazy", "eager"])
 def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
     g = guest("timer", "--mem", "32M")
     g.wait_lines(3, r"^timer tick")
@@ -87,10 +64,10 @@ def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
     reply = r.request("save", path=str(second), quit=True)
     assert reply["path"] == str(second)
     assert r.proc.wait(seconds(30)) == 0
-    a, core_a = _notes_by_key(first)
-    b, core_b = _notes_by_key(second)
+    a, core_a = notes_by_key(first)
+    b, core_b = notes_by_key(second)
     assert a.keys() == b.keys()
-    differing = [k for k in a if _mask_volatile(k, a[k]) != _mask_volatile(k, b[k])]
+    differing = [k for k in a if mask_volatile(k, a[k]) != mask_volatile(k, b[k])]
     assert differing == []
     with read_core(first) as ca, read_core(second) as cb:
         for gpa, size in ((s.gpa, s.size) for s in ca.memory.slots()):

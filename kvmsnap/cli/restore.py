@@ -11,9 +11,11 @@ from .run import GuestFailed, open_console, save_on_fault_option, vmlinux_option
               help="Where the guest's serial console goes (a file is appended to).")
 @click.option("--control", metavar="SOCKET", help="Serve the control protocol on this Unix socket (docs/control.md).")
 @click.option("--paused", is_flag=True, help="Restore, then wait with every vCPU paused (resume over --control).")
-@click.option("--memory", "memory_mode", type=click.Choice(["lazy", "eager"]), default="lazy", show_default=True,
-              help="lazy: map guest RAM copy-on-write from CORE (starts at once, each page is copied on "
-                   "first write); eager: read it all now (slower start, full speed afterwards).")
+@click.option("--memory", "memory_mode", type=click.Choice(["background", "lazy", "eager"]), default="background",
+              show_default=True,
+              help="background: map guest RAM copy-on-write from CORE and copy it in from a thread while the "
+                   "guest runs (starts at once, full speed soon after); lazy: map it only (each page is copied "
+                   "on its first write); eager: read it all before the guest starts.")
 @click.option("--allow-missing-msrs", is_flag=True,
               help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
 @click.option("--allow-missing-features", is_flag=True,
@@ -33,7 +35,7 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
     from ..restore import Policy, restore as restore_core
     from ..runner import GuestSession
     policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
-                    eager_memory=memory_mode == "eager")
+                    memory=memory_mode)
     symbols = KernelSymbols(vmlinux) if vmlinux else None
     with open_console(console) as sink:
         machine, warnings = restore_core(core, sink, policy)

@@ -75,6 +75,12 @@ def _write_nonzero_pages(fd: int, data: memoryview, offset: int) -> int:
     return written
 
 
+def temp_path(path, pid: int) -> str:
+    """Where process ``pid`` writes the core bound for ``path`` before renaming it there."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.tmp-{pid}")
+
+
 def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, progress=None,
                max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS) -> WriteResult:
     """Write ``snapshot`` as a kvmsnap core at ``path``, atomically.
@@ -87,8 +93,8 @@ def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, pro
     check(snapshot)
     layout = plan(snapshot, producer=producer, host_kernel=host_kernel,
                   max_virtual=max_virtual_segments)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = temp_path(path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:

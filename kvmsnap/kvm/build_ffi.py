@@ -26,6 +26,7 @@ KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_E
 KVM_CAP_GET_MSR_FEATURES KVM_CAP_KVMCLOCK_CTRL KVM_CAP_INTERNAL_ERROR_DATA KVM_CAP_PIT_STATE2
 KVM_CAP_IOAPIC_POLARITY_IGNORED KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_X86_ROBUST_SINGLESTEP
 KVM_CAP_EXIT_ON_EMULATION_FAILURE
+MADV_POPULATE_WRITE
 KVM_EXIT_UNKNOWN KVM_EXIT_EXCEPTION KVM_EXIT_IO KVM_EXIT_HYPERCALL KVM_EXIT_DEBUG KVM_EXIT_HLT
 KVM_EXIT_MMIO KVM_EXIT_IRQ_WINDOW_OPEN KVM_EXIT_SHUTDOWN KVM_EXIT_FAIL_ENTRY KVM_EXIT_INTR
 KVM_EXIT_SET_TPR KVM_EXIT_TPR_ACCESS KVM_EXIT_NMI KVM_EXIT_INTERNAL_ERROR KVM_EXIT_SYSTEM_EVENT
@@ -72,6 +73,7 @@ struct kvm_run {
 int kvmsnap_ioctl_ptr(int fd, unsigned long request, void *arg);
 int kvmsnap_ioctl_int(int fd, unsigned long request, unsigned long arg);
 int kvmsnap_install_kick_handler(int signo);
+int madvise(void *addr, size_t length, int advice);   /* guest RAM: populated without the GIL */
 """
 
 X86_64_CONSTANTS = """
@@ -164,6 +166,7 @@ ARCHES = {"x86_64": (X86_64_CONSTANTS, X86_64_CDEF)}
 SOURCE = r"""
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <string.h>
 

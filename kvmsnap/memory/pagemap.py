@@ -1,16 +1,32 @@
-"""Which pages of an anonymous private mapping were ever touched, from /proc/self/pagemap: a page
-neither present nor swapped out reads as zeros, so a writer need not read it at all."""
+"""Which pages of a private mapping may differ from what it was created with, from
+/proc/self/pagemap, so that a writer need not read the rest: a page of anonymous memory neither
+present nor swapped out reads as zeros; a page of a private file mapping that was never written
+(not copied on write) still holds the file's bytes."""
 import re
 
 from kvmsnap.memory import PAGE_SIZE
 
-_PRESENT_OR_SWAPPED = bytes((b & 0xc0) for b in range(256))   # pagemap bits 62, 63 (byte 7)
-_TOUCHED_RUN = re.compile(rb"[^\x00]+")
+# Byte 7 of a pagemap entry: bit 63 present (0x80), 62 swapped (0x40), 61 file page (0x20).
+_TOUCHED = bytes(b & 0xc0 for b in range(256))                                    # present or swapped
+_WRITTEN = bytes(1 if b & 0x40 or b & 0xa0 == 0x80 else 0 for b in range(256))    # anonymous: copied
+_RUN = re.compile(rb"[^\x00]+")
 
 
 def touched_runs(address: int, size: int) -> list[tuple[int, int]] | None:
-    """``(start, end)`` byte offsets of the touched page runs of the mapping at host ``address``;
-    None when that cannot be known (not page-aligned, not anonymous and private, no /proc)."""
+    """``(start, end)`` byte offsets of the touched page runs of the anonymous private mapping at
+    host ``address``; None when that cannot be known (not page-aligned, not anonymous and
+    private, no /proc)."""
+    return _runs(address, size, anonymous=True, table=_TOUCHED)
+
+
+def written_runs(address: int, size: int) -> list[tuple[int, int]] | None:
+    """``(start, end)`` byte offsets of the pages of the private file mapping at host ``address``
+    that were written (copied on write, anonymous now); every other page holds the file's bytes.
+    None when that cannot be known."""
+    return _runs(address, size, anonymous=False, table=_WRITTEN)
+
+
+def _runs(address: int, size: int, anonymous: bool, table: bytes) -> list[tuple[int, int]] | None:
     if address % PAGE_SIZE or size % PAGE_SIZE:
         return None
     end = address + size
@@ -22,8 +38,8 @@ def touched_runs(address: int, size: int) -> list[tuple[int, int]] | None:
                 lo, hi = (int(x, 16) for x in fields[0].split("-"))
                 if hi <= covered or lo > covered:
                     continue
-                anonymous = fields[4] == "0" and (len(fields) < 6 or fields[5] == "[heap]")
-                if fields[1][3] != "p" or not anonymous:
+                is_anonymous = fields[4] == "0" and (len(fields) < 6 or fields[5] == "[heap]")
+                if fields[1][3] != "p" or is_anonymous != anonymous:
                     return None
                 covered = hi
                 if covered >= end:
@@ -37,5 +53,5 @@ def touched_runs(address: int, size: int) -> list[tuple[int, int]] | None:
         return None
     if len(entries) != size // PAGE_SIZE * 8:
         return None
-    touched = entries[7::8].translate(_PRESENT_OR_SWAPPED)
-    return [(m.start() * PAGE_SIZE, m.end() * PAGE_SIZE) for m in _TOUCHED_RUN.finditer(touched)]
+    pages = entries[7::8].translate(table)
+    return [(m.start() * PAGE_SIZE, m.end() * PAGE_SIZE) for m in _RUN.finditer(pages)]

@@ -1,39 +1,53 @@
 """Live guest RAM: page-aligned private mappings, one per KVM memory slot, fresh (anonymous), mapped
 copy-on-write from a core file, or read from one."""
+import contextlib
 import errno
 import mmap
 import os
+import threading
 
-from kvmsnap.kvm import ffi
+from kvmsnap.kvm import ffi, lib
 from kvmsnap.memory import AddressError, Extent, GuestMemory, Slot, file_data_runs
-from kvmsnap.memory.pagemap import touched_runs
+from kvmsnap.memory.pagemap import touched_runs, written_runs
 
 
 class GuestRam(GuestMemory):
-    """The RAM slots of a running VM; ``Extent.backing`` is ``(buffer, host address)``."""
+    """The RAM slots of a running VM; ``Extent.backing`` is ``(buffer, host address, offset)``,
+    ``offset`` being where a slot mapped from the file ``source`` starts in it (else None)."""
 
-    def __init__(self, slots: list[tuple[Slot, object]]):
+    def __init__(self, slots: list[tuple[Slot, object]], source: int | None = None,
+                 offsets: list[int] | None = None):
         extents = []
-        for slot, buffer in slots:
+        for i, (slot, buffer) in enumerate(slots):
             address = int(ffi.cast("uintptr_t", ffi.from_buffer(buffer)))
-            extents.append(Extent(slot.gpa, slot.end, slot.end, (buffer, address), slot))
+            offset = offsets[i] if offsets else None
+            extents.append(Extent(slot.gpa, slot.end, slot.end, (buffer, address, offset), slot))
         super().__init__("guest RAM", extents)
+        self._source = source
+        self._populating: threading.Thread | None = None
+        self._closing = threading.Event()
 
     @classmethod
     def anonymous(cls, layout: list[tuple[int, int]]) -> "GuestRam":
-        """Fresh zeroed RAM: one slot per ``(guest_phys_addr, size)`` of ``layout``."""
-        return cls([(Slot(i, gpa, size),
-                     mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                               | getattr(mmap, "MAP_NORESERVE", 0)))
-                    for i, (gpa, size) in enumerate(layout)])
+        """Fresh zeroed RAM: one slot per ``(guest_phys_addr, size)`` of ``layout``, in transparent
+        huge pages where the host offers them (as QEMU's RAM): KVM maps the guest with 2 MiB pages,
+        and a background save's fork copies one entry per 2 MiB instead of 512."""
+        slots = []
+        for i, (gpa, size) in enumerate(layout):
+            buffer = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+            with contextlib.suppress(OSError, AttributeError):     # THP off, or not Linux
+                buffer.madvise(mmap.MADV_HUGEPAGE)
+            slots.append((Slot(i, gpa, size), buffer))
+        return cls(slots)
 
     @classmethod
     def map_file(cls, fileno: int, slots: list[tuple[Slot, int]]) -> "GuestRam":
         """RAM mapped copy-on-write from a file, ``(slot, file offset)`` each: pages are read on
-        first touch and guest writes never reach the file (MAP_PRIVATE)."""
-        return cls([(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE,
-                                     mmap.PROT_READ | mmap.PROT_WRITE, offset=offset))
-                    for slot, offset in slots])
+        first touch and guest writes never reach the file (MAP_PRIVATE).  The file stays open
+        here: its holes tell which pages the guest has not written are zero."""
+        buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE,
+                                    offset=offset)) for slot, offset in slots]
+        return cls(buffers, source=os.dup(fileno), offsets=[offset for _, offset in slots])
 
     @classmethod
     def load_file(cls, fileno: int, slots: list[tuple[Slot, int]], chunk: int = 64 << 20) -> "GuestRam":
@@ -53,12 +67,30 @@ class GuestRam(GuestMemory):
             view.release()
         return ram
 
+    def populate_in_background(self, chunk: int = 2 << 20) -> None:
+        """Copy every page of RAM mapped from a file that holds data into this process's memory,
+        from a thread, while the guest runs (MADV_POPULATE_WRITE, outside the GIL), so the guest's
+        first write of such a page is no copy-on-write fault; the file's holes stay unallocated.
+        Where the kernel cannot (before Linux 5.14), pages are copied on first write as before."""
+        def run():
+            for extent in self._extents:
+                _, address, offset = extent.backing
+                if offset is None:
+                    continue
+                for start, end in file_data_runs(self._source, offset, offset + extent.end - extent.start):
+                    for at in range(start, end, chunk):
+                        if self._closing.is_set() or lib.madvise(ffi.cast("void *", address + at - offset),
+                                                                 min(chunk, end - at), lib.MADV_POPULATE_WRITE):
+                            return
+        self._populating = threading.Thread(target=run, name="populate RAM", daemon=True)
+        self._populating.start()
+
     def slots(self) -> list[Slot]:
         return [e.origin for e in self._extents]
 
     def buffers(self) -> list[tuple[object, int]]:
         """``(buffer, host address)`` of each slot, in slot order."""
-        return [e.backing for e in self._extents]
+        return [e.backing[:2] for e in self._extents]
 
     @property
     def top(self) -> int:
@@ -78,10 +110,19 @@ class GuestRam(GuestMemory):
         out[:] = memoryview(extent.backing[0])[offset:offset + len(out)]
 
     def data_runs(self, start: int, end: int):
-        """Pages of anonymous RAM never touched are zero without reading them (pagemap)."""
+        """Pages of anonymous RAM never touched are zero without reading them (pagemap); so are the
+        pages of RAM mapped from a file that the guest has not written where the file has holes."""
         for extent in self.extents_in(start, end):
             lo, hi = max(start, extent.start), min(end, extent.end)
-            touched = touched_runs(extent.backing[1], extent.end - extent.start)
+            _, address, offset = extent.backing
+            size = extent.end - extent.start
+            if offset is None:
+                touched = touched_runs(address, size)
+            else:
+                touched = written_runs(address, size)
+                if touched is not None:
+                    touched = _union(touched, [(a - offset, b - offset)
+                                               for a, b in file_data_runs(self._source, offset, offset + size)])
             if touched is None:
                 yield lo, hi
                 continue
@@ -91,9 +132,26 @@ class GuestRam(GuestMemory):
                     yield a, b
 
     def close(self) -> None:
+        self._closing.set()
+        if self._populating is not None:
+            self._populating.join()
         for buffer, _ in self.buffers():
             try:
                 buffer.close()
             except BufferError:
                 pass                    # a view is still alive (a caller's); the mapping goes with it
+        if self._source is not None:
+            os.close(self._source)
+            self._source = None
+
+
+def _union(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The sorted, merged union of two lists of ``(start, end)`` runs."""
+    merged: list[list[int]] = []
+    for start, end in sorted(a + b):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
 
