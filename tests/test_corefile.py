@@ -760,10 +760,18 @@ def test_a_linux_guests_vmcoreinfo_is_found_in_its_memory_and_written_as_a_note(
     state.memory.write(0x200000, b"VMCOREINFO\0\0" + text)                          # no header
     state.memory.write(0x280010, header + text)                                      # mid-page
     state.memory.write(0x2c0000, header + text)
+    write(state, tmp_path / "low.core")       # RIP and IDT in the lower half: not a Linux kernel, not searched
+    assert not [n for n in parse_elf(tmp_path / "low.core").notes if n.owner == "VMCOREINFO"]
+    from kvmsnap.arch.x86_64 import layouts as x86
+    regs = x86.kvm_regs.parse(state.vcpus[0].regs)
+    regs.rip = HIGH_BASE + RIP
+    state.vcpus[0].regs = x86.kvm_regs.build(regs)
     write(state, tmp_path / "linux.core")
     found = [n for n in parse_elf(tmp_path / "linux.core").notes if n.owner == "VMCOREINFO"]
     assert [(n.type, n.desc) for n in found] == [(0, text.rstrip(b"\0"))]
     fields = summarize(str(tmp_path / "linux.core"))["vmcoreinfo"]["fields"]
     assert fields["OSRELEASE"] == "6.1.0-test" and fields["SYMBOL(swapper_pg_dir)"] == "ffffffff82a0c000"
-    write(make_state(nvcpus=1), tmp_path / "plain.core")                  # no Linux: no note
+    plain = make_state(nvcpus=1)
+    plain.vcpus[0].regs = state.vcpus[0].regs
+    write(plain, tmp_path / "plain.core")                                 # no VMCOREINFO page: no note
     assert not [n for n in parse_elf(tmp_path / "plain.core").notes if n.owner == "VMCOREINFO"]

@@ -63,7 +63,7 @@ def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
                                       memory_size=s.size, phdr_index=phdr_of_slot[s.slot],
                                       reserved=0) for s in snapshot.memory.slots()]))),
     ]
-    text = find_vmcoreinfo(snapshot.memory)
+    text = find_vmcoreinfo(snapshot.memory) if notes.kernel_in_high_half(snapshot.vcpus) else None
     guest_os = [(N.OWNER_VMCOREINFO, N.NT_VMCOREINFO, text)] if text else []
     return vm + notes.device_notes(snapshot.devices) + guest_os + notes.process_notes(snapshot.vcpus) + [
         note for v in snapshot.vcpus for note in notes.vcpu_notes(v)]

@@ -84,6 +84,13 @@ def check_vcpu(i: int, v: VcpuState) -> None:
         raise ValueError(f"vCPU {i}: {len(v.msrs)} MSRs, at most {MAX_MSRS}")
 
 
+def kernel_in_high_half(vcpus: list[VcpuState]) -> bool:
+    """Whether a vCPU runs code or takes interrupts in the upper half of the address space, as a
+    64-bit Linux kernel does from its first instructions in long mode: only such a guest's RAM is
+    searched for VMCOREINFO (a search reads all RAM that holds data)."""
+    return any(x86.kvm_regs.parse(v.regs).rip >> 63 or parse_sregs(v).idt.base >> 63 for v in vcpus)
+
+
 def check_devices(devices: dict[str, bytes]) -> None:
     for name, size in DEVICE_SIZES.items():
         if len(devices.get(name, b"")) != size:
