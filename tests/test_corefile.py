@@ -172,6 +172,22 @@ def test_ram_mapped_from_a_core_is_read_only_where_the_core_has_data_or_the_gues
         ram.close()
 
 
+def test_zeros_across_two_pages_are_written_and_a_zero_page_is_a_hole(tmp_path):
+    state = make_state(1, mem=16 * MiB)
+    ram = state.memory.buffers()[0][0]
+    base = 8 * MiB
+    ram[base:base + 3 * 4096] = b"\xff" * (3 * 4096)
+    ram[base + 2048:base + 2048 + 4096] = bytes(4096)         # zeros across pages 0 and 1
+    ram[base + 2 * 4096:base + 3 * 4096] = bytes(4096)        # page 2: a zero page
+    write(state, tmp_path / "z.core")
+    with read_core(tmp_path / "z.core") as core:
+        assert core.memory.read(base, 3 * 4096) == bytes(ram[base:base + 3 * 4096])
+        at = core.memory.slot_offset(0) + base
+    with open(tmp_path / "z.core", "rb") as f:
+        assert os.lseek(f.fileno(), at, os.SEEK_DATA) == at                       # pages 0 and 1 written
+        assert os.lseek(f.fileno(), at + 2 * 4096, os.SEEK_HOLE) == at + 2 * 4096  # page 2 a hole
+
+
 @pytest.mark.parametrize("flags", ["private", "shared"])
 def test_sparse_anonymous_mappings(tmp_path, flags):
     """Guest RAM as the VMM allocates it (private anonymous mmap: never-touched pages are skipped

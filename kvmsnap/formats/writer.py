@@ -12,6 +12,7 @@ from kvmsnap.state import Snapshot
 
 ZERO_CHUNK = 2 << 20                 # sparse writing: test 2 MiB chunks, then 4 KiB pages
 _ZEROS = bytes(ZERO_CHUNK)
+_ZERO_PAGE = _ZEROS[:PAGE_SIZE]
 
 
 @dataclass
@@ -34,13 +35,15 @@ def _pwrite_all(fd: int, data, offset: int) -> int:
 
 def write(layout: Layout, memory: GuestMemory, fd: int, progress=None) -> int:
     """Headers, notes and every non-zero page of ``memory`` into ``fd``; zero pages stay holes.
-    Only the runs ``memory.data_runs`` names are read, in 2 MiB chunks, then page by page.
+    Only the runs ``memory.data_runs`` names are read, 2 MiB at a time: straight from where the
+    memory holds them when it can say (``buffer_at``: live RAM), else through a copy; a chunk
+    with no zero page in it is one write, any other is written page by page.
     ``progress(done, total)`` is called after each 2 MiB of the slots.  Returns the bytes
     written."""
     written = _pwrite_all(fd, layout.header, 0)
     total = sum(s.size for s, _ in layout.placements)
     done = 0
-    chunk = memoryview(bytearray(ZERO_CHUNK))
+    chunk = bytearray(ZERO_CHUNK)
     for slot, file_offset in layout.placements:
         runs, i = list(memory.data_runs(slot.gpa, slot.end)), 0
         for start in range(slot.gpa, slot.end, ZERO_CHUNK):
@@ -51,15 +54,26 @@ def write(layout: Layout, memory: GuestMemory, fd: int, progress=None) -> int:
                 if run_start >= end:
                     break
                 lo, hi = max(start, run_start), min(end, run_end)
-                data = chunk[:hi - lo]
-                memory.read_into(lo, data)
-                if data != _ZEROS[:hi - lo]:
-                    written += _write_nonzero_pages(fd, data, file_offset + lo - slot.gpa)
+                place = memory.buffer_at(lo, hi - lo)
+                if place is None:
+                    with memoryview(chunk) as view:
+                        memory.read_into(lo, view[:hi - lo])
+                    place = chunk, 0
+                written += _write_nonzero(fd, *place, hi - lo, file_offset + lo - slot.gpa)
             if progress is not None:
                 progress(done + end - slot.gpa, total)
         done += slot.size
     os.ftruncate(fd, layout.total_size)
     return written
+
+
+def _write_nonzero(fd: int, buffer, at: int, length: int, offset: int) -> int:
+    """The non-zero pages of ``buffer[at:at + length]`` to ``offset`` of ``fd``."""
+    with memoryview(buffer) as view:
+        data = view[at:at + length]
+        if buffer.find(_ZERO_PAGE, at, at + length) < 0:       # not a zero page in it, aligned or not
+            return _pwrite_all(fd, data, offset)
+        return _write_nonzero_pages(fd, data, offset) if data != _ZEROS[:length] else 0
 
 
 def _write_nonzero_pages(fd: int, data: memoryview, offset: int) -> int:

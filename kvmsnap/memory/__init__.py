@@ -65,6 +65,11 @@ class GuestMemory:
         byte outside them is known to be zero.  Default: all of it."""
         yield start, end
 
+    def buffer_at(self, addr: int, length: int):
+        """``(buffer, offset)``: where ``[addr, addr + length)`` lies in place, in a buffer with
+        ``find``, for a reader that needs no copy; None (the default) when it must be fetched."""
+        return None
+
     # -- one read loop for all ------------------------------------------------------------------
     def extents(self) -> list[Extent]:
         return list(self._extents)

@@ -105,6 +105,12 @@ class GuestRam(GuestMemory):
         buffer = extent.backing[0]
         buffer[gpa - extent.start:gpa - extent.start + len(data)] = data
 
+    def buffer_at(self, addr: int, length: int):
+        extent = self.extent_at(addr)
+        if extent is None or addr + length > extent.end:
+            return None
+        return extent.backing[0], addr - extent.start
+
     def _fetch(self, extent: Extent, addr: int, out: memoryview) -> None:
         offset = addr - extent.start
         out[:] = memoryview(extent.backing[0])[offset:offset + len(out)]
