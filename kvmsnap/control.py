@@ -3,8 +3,10 @@ import json
 import os
 import socket
 import socketserver
+import stat
 import struct
 import threading
+import time
 
 from .errors import InputError, KvmsnapError
 
@@ -18,10 +20,7 @@ class ControlServer:
     def __init__(self, path: str, handlers: dict):
         self.path = path
         self.handlers = handlers
-        if os.path.exists(path):
-            if _is_live_socket(path):
-                raise InputError(f"{path}: a control socket is already in use there")
-            os.unlink(path)
+        _clear_stale_socket(path)
         # Born 0600 (no window where others can connect) under a temporary name, renamed into place
         # once listening, so a client that sees ``path`` can connect at once.
         staging = f"{path}.{os.getpid()}.tmp"
@@ -29,6 +28,7 @@ class ControlServer:
         try:
             self._server = _Server(staging, _Handler)
             os.rename(staging, path)
+            self._inode = os.lstat(path).st_ino
         except OSError as e:
             if os.path.exists(staging):
                 os.unlink(staging)
@@ -46,7 +46,8 @@ class ControlServer:
             self._server.shutdown()     # waits for serve_forever, so only when it runs
         self._server.server_close()
         try:
-            os.unlink(self.path)
+            if os.lstat(self.path).st_ino == self._inode:     # still ours: nobody put another file there
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 
@@ -60,6 +61,8 @@ class ControlServer:
                                           f"known: {', '.join(sorted(self.handlers))}"}
         try:
             return {"ok": True, **handler(request, emit)}
+        except InputError as e:         # the request's fault: the client exits 2, as for a bad flag
+            return {"ok": False, "error": str(e), "input": True}
         except KvmsnapError as e:
             return {"ok": False, "error": str(e)}
         except Exception as e:          # report, keep serving
@@ -68,6 +71,7 @@ class ControlServer:
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN     # many clients at once wait their turn, none is refused
 
     def verify_request(self, request, client_address) -> bool:
         """Only the user running the VMM may drive it (SO_PEERCRED)."""
@@ -89,9 +93,14 @@ class _Handler(socketserver.StreamRequestHandler):
                 request = json.loads(line)
             except ValueError as e:
                 reply = {"ok": False, "error": f"not JSON: {e}"}
+            except RecursionError:
+                reply = {"ok": False, "error": "not JSON this server reads: nested too deeply"}
             else:
                 reply = self.server.control.dispatch(request, self._emit)
-            self._send(reply)
+            try:
+                self._send(reply)
+            except OSError:
+                return                  # the client left before its reply: nothing to tell anyone
 
     def _send(self, message: dict) -> None:
         self.wfile.write(json.dumps(message).encode() + b"\n")
@@ -102,6 +111,39 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send({"progress": progress})
         except OSError:
             pass                        # the client went away; the command itself carries on
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Make room for the socket at ``path``: nothing there, or a socket of this user's that nobody
+    listens on any more (a VMM that was killed), which is removed. Anything else is refused: a
+    file, a fifo, a device, a directory, a symbolic link or another user's socket is never
+    replaced."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise InputError(f"{path}: cannot use it for the control socket: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InputError(f"{path}: exists and is not a socket; refusing to replace it (remove it, or name "
+                         "another path)")
+    if st.st_uid != os.getuid():
+        raise InputError(f"{path}: a socket of another user; refusing to replace it")
+    if _is_live_socket(path):
+        raise InputError(f"{path}: a control socket is already in use there")
+    os.unlink(path)
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect, waiting while the VMM's listen queue is full (a Unix socket refuses with EAGAIN)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sock.connect(path)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _is_live_socket(path: str) -> bool:
@@ -121,7 +163,7 @@ class ControlClient:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
-            self._sock.connect(socket_path)
+            _connect(self._sock, socket_path, timeout)
         except FileNotFoundError:
             self._sock.close()
             raise InputError(f"{socket_path}: no control socket there (is `kvmsnap run --control {socket_path}` "
@@ -149,7 +191,7 @@ class ControlClient:
                                "(not our user's socket, or the VMM ended)")
         reply = json.loads(data)
         if not reply.get("ok"):
-            raise KvmsnapError(f"{cmd}: {reply.get('error', 'failed')}")
+            raise (InputError if reply.get("input") else KvmsnapError)(f"{cmd}: {reply.get('error', 'failed')}")
         return reply
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
 """A running guest: the machine, its console, its control socket and its lifetime (``kvmsnap run``)."""
+import contextlib
 import json
 import os
 import signal
@@ -113,8 +114,9 @@ class GuestSession:
         comes when that child has written the file.  A failure leaves no file at ``path`` and the
         guest as it was (running unless it was paused)."""
         path, quit_after, background = req.get("path"), _flag(req, "quit"), _flag(req, "background")
-        if not isinstance(path, str) or not os.path.isabs(path):
-            raise InputError('save needs "path": an absolute file name')
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+            raise InputError('save needs "path": an absolute file name (without NUL)')
+        self._refuse_own_file(path)
         if quit_after and background:
             raise InputError('"quit" and "background" exclude each other: a guest that ends has no need to run '
                              "while its core is written")
@@ -139,11 +141,24 @@ class GuestSession:
         finally:
             self._writers.discard(writer)
             self._writers_done.set()
-        return {"path": result.path, "paused_ms": round((t_resumed - t_paused) * 1000, 3),
-                "resumed_ms": round((t_resumed - t0) * 1000, 3),
-                "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
-                "bytes_written": result.bytes_written, "apparent_size": result.apparent_size,
-                "size_on_disk": result.size_on_disk, "quit": False, "background": True}
+        return {**_reply(result, t_resumed - t_paused, t0, quit=False, background=True),
+                "resumed_ms": round((t_resumed - t0) * 1000, 3)}
+
+    def _refuse_own_file(self, path: str) -> None:
+        """A save replaces its target: never one of the files this VMM itself uses."""
+        try:
+            target = os.stat(path)
+        except OSError:
+            return                      # nothing there yet (or nothing reachable: the save will say)
+        own = {"control socket": self.control.path if self.control else None}
+        sink = self.machine.uart.sink
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            own["console file"] = sink.fileno()
+        for what, file in own.items():
+            with contextlib.suppress(OSError, TypeError):
+                st = os.stat(file)
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    raise InputError(f"{path} is this VMM's {what}: a save would replace it")
 
     def _save_paused(self, path: str, quit_after: bool, progress) -> dict:
         t0 = time.perf_counter()
@@ -158,13 +173,9 @@ class GuestSession:
         except BaseException:
             self._after_save(was_paused, False)
             raise
-        paused_ms = (time.perf_counter() - t_paused) * 1000
+        paused = time.perf_counter() - t_paused
         self._after_save(was_paused, quit_after)
-        return {"path": result.path, "paused_ms": round(paused_ms, 3),
-                "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
-                "bytes_written": result.bytes_written, "apparent_size": result.apparent_size,
-                "size_on_disk": result.size_on_disk,
-                "quit": quit_after, "background": False}
+        return _reply(result, paused, t0, quit=quit_after, background=False)
 
     def _after_save(self, was_paused: bool, quit_after: bool) -> None:
         if quit_after:
@@ -224,6 +235,14 @@ class GuestSession:
             self.control.close()
             self.control = None
         self.machine.close()
+
+
+def _reply(result, paused: float, t0: float, **flags) -> dict:
+    """The fields of a save's reply (docs/control.md) common to both kinds."""
+    return {"path": result.path, "paused_ms": round(paused * 1000, 3),
+            "wall_ms": round((time.perf_counter() - t0) * 1000, 3), "bytes_written": result.bytes_written,
+            "apparent_size": result.apparent_size, "size_on_disk": result.size_on_disk,
+            "leftovers_removed": result.leftovers_removed, **flags}
 
 
 def _flag(req: dict, name: str) -> bool:

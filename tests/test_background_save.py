@@ -121,7 +121,8 @@ def test_background_and_quit_exclude_each_other_and_flags_must_be_booleans(guest
     assert r.returncode == 2 and r.stderr.strip() == "kvmsnap: --quit and --background exclude each other"
     for field, value in (("quit", "false"), ("background", 1)):
         reply = raw_request(g.sock, {"cmd": "save", "path": str(tmp_path / "x.core"), field: value})
-        assert reply == {"ok": False, "error": f'"{field}" must be true or false, not {json.dumps(value)}'}
+        assert reply == {"ok": False, "error": f'"{field}" must be true or false, not {json.dumps(value)}',
+                         "input": True}
     assert not (tmp_path / "x.core").exists() and g.request("status")["state"] == "running"
 
 

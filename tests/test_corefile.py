@@ -737,6 +737,23 @@ def test_uart_input_past_its_limit_is_refused(tmp_path, monkeypatch):
         write(state, tmp_path / "refused.core")
 
 
+def test_temporary_files_of_killed_saves_are_removed_by_the_next_save(tmp_path):
+    """Only this target's, only regular files, only where no process has the pid any more."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f".vm.core.tmp-{dead.pid}"
+    gone.write_bytes(b"half a core")
+    alive = tmp_path / f".vm.core.tmp-{os.getppid()}"                  # a live process: maybe still writing
+    alive.write_bytes(b"in progress")
+    (tmp_path / f".vm.core.tmp-{dead.pid}x").write_bytes(b"not our name")
+    (tmp_path / f".other.core.tmp-{dead.pid}").write_bytes(b"another target's")
+    result = write(make_state(1), tmp_path / "vm.core")
+    assert result.leftovers_removed == [str(gone)] and not gone.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, f".vm.core.tmp-{dead.pid}x", f".other.core.tmp-{dead.pid}", "vm.core"])
+
+
 def test_not_a_file(tmp_path):
     """One line that reads naturally: no file offset for a file that cannot be opened."""
     missing = tmp_path / "missing.core"

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from conftest import KVM_MODULE, needs_kvm, seconds, tiny_elf
+from conftest import KVM_MODULE, needs_kvm, run_kvmsnap, seconds, tiny_elf
+from kvmsnap.errors import KvmsnapError
 
 pytestmark = needs_kvm
 
@@ -59,6 +60,93 @@ def test_control_socket_is_private(guest):
         assert b"unknown command" in f.readline()
         assert b"not JSON" in f.readline()
     assert g.request("status")["state"] == "running"
+    assert g.quit() == 0
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "directory", "symlink"])
+def test_control_path_that_is_not_a_stale_socket_is_never_replaced(tmp_path, kind):
+    path = tmp_path / "ctl"
+    if kind == "file":
+        path.write_text("the user's notes")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        (tmp_path / "target").write_text("kept")
+        path.symlink_to(tmp_path / "target")
+    before = os.lstat(path)
+    r = run_kvmsnap("run", "counter", "--mem", "16M", "--console", tmp_path / "c.log", "--control", path)
+    assert r.returncode == 2 and r.stderr.strip() == (f"kvmsnap: {path}: exists and is not a socket; refusing "
+                                                      "to replace it (remove it, or name another path)"), r.stderr
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+def test_a_stale_socket_is_replaced_and_removed_at_exit(guest, tmp_path):
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))                  # bound, never listening, left behind: a killed VMM's
+    g = guest("counter", "--mem", "16M", sock=stale)
+    deadline = time.monotonic() + seconds(30)
+    while True:                             # the path was there before the VMM: wait until it answers
+        try:
+            assert g.request("status")["state"] == "running"
+            break
+        except KvmsnapError:
+            assert time.monotonic() < deadline and g.proc.poll() is None, g.stderr()
+            time.sleep(0.02)
+    assert g.quit() == 0 and not stale.exists()
+
+
+def test_save_onto_the_vmms_own_files_is_refused(guest, tmp_path):
+    g = guest("counter", "--mem", "16M")
+    g.wait_lines(1)
+    for own, what in ((g.sock, "control socket"), (g.console, "console file")):
+        r = run_kvmsnap("save", "--control", g.sock, own)
+        assert r.returncode == 2 and r.stderr.strip() == f"kvmsnap: save: {own} is this VMM's {what}: a save would " \
+                                                         "replace it", r.stderr
+    assert stat.S_ISSOCK(os.lstat(g.sock).st_mode) and g.request("status")["state"] == "running"
+    n = len(g.lines())
+    g.wait_lines(n + 1)                     # the console file still gets the guest's lines
+    assert g.quit() == 0
+
+
+def test_hostile_control_clients_get_a_reply_or_nothing_and_no_traceback(guest, tmp_path):
+    g = guest("counter", "--mem", "16M")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(g.sock)
+        s.sendall(b"[" * 30000 + b"\n" + b'{"cmd": "save", "path": "/tmp/a\\u0000b"}\n')
+        f = s.makefile("rb")
+        assert b"nested too deeply" in f.readline()
+        assert b"without NUL" in f.readline()
+    for _ in range(200):                    # clients that leave before their reply
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(g.sock)
+            s.sendall(b'{"cmd": "status"}\n')
+    assert g.request("status")["state"] == "running"
+    assert g.quit() == 0 and g.stderr() == "", g.stderr()
+
+
+def test_a_hundred_concurrent_saves_all_queue_and_succeed(guest, tmp_path):
+    import threading
+    from kvmsnap import control
+    g = guest("counter", "--mem", "16M")
+    g.wait_lines(1)
+    replies, errors = [], []
+
+    def one(i):
+        try:
+            replies.append(control.request(g.sock, "save", path=str(tmp_path / f"c{i}.core"), timeout=seconds(120)))
+        except Exception as e:          # noqa: BLE001 - collected for the assertion below
+            errors.append(repr(e))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(replies) == 100
+    assert sorted(p.name for p in tmp_path.glob("c*.core")) == sorted(f"c{i}.core" for i in range(100))
     assert g.quit() == 0
 
 

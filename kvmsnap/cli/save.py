@@ -25,9 +25,11 @@ class _Progress:
 
 def _text(r) -> str:
     resumed = f" (running again {r['resumed_ms']:.1f} ms after the request)" if r["background"] else ""
+    removed = (f"; removed {len(r['leftovers_removed'])} temporary file(s) that killed saves had left: "
+               + ", ".join(r["leftovers_removed"])) if r["leftovers_removed"] else ""
     return (f"saved {r['path']}: {r['apparent_size']} bytes, {r['size_on_disk']} on disk, "
             f"guest paused {r['paused_ms']:.1f} ms{resumed}, {r['wall_ms']:.1f} ms in all"
-            + ("; guest ended" if r["quit"] else ""))
+            + ("; guest ended" if r["quit"] else "") + removed)
 
 
 @click.command()
@@ -55,5 +57,6 @@ def save(sock, out, quit_after, background):
                                 on_progress=progress)
     finally:
         progress.done()
-    keys = ("path", "paused_ms", "wall_ms", "bytes_written", "apparent_size", "size_on_disk", "quit", "background")
+    keys = ("path", "paused_ms", "wall_ms", "bytes_written", "apparent_size", "size_on_disk", "quit", "background",
+            "leftovers_removed")
     return Result({k: reply[k] for k in keys + (("resumed_ms",) if background else ())}, _text)

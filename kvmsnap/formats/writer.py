@@ -3,7 +3,8 @@ memory it places into an open file, sparsely, calling nothing back but ``progres
 child can run it); :func:`write_core` does it atomically at a path."""
 import contextlib
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 
 from kvmsnap.formats.kvmsnap import check
 from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS, Layout, plan
@@ -23,6 +24,7 @@ class WriteResult:
     apparent_size: int = 0       # st_size
     virtual_segments: int = 0    # guest-virtual PT_LOADs written
     virtual_truncated: bool = False   # more than the limit, or the page walk ran out
+    leftovers_removed: list = field(default_factory=list)   # temporary files of saves whose writer died
 
 
 def _pwrite_all(fd: int, data, offset: int) -> int:
@@ -95,6 +97,35 @@ def temp_path(path, pid: int) -> str:
     return os.path.join(directory, f".{name}.tmp-{pid}")
 
 
+def remove_leftovers(path) -> list[str]:
+    """Remove the temporary files earlier saves to ``path`` left when their process was killed:
+    only this user's regular files named as :func:`temp_path` names them, and only when no
+    process has that pid any more.  Returns their paths."""
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix, removed = f".{name}.tmp-", []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed                  # the save itself will name the problem
+    for entry in entries:
+        pid = entry.name[len(prefix):]
+        if not entry.name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                    # its writer may still be at work
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue                    # a process of another user has that pid
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+                os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
+
+
 def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, progress=None,
                max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS) -> WriteResult:
     """Write ``snapshot`` as a kvmsnap core at ``path``, atomically.
@@ -105,6 +136,7 @@ def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, pro
     """
     path = os.fspath(path)
     check(snapshot)
+    removed = remove_leftovers(path)
     layout = plan(snapshot, producer=producer, host_kernel=host_kernel,
                   max_virtual=max_virtual_segments)
     directory = os.path.dirname(os.path.abspath(path))
@@ -129,4 +161,4 @@ def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, pro
     st = os.stat(path)
     return WriteResult(path=path, bytes_written=written, size_on_disk=st.st_blocks * 512,
                        apparent_size=st.st_size, virtual_segments=layout.virtual_segments,
-                       virtual_truncated=layout.virtual_truncated)
+                       virtual_truncated=layout.virtual_truncated, leftovers_removed=removed)
