@@ -565,6 +565,15 @@ def test_newer_format_major_refused(core_path):
     _expect_error(core_path, note.desc_offset + 16, r"format 2\.0 is not supported")
 
 
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_irqchip_state_with_another_chip_id_is_refused(core_path, index):
+    """Restore hands each blob to KVM_SET_IRQCHIP as it is: an IOAPIC's bytes must not reach the PIC."""
+    note = next(n for n in _notes(core_path) if n.type == N.KVMSNAP_IRQCHIP)
+    at = note.desc_offset + 8 + index * 520
+    _patch(core_path, at, struct.pack("<I", (index + 1) % 3))
+    _expect_error(core_path, at, f"chip_id {(index + 1) % 3}, expected {index}")
+
+
 def test_newer_note_major_refused(core_path):
     note = next(n for n in _notes(core_path) if n.type == N.KVMSNAP_LAPIC)
     _patch(core_path, note.desc_offset, struct.pack("<I", 2 << 16))

@@ -39,6 +39,9 @@ DEVICE_NOTES = {
     N.KVMSNAP_ACPI_PM: (N.KvmsnapAcpiPm, {"acpi_pm": "acpi_pm"}),
     N.KVMSNAP_UART_INPUT: (N.KvmsnapUartInput, {"uart_input": "input"}),
 }
+#: The chip_id each irqchip blob must carry (struct kvm_irqchip): restore hands it to KVM_SET_IRQCHIP.
+IRQCHIP_IDS = {"pic_master": x86.KVM_IRQCHIP_PIC_MASTER, "pic_slave": x86.KVM_IRQCHIP_PIC_SLAVE,
+               "ioapic": x86.KVM_IRQCHIP_IOAPIC}
 #: Device notes an older core lacks (format 1.0: CMOS, PCI, ACPI PM; 1.0 and 1.1: the UART's
 #: input): its devices then start from their reset state.
 OPTIONAL_DEVICE_NOTES = (N.KVMSNAP_CMOS, N.KVMSNAP_PCI, N.KVMSNAP_ACPI_PM, N.KVMSNAP_UART_INPUT)
@@ -196,6 +199,12 @@ def read_devices(path: str, vm_notes: dict) -> dict[str, bytes]:
             raise CoreFormatError(path, vm_notes[n_type].desc_offset, f"KVMSNAP_UART_INPUT: {parsed.length}"
                                   f" bytes of input, at most {x86.UART_INPUT_LIMIT}")
         devices.update({name: bytes(parsed[field]) for name, field in fields.items()})
+    for i, (name, chip_id) in enumerate(IRQCHIP_IDS.items()):       # in the note's order
+        found = int.from_bytes(devices[name][:4], "little")
+        if found != chip_id:
+            at = vm_notes[N.KVMSNAP_IRQCHIP].desc_offset + 8 + i * x86.kvm_irqchip.sizeof()
+            raise CoreFormatError(path, at, f"KVMSNAP_IRQCHIP: the {name} state has chip_id {found}, expected "
+                                            f"{chip_id}")
     return devices
 
 
