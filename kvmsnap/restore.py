@@ -53,7 +53,11 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         raise RestoreError(_listing(snapshot.info.path, plan.problems))
     memory = snapshot.memory
     slots = [(s, memory.slot_offset(s.slot)) for s in memory.slots()]
-    ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(memory.fileno(), slots)
+    try:
+        ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(memory.fileno(), slots)
+    except OSError as e:
+        raise KvmsnapError(f"{snapshot.info.path}: cannot {'read' if policy.memory == 'eager' else 'map'} "
+                           f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
     restored = {i for i, _ in plan.msrs[0]}
     machine = Machine(snapshot.config, console, memory=ram,       # a later save keeps the order
                       saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])

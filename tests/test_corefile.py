@@ -26,7 +26,7 @@ from kvmsnap.memory import Slot
 from kvmsnap.memory.pagemap import touched_runs
 from kvmsnap.state import MachineConfig
 
-from conftest import seconds
+from conftest import run_kvmsnap, seconds
 from synthetic import (CODE, HIGH_BASE, K1, MiB, PD, PML4, PT, RIP, XCR0, identity_page_tables,
                        make_state, make_xsave, write, xmm, ymm_hi, zmm_hi)
 
@@ -544,6 +544,20 @@ def test_note_size_past_end_of_segment(core_path):
     _expect_error(core_path, note.offset, "past the end of PT_NOTE")
     _patch(core_path, note.offset, struct.pack("<I", 0x7fffffff))
     _expect_error(core_path, note.offset, "past the end of PT_NOTE")
+
+
+def test_a_note_segment_of_zeros_is_refused_at_the_note_limit(core_path):
+    """16 MiB of zeros read as 1.4 million empty notes: the reader stops at its limit, in bounded
+    time and memory, and inspect says so in one line."""
+    from kvmsnap.formats.reader import MAX_NOTES
+    end = os.path.getsize(core_path)
+    with open(core_path, "ab") as f:
+        f.truncate(end + (16 << 20))
+    _patch(core_path, 64 + 8, struct.pack("<QQQ", end, 0, 0))             # PT_NOTE: p_offset ...
+    _patch(core_path, 64 + 32, struct.pack("<QQ", 16 << 20, 16 << 20))    # ... p_filesz, p_memsz
+    _expect_error(core_path, end + 12 * MAX_NOTES, f"more than {MAX_NOTES} notes")
+    r = run_kvmsnap("inspect", core_path)
+    assert r.returncode == 1 and r.stderr.strip().endswith(f"more than {MAX_NOTES} notes"), r.stderr
 
 
 def test_stray_bytes_at_end_of_note_segment(core_path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import KVM_MODULE, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit, seconds
+from conftest import KVM_MODULE, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit, seconds, ticks_continue
 from coretools import assert_continuous, console_lines, mask_volatile, notes_by_key, rewrite_core, sequence
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
@@ -51,6 +51,17 @@ def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample, mem, n
     for stream in STREAMS[sample]:
         assert_continuous(sequence(lines, stream), start=None)
     core.unlink()
+
+
+def test_a_sparse_guest_larger_than_the_host_restores(guest, tmp_path):
+    """64 GiB of guest RAM on a host with less: untouched RAM is never backed, saved or read back."""
+    g = guest("counter", "--mem", "64G")
+    g.wait_lines(2)
+    core = tmp_path / "big.core"
+    save_quit(g, core)
+    assert os.stat(core).st_blocks * 512 < 64 << 20
+    r = Restored(tmp_path, core, console=tmp_path / "r.console")
+    ticks_continue(g.console, r)
 
 
 @pytest.mark.parametrize("memory", ["background", "lazy", "eager"])

@@ -1,5 +1,5 @@
 """Reading ELF core files, any producer's: the ELF header, program headers and notes, validated
-against the file size and bounded (notes loaded are capped at MAX_NOTES_BYTES).  kvmsnap's own
+against the file size and bounded (notes loaded are capped at MAX_NOTES_BYTES and MAX_NOTES).  kvmsnap's own
 checks on top of this are in :mod:`kvmsnap.formats.kvmsnap`.
 """
 import io
@@ -15,6 +15,7 @@ from kvmsnap.errors import KvmsnapError
 from kvmsnap.formats import elf
 
 MAX_NOTES_BYTES = 64 << 20           # upper bound on the PT_NOTE segments the reader loads
+MAX_NOTES = 1 << 17                  # and on their number (4,096 vCPUs of kvmsnap's take 57,000)
 
 
 class CoreFormatError(KvmsnapError):
@@ -169,17 +170,22 @@ def parse_elf(path) -> ElfCore:
                     fail(at + po["p_filesz"], f"notes larger than {MAX_NOTES_BYTES} bytes")
                 align = 8 if p.p_align == 8 else 4
                 notes.extend(_parse_notes(path, _pread(f, p.p_offset, p.p_filesz), p.p_offset,
-                                          align))
+                                          align, MAX_NOTES - len(notes)))
         return ElfCore(path, size, bits, ehdr, phdrs, loads, notes)
 
 
-def _parse_notes(path: str, data: bytes, base: int, align: int) -> list[Note]:
+def _parse_notes(path: str, data: bytes, base: int, align: int, room: int) -> list[Note]:
+    """The notes of one PT_NOTE segment at file offset ``base``; at most ``room`` of them."""
+    notes = []
     try:
-        return [Note(owner, n_type, N.type_name(owner, n_type), base + at, len(desc), desc,
-                     desc_offset=base + desc_at)
-                for at, owner, n_type, desc_at, desc in elf.iter_notes(data, align)]
+        for at, owner, n_type, desc_at, desc in elf.iter_notes(data, align):
+            if len(notes) == room:
+                raise CoreFormatError(path, base + at, f"more than {MAX_NOTES} notes")
+            notes.append(Note(owner, n_type, N.type_name(owner, n_type), base + at, len(desc), desc,
+                              desc_offset=base + desc_at))
     except elf.NoteError as e:
         raise CoreFormatError(path, base + e.offset, str(e)) from None
+    return notes
 
 
 def payload(path: str, note: Note, layout: construct.Construct):

@@ -45,8 +45,8 @@ class GuestRam(GuestMemory):
         """RAM mapped copy-on-write from a file, ``(slot, file offset)`` each: pages are read on
         first touch and guest writes never reach the file (MAP_PRIVATE).  The file stays open
         here: its holes tell which pages the guest has not written are zero."""
-        buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE,
-                                    offset=offset)) for slot, offset in slots]
+        buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0),
+                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)) for slot, offset in slots]
         return cls(buffers, source=os.dup(fileno), offsets=[offset for _, offset in slots])
 
     @classmethod
