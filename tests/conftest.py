@@ -1,4 +1,5 @@
 """Shared fixtures: a real guest running under ``kvmsnap run`` in a subprocess, driven over --control."""
+import functools
 import os
 import re
 import subprocess
@@ -69,6 +70,20 @@ def tiny_elf(path, code: bytes, *, machine=62, boot_cpl=None):
     return path
 
 
+#: Every RunningGuest (and Restored) started, in order: a test's own are killed when it ends.
+STARTED: list = []
+
+
+@pytest.fixture(autouse=True)
+def no_guest_outlives_its_test():
+    """A failing test leaves no guest running (one left from a failed Linux test once ran for two
+    hours beside everything else); guests of module fixtures, started before the test, stay."""
+    mark = len(STARTED)
+    yield
+    while len(STARTED) > mark:
+        STARTED.pop().kill()
+
+
 class RunningGuest:
     """``kvmsnap run GUEST`` with its console in a file and a control socket."""
 
@@ -79,6 +94,7 @@ class RunningGuest:
         self.proc = subprocess.Popen(kvmsnap_cmd("run", guest, "--console", self.console, "--control", self.sock,
                                                  *args),
                                      stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "wb"))
+        STARTED.append(self)
         deadline = time.monotonic() + seconds(30)
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -141,6 +157,7 @@ class Restored(RunningGuest):
         self.proc = subprocess.Popen(kvmsnap_cmd("restore", core, "--console", console, "--control", self.sock,
                                                  *args), stdout=subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "wb"))
+        STARTED.append(self)
         deadline = time.monotonic() + seconds(60)
         while not os.path.exists(self.sock):
             if may_refuse and self.proc.poll() is not None:
@@ -201,17 +218,8 @@ def save_quit(g, core):
 
 @pytest.fixture
 def guest(tmp_path):
-    """Factory: ``guest("counter", "--mem", "64M")`` starts a RunningGuest, stopped after the test."""
-    started = []
-
-    def start(name, *args, **kw):
-        g = RunningGuest(tmp_path, name, *args, **kw)
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        g.kill()
+    """Factory: ``guest("counter", "--mem", "64M")`` starts a RunningGuest (killed when the test ends)."""
+    return functools.partial(RunningGuest, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import os
 import threading
 
 from kvmsnap.kvm import ffi, lib
+from kvmsnap.errors import KvmsnapError
 from kvmsnap.memory import AddressError, Extent, GuestMemory, Slot, file_data_runs
 from kvmsnap.memory.pagemap import touched_runs, written_runs
 
@@ -34,7 +35,10 @@ class GuestRam(GuestMemory):
         and a background save's fork copies one entry per 2 MiB instead of 512."""
         slots = []
         for i, (gpa, size) in enumerate(layout):
-            buffer = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+            try:
+                buffer = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | lib.MAP_NORESERVE)
+            except OSError as e:
+                raise KvmsnapError(f"cannot map {size >> 20} MiB of guest RAM: {e.strerror}") from None
             with contextlib.suppress(OSError, AttributeError):     # THP off, or not Linux
                 buffer.madvise(mmap.MADV_HUGEPAGE)
             slots.append((Slot(i, gpa, size), buffer))
@@ -45,7 +49,7 @@ class GuestRam(GuestMemory):
         """RAM mapped copy-on-write from a file, ``(slot, file offset)`` each: pages are read on
         first touch and guest writes never reach the file (MAP_PRIVATE).  The file stays open
         here: its holes tell which pages the guest has not written are zero."""
-        buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0),
+        buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE | lib.MAP_NORESERVE,
                                     mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)) for slot, offset in slots]
         return cls(buffers, source=os.dup(fileno), offsets=[offset for _, offset in slots])
 
