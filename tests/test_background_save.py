@@ -64,7 +64,7 @@ def test_background_save_of_a_guest_rewriting_ram_restores_consistent(guest, tmp
     """memtest rewrites and checks all its RAM every round: saved in the background while it runs,
     the core's RAM is one instant's (the restored memtest finds no mismatch), and the guest never
     stopped for the write."""
-    g = guest("memtest", "--mem", "1G")
+    g = guest("memtest", "--mem", "256M")
     g.wait_lines(1, ROUND, timeout=120)
     core = tmp_path / "running.core"
     reply = save(g, core, "--background")
@@ -94,7 +94,7 @@ def _writer_of(pid: int, timeout=30) -> int:
 
 
 def test_killed_writer_leaves_no_file_and_the_guest_running(guest, tmp_path):
-    g = guest("memtest", "--mem", "1G")
+    g = guest("memtest", "--mem", "256M")
     g.wait_lines(1, ROUND, timeout=120)
     out = tmp_path / "target" / "killed.core"
     out.parent.mkdir()
@@ -128,7 +128,7 @@ def test_background_and_quit_exclude_each_other_and_flags_must_be_booleans(guest
 
 @pytest.mark.slow
 def test_guest_that_quits_during_a_background_save_waits_for_the_file(guest, tmp_path):
-    g = guest("memtest", "--mem", "1G")
+    g = guest("memtest", "--mem", "256M")
     g.wait_lines(1, ROUND, timeout=120)
     out = tmp_path / "last.core"
     result = {}
@@ -142,4 +142,4 @@ def test_guest_that_quits_during_a_background_save_waits_for_the_file(guest, tmp
     assert result["r"].returncode == 0, result["r"].stderr
     assert "waiting for the background save to" in g.stderr()
     with read_core(out) as c:
-        assert sum(s.size for s in c.memory.slots()) == 1 << 30
+        assert sum(s.size for s in c.memory.slots()) == 256 << 20

@@ -23,9 +23,10 @@ LAB_TIMEOUT = 3300          # seconds for the lab's run of SUBSET
 #: of a triple fault in 2 of 2 runs of SUBSET on 2026-12-01 (alone it passed); test_kvm.py and
 #: test_samples.py, the tests up to it, passed with 10G. Machines here have 24 GiB.
 LAB_MEM = "10G"
-#: Every KVM-layer, sample-guest, save (stopped and background), restore and VMM test, but the fifty-cycle runs: they repeat
-#: paths the others take, and their 100 cycles are a third of the lab's time; and Debian's kernel
-#: with one vCPU booted, saved at its shell and restored (its core is shared for crash and drgn).
+#: Every KVM-layer, sample-guest, save (stopped and background), restore and VMM test, but the
+#: fifty-cycle runs: they repeat paths the others take, and their 100 cycles are a third of the
+#: lab's time; and Debian's kernel with one vCPU booted, saved at its shell and restored (its core
+#: is shared for crash and drgn).
 #: The rest of tests/test_linux.py is run in the lab on demand (docs/testing.md).
 SUBSET = ["tests/test_kvm.py", "tests/test_samples.py", "tests/test_save.py", "tests/test_background_save.py",
           "tests/test_vmm.py",
