@@ -91,7 +91,7 @@ def _write_nonzero_pages(fd: int, data: memoryview, offset: int) -> int:
     return written
 
 
-def temp_path(path, pid: int) -> str:
+def temp_path(path, pid: int | str) -> str:
     """Where process ``pid`` writes the core bound for ``path`` before renaming it there."""
     directory, name = os.path.split(os.path.abspath(path))
     return os.path.join(directory, f".{name}.tmp-{pid}")
@@ -101,8 +101,8 @@ def remove_leftovers(path) -> list[str]:
     """Remove the temporary files earlier saves to ``path`` left when their process was killed:
     only this user's regular files named as :func:`temp_path` names them, and only when no
     process has that pid any more.  Returns their paths."""
-    directory, name = os.path.split(os.path.abspath(path))
-    prefix, removed = f".{name}.tmp-", []
+    directory, prefix = os.path.split(temp_path(path, ""))
+    removed = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
