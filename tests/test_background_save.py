@@ -69,7 +69,7 @@ def test_background_save_of_a_guest_rewriting_ram_restores_consistent(guest, tmp
     core = tmp_path / "running.core"
     reply = save(g, core, "--background")
     assert reply["paused_ms"] < reply["wall_ms"] / 4, reply      # the write happened with the guest running
-    n = len(g.lines())
+    n = len(g.wait_lines(1, ROUND))
     g.wait_lines(n + 1, ROUND, timeout=120)                      # and it still runs
     g.kill()
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
@@ -110,7 +110,7 @@ def test_killed_writer_leaves_no_file_and_the_guest_running(guest, tmp_path):
     assert f"(pid {writer}) was killed by SIGKILL; no file was left" in r.stderr, r.stderr
     assert os.listdir(out.parent) == []                          # neither the core nor its temporary file
     assert g.request("status")["state"] == "running"
-    n = len(g.lines())
+    n = len(g.wait_lines(1, ROUND))
     g.wait_lines(n + 1, ROUND, timeout=120)
 
 
