@@ -105,6 +105,10 @@ def render_text(summary: dict, show_all: bool = False) -> str:
         c = summary["config"]
         lines += _fill("guest:        ", f"{c['guest']}  ({c['mem_size'] // (1 << 20)} MiB, "
                                          f"{c['vcpus']} vCPUs)")
+    if summary.get("base"):
+        b = summary["base"]
+        lines += _fill("increment of: ", f"{b['path']}  ({b['changed_bytes'] >> 10} KiB changed in "
+                                         f"{b['changed_runs']} runs; every other page is the base's)")
     lines.append(f"vCPUs:        {len(summary['vcpus'])}" if selected is None
                  else f"vCPU:         {selected}{of}")
     if show("memory"):

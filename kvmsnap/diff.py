@@ -5,11 +5,9 @@ Memory is compared in 1 MiB chunks; a chunk that is a hole in both sparse files 
 being read, so two saves of a mostly empty 4 GiB guest compare in a fraction of a second.  Only
 bytes the files hold are chunked: a range that either core lacks or does not hold in its file
 (a foreign core's ``p_memsz`` may say 2^62) is one changed range, its pages counted, not listed."""
-import os
-
 from kvmsnap import summary
 from kvmsnap.formats.reader import parse_elf
-from kvmsnap.memory import PAGE_SIZE, Extent
+from kvmsnap.memory import PAGE_SIZE, GuestMemory
 from kvmsnap.memory.core import CoreMemory
 
 CHUNK = 1 << 20
@@ -105,16 +103,9 @@ def _notes(a_path, b_path, a_list, b_list) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Memory
 
-def _is_hole(fd: int, offset: int, length: int) -> bool:
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
-    except OSError:                    # ENXIO: no data after offset
-        return True
-
-
-def _bytes(mem: CoreMemory, extent: Extent, lo: int, hi: int) -> tuple[bytes, bool]:
-    """The bytes of [lo, hi), held in the file by ``extent``, and whether they are a known hole."""
-    if _is_hole(mem.fileno(), extent.backing + lo - extent.start, hi - lo):
+def _bytes(mem: GuestMemory, lo: int, hi: int) -> tuple[bytes, bool]:
+    """The bytes of [lo, hi) (held in the file), and whether they are known zero (a hole)."""
+    if next(iter(mem.data_runs(lo, hi)), None) is None:
         return b"", True
     return mem.read(lo, hi - lo), False
 
@@ -130,7 +121,7 @@ def _cuts(extents) -> set[int]:
     return cuts
 
 
-def _memory(ma: CoreMemory, mb: CoreMemory) -> dict:
+def _memory(ma: GuestMemory, mb: GuestMemory) -> dict:
     ea, eb = ma.extents(), mb.extents()
     cuts = sorted(_cuts(ea) | _cuts(eb))
     changed: list[list[int]] = []        # [start, end) of changed pages, ascending, merged
@@ -157,8 +148,8 @@ def _memory(ma: CoreMemory, mb: CoreMemory) -> dict:
         if xa is None or xb is None or lo >= xa.held or lo >= xb.held:
             mark(lo, hi)                 # in one core only, or not held in the file: unknown
             continue
-        da, hole_a = _bytes(ma, xa, lo, hi)
-        db, hole_b = _bytes(mb, xb, lo, hi)
+        da, hole_a = _bytes(ma, lo, hi)
+        db, hole_b = _bytes(mb, lo, hi)
         if hole_a and hole_b:
             continue
         da, db = da or bytes(hi - lo), db or bytes(hi - lo)

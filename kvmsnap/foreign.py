@@ -116,6 +116,7 @@ def summarize(image: ElfCore) -> dict:
         host_kernel=None,
         config=None,
         memory_map=None,
+        base=None,
         devices=None,
         process=process or None,
         vmcoreinfo=vmcoreinfo,

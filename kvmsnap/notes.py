@@ -70,7 +70,7 @@ KVMSNAP_PIT = 0x4b530005
 KVMSNAP_CLOCK = 0x4b530006
 KVMSNAP_UART = 0x4b530007
 KVMSNAP_DIGEST = 0x4b530008      # reserved: integrity digests, last note, patched after memory
-KVMSNAP_BASE = 0x4b530009        # reserved: the base core of an incremental core
+KVMSNAP_BASE = 0x4b530009        # format 1.3: the base core of an increment
 KVMSNAP_CMOS = 0x4b53000a        # format 1.1
 KVMSNAP_PCI = 0x4b53000b         # format 1.1
 KVMSNAP_ACPI_PM = 0x4b53000c     # format 1.1
@@ -138,7 +138,7 @@ kvmsnap_memory_region = Struct(
     "flags" / Int32ul,              # KVM memory-slot flags (0 today)
     "guest_phys_addr" / Int64ul,
     "memory_size" / Int64ul,
-    "phdr_index" / Int32ul,         # program header (PT_LOAD) that holds this slot's bytes
+    "phdr_index" / Int32ul,         # PT_LOAD holding this slot's bytes; NO_PHDR in an increment
     "reserved" / Int32ul,
 )
 KvmsnapMemoryMap = _private(
@@ -146,6 +146,14 @@ KvmsnapMemoryMap = _private(
     "reserved" / Int32ul,
     "regions" / Array(this.nr_regions, kvmsnap_memory_region),
     size=lambda this: 16 + kvmsnap_memory_region.sizeof() * len(this.regions))
+
+NO_PHDR = 0xffffffff                # phdr_index of a slot whose bytes are its base's but for the changes
+BLAKE3_SIZE = 32
+KvmsnapBase = _private(
+    "base_size" / Int64ul,                          # st_size of the base core
+    "state_blake3" / Bytes(BLAKE3_SIZE),            # BLAKE3 of the base's headers and notes
+    "path" / PascalString(Int16ul, "utf8"),         # the base's absolute path when this was saved
+    size=lambda this: 48 + _utf8_len(this.path))
 
 KvmsnapIrqchip = _fixed(
     "pic_master" / Bytes(x86.kvm_irqchip.sizeof()),
@@ -212,6 +220,7 @@ KvmsnapArm64Regs = _private(
 MIN_SIZES = {
     KVMSNAP_HEADER: KVMSNAP_HEADER_MIN_SIZE, KVMSNAP_CONFIG: 26, KVMSNAP_MEMORY_MAP: 16,
     KVMSNAP_SREGS: 16, KVMSNAP_XSAVE: 16, KVMSNAP_MSRS: 16, KVMSNAP_CPUID: 16, KVMSNAP_UART_INPUT: 16,
+    KVMSNAP_BASE: 50,
 }
 
 
@@ -248,6 +257,7 @@ def _entries():
         (KVMSNAP_PCI, "KVMSNAP_PCI", KvmsnapPci, vm),
         (KVMSNAP_ACPI_PM, "KVMSNAP_ACPI_PM", KvmsnapAcpiPm, vm),
         (KVMSNAP_UART_INPUT, "KVMSNAP_UART_INPUT", KvmsnapUartInput, vm),
+        (KVMSNAP_BASE, "KVMSNAP_BASE", KvmsnapBase, vm),
         (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu),
         (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu),
         (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu),

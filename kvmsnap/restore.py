@@ -4,19 +4,21 @@ The architecture says what to check and in which order to set things (for x86:
 sources); this module orders the whole:
 
 1. validate the whole file and check this host (nothing is created before both pass);
-2. map (or read) guest RAM from the core and build the machine;
+2. map (or read) guest RAM from the full core, write each increment's pages over it (a chain of
+   increments), and build the machine;
 3. VM-wide device state, then each vCPU's state, then read every vCPU back;
-4. tell a guest using kvmclock that it was stopped (KVM_KVMCLOCK_CTRL; EINVAL: it does not).
+4. tell a guest using kvmclock that it was stopped (KVM_KVMCLOCK_CTRL; EINVAL: it does not);
+5. log the pages the guest writes from now on, so that a save can be an increment of this core.
 """
 import errno
 from dataclasses import dataclass
 
 from kvmsnap import arch
 from kvmsnap.errors import KvmsnapError
-from kvmsnap.formats.kvmsnap import read_core
+from kvmsnap.formats.kvmsnap import read_core, state_blake3
 from kvmsnap.kvm import Cap, Kvm, KvmError
 from kvmsnap.memory.ram import GuestRam
-from kvmsnap.state import Snapshot
+from kvmsnap.state import Base, Snapshot
 from kvmsnap.vmm import Machine
 
 
@@ -51,13 +53,19 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         kvm.close()
     if plan.problems:
         raise RestoreError(_listing(snapshot.info.path, plan.problems))
-    memory = snapshot.memory
-    slots = [(s, memory.slot_offset(s.slot)) for s in memory.slots()]
+    full, *increments = snapshot.memory.layers()
+    slots = [(s, full.slot_offset(s.slot)) for s in full.slots()]
     try:
-        ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(memory.fileno(), slots)
+        ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(full.fileno(), slots)
     except OSError as e:
-        raise KvmsnapError(f"{snapshot.info.path}: cannot {'read' if policy.memory == 'eager' else 'map'} "
+        raise KvmsnapError(f"{full.path}: cannot {'read' if policy.memory == 'eager' else 'map'} "
                            f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
+    try:
+        for increment in increments:
+            _apply(ram, increment)
+    except OSError as e:
+        ram.close()
+        raise KvmsnapError(f"{increment.path}: cannot read its pages: {e.strerror}") from None
     restored = {i for i, _ in plan.msrs[0]}
     machine = Machine(snapshot.config, console, memory=ram,       # a later save keeps the order
                       saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])
@@ -66,12 +74,26 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         for name, model in machine.device_models.items():
             if name in snapshot.devices:        # a format 1.0 core has no cmos or pci: reset state
                 model.load_state_bytes(snapshot.devices[name])
+        info = snapshot.info
+        machine.dirty.start(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
         if policy.memory == "background":
             ram.populate_in_background()
         return machine, warnings
     except BaseException:
         machine.close()
         raise
+
+
+def _apply(ram: GuestRam, increment) -> None:
+    """An increment's changed runs over the RAM of its base: their data, and zeros for their holes."""
+    for extent in increment.extents():
+        at = extent.start
+        for start, end in [*increment.data_runs(extent.start, extent.end), (extent.end, extent.end)]:
+            if start > at:
+                ram.zero(at, start - at)
+            if end > start:
+                ram.read_file(increment.fileno(), extent.backing + start - extent.start, start, end - start)
+            at = end
 
 
 def _restore_state(machine: Machine, snapshot: Snapshot, plan) -> list[str]:

@@ -52,6 +52,7 @@ class GuestSession:
         # pause, resume and save change the run state; one at a time, so that a resume from one
         # client cannot let the guest run while another client's save is reading it
         self._run_state = threading.Lock()
+        self._one_save = threading.Lock()
         self._writers: set = set()      # background saves whose child is writing
         self._writers_done = threading.Event()
         try:
@@ -114,34 +115,37 @@ class GuestSession:
         comes when that child has written the file.  A failure leaves no file at ``path`` and the
         guest as it was (running unless it was paused)."""
         path, quit_after, background = req.get("path"), _flag(req, "quit"), _flag(req, "background")
-        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
-            raise InputError('save needs "path": an absolute file name (without NUL)')
+        base = req.get("incremental_from")
+        for name, value in (("path", path), ("incremental_from", base)):
+            if (value is not None or name == "path") and not _is_file_name(value):
+                raise InputError(f'save needs "{name}": an absolute file name (without NUL)')
         self._refuse_own_file(path)
         if quit_after and background:
             raise InputError('"quit" and "background" exclude each other: a guest that ends has no need to run '
                              "while its core is written")
         progress = _progress_lines(emit)
-        if not background:
+        with self._one_save:            # each counts the pages written since the one before
+            if not background:
+                with self._run_state:
+                    return self._save_paused(path, quit_after, progress, base)
+            t0 = time.perf_counter()
             with self._run_state:
-                return self._save_paused(path, quit_after, progress)
-        t0 = time.perf_counter()
-        with self._run_state:
-            was_paused = self.machine.paused
-            self.machine.pause()
-            t_paused = time.perf_counter()
+                was_paused = self.machine.paused
+                self.machine.pause()
+                t_paused = time.perf_counter()
+                try:
+                    writer = save.BackgroundSave(self.machine, path, incremental_from=base)
+                finally:
+                    if not was_paused:
+                        self.machine.resume()
+                t_resumed = time.perf_counter()
+            self._writers.add(writer)
             try:
-                writer = save.BackgroundSave(self.machine, path)
+                result = writer.wait(progress)
             finally:
-                if not was_paused:
-                    self.machine.resume()
-            t_resumed = time.perf_counter()
-        self._writers.add(writer)
-        try:
-            result = writer.wait(progress)
-        finally:
-            self._writers.discard(writer)
-            self._writers_done.set()
-        return {**_reply(result, t_resumed - t_paused, t0, quit=False, background=True),
+                self._writers.discard(writer)
+                self._writers_done.set()
+        return {**_reply(result, t_resumed - t_paused, t0, quit=False, background=True, incremental_from=base),
                 "resumed_ms": round((t_resumed - t0) * 1000, 3)}
 
     def _refuse_own_file(self, path: str) -> None:
@@ -160,14 +164,14 @@ class GuestSession:
                 if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
                     raise InputError(f"{path} is this VMM's {what}: a save would replace it")
 
-    def _save_paused(self, path: str, quit_after: bool, progress) -> dict:
+    def _save_paused(self, path: str, quit_after: bool, progress, base: str | None) -> dict:
         t0 = time.perf_counter()
         was_paused = self.machine.paused
         self.machine.pause()
         t_paused = time.perf_counter()
         try:
             try:
-                result = save.save(self.machine, path, progress)
+                result = save.save(self.machine, path, progress, incremental_from=base)
             except OSError as e:
                 raise KvmsnapError(f"cannot write {path}: {e.strerror or e}") from None
         except BaseException:
@@ -175,7 +179,7 @@ class GuestSession:
             raise
         paused = time.perf_counter() - t_paused
         self._after_save(was_paused, quit_after)
-        return _reply(result, paused, t0, quit=quit_after, background=False)
+        return _reply(result, paused, t0, quit=quit_after, background=False, incremental_from=base)
 
     def _after_save(self, was_paused: bool, quit_after: bool) -> None:
         if quit_after:
@@ -242,7 +246,11 @@ def _reply(result, paused: float, t0: float, **flags) -> dict:
     return {"path": result.path, "paused_ms": round(paused * 1000, 3),
             "wall_ms": round((time.perf_counter() - t0) * 1000, 3), "bytes_written": result.bytes_written,
             "apparent_size": result.apparent_size, "size_on_disk": result.size_on_disk,
-            "leftovers_removed": result.leftovers_removed, **flags}
+            "leftovers_removed": result.leftovers_removed, "state_blake3": result.state_blake3, **flags}
+
+
+def _is_file_name(value) -> bool:
+    return isinstance(value, str) and os.path.isabs(value) and "\0" not in value
 
 
 def _flag(req: dict, name: str) -> bool:

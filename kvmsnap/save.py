@@ -1,6 +1,7 @@
 """Saving a running machine: capture its state into a :class:`~kvmsnap.state.Snapshot` while every
 vCPU is parked, then write the core file, at once (:func:`save`) or from a forked child that keeps a
-copy-on-write view of guest RAM while the guest runs on (:class:`BackgroundSave`)."""
+copy-on-write view of guest RAM while the guest runs on (:class:`BackgroundSave`); whole, or as an
+increment of the last core the machine saved or restored (its dirty log since)."""
 import contextlib
 import dataclasses
 import json
@@ -8,10 +9,12 @@ import os
 import signal
 
 from kvmsnap import __version__
-from kvmsnap.errors import KvmsnapError
+from kvmsnap.errors import InputError, KvmsnapError
+from kvmsnap.formats.kvmsnap import state_blake3
 from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS
+from kvmsnap.formats.reader import CoreFormatError, parse_elf
 from kvmsnap.formats.writer import WriteResult, temp_path, write_core
-from kvmsnap.state import Snapshot
+from kvmsnap.state import Base, Snapshot
 
 
 def capture(machine) -> Snapshot:
@@ -28,10 +31,46 @@ def capture(machine) -> Snapshot:
                     memory=machine.memory)
 
 
-def save(machine, path: str, progress=None,
-         max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS) -> WriteResult:
-    """Capture the paused ``machine`` and write it to ``path`` atomically."""
-    return _write(capture(machine), path, progress, max_virtual_segments)
+def save(machine, path: str, progress=None, max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS,
+         incremental_from: str | None = None) -> WriteResult:
+    """Capture the paused ``machine`` and write it to ``path`` atomically; with
+    ``incremental_from`` only the pages written since that core (:func:`capture_for_save`)."""
+    result = _write(capture_for_save(machine, incremental_from), path, progress, max_virtual_segments)
+    _saved(machine, result)
+    return result
+
+
+def capture_for_save(machine, incremental_from: str | None) -> Snapshot:
+    """:func:`capture`, the dirty log taken in the same pause; an increment of the core at
+    ``incremental_from``, which must be the last this VMM saved or restored (InputError, with
+    nothing changed, otherwise)."""
+    base = _base_named(machine, incremental_from) if incremental_from is not None else None
+    changed = machine.dirty.take()
+    snapshot = capture(machine)
+    if base is not None:
+        snapshot.base, snapshot.changed = base, changed
+    return snapshot
+
+
+def _base_named(machine, path: str) -> Base:
+    last = machine.dirty.base
+    if last is None:
+        raise InputError(f"{path}: this VMM has not saved or restored a core yet, so no changes are known "
+                         "(save a full core first)")
+    try:
+        image = parse_elf(path)
+        digest = state_blake3(path, image)
+    except CoreFormatError as e:
+        raise InputError(f"the base {e}") from None
+    if (image.file_size, digest) != (last.size, last.state_blake3):
+        raise InputError(f"{path} is not the last core this VMM saved or restored ({last.path}): an increment "
+                         "holds the pages written since that one")
+    return Base(os.path.abspath(path), image.file_size, digest)
+
+
+def _saved(machine, result: WriteResult) -> None:
+    """The next increment counts from the file just written."""
+    machine.dirty.saved(Base(result.path, result.apparent_size, bytes.fromhex(result.state_blake3)))
 
 
 def _write(snapshot: Snapshot, path: str, progress, max_virtual_segments: int) -> WriteResult:
@@ -45,9 +84,11 @@ class BackgroundSave:
     guest writes it once resumed (which the caller may do as soon as this returns).  ``wait``
     relays the child's progress and gives its result."""
 
-    def __init__(self, machine, path: str, max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS):
+    def __init__(self, machine, path: str, max_virtual_segments: int = MAX_VIRTUAL_SEGMENTS,
+                 incremental_from: str | None = None):
         self.path = path
-        snapshot = capture(machine)
+        self._machine = machine
+        snapshot = capture_for_save(machine, incremental_from)
         read_fd, write_fd = os.pipe()
         try:
             self.pid = os.fork()
@@ -74,6 +115,7 @@ class BackgroundSave:
                 error = message.get("error", error)
         _, status = os.waitpid(self.pid, 0)
         if result is not None and status == 0:
+            _saved(self._machine, result)
             return result
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path(self.path, self.pid))

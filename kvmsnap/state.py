@@ -24,6 +24,14 @@ class CoreInfo(NamedTuple):
     elf: object          # the parsed file (kvmsnap.formats.reader.ElfCore): notes, segments
 
 
+class Base(NamedTuple):
+    """The core an increment builds on (KVMSNAP_BASE): where it was, its size, and the BLAKE3 of
+    its headers and notes (which hold every vCPU's and device's state at its instant)."""
+    path: str
+    size: int
+    state_blake3: bytes
+
+
 @dataclass
 class Snapshot:
     """A whole VM at one instant."""
@@ -33,6 +41,9 @@ class Snapshot:
     devices: dict[str, bytes]        # device name -> state blob (names per architecture)
     memory: GuestMemory              # guest RAM: live, or one core's
     info: CoreInfo | None = None     # set when read from a core
+    base: Base | None = None         # an increment's base: its memory holds only ``changed``
+    changed: list | None = None      # an increment's (start, end) guest-physical runs: pages
+    #                                  written since the base; every other page is the base's
 
     def close(self) -> None:
         self.memory.close()

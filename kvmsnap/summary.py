@@ -126,6 +126,9 @@ def _summarize_kvmsnap(snapshot) -> dict:
         config=dict(guest=snapshot.config.guest, mem_size=snapshot.config.mem_size,
                     vcpus=snapshot.config.vcpus),
         memory_map=[dict(slot=s.slot, gpa=s.gpa, size=s.size) for s in snapshot.memory.slots()],
+        base=None if snapshot.base is None else dict(
+            path=snapshot.base.path, size=snapshot.base.size, state_blake3=snapshot.base.state_blake3.hex(),
+            changed_runs=len(snapshot.changed), changed_bytes=sum(b - a for a, b in snapshot.changed)),
         devices=devices.summary(snapshot.devices),
         process=None,
         vmcoreinfo=next((linux.vmcoreinfo(n.desc) for n in info.elf.notes

@@ -164,6 +164,7 @@ PRIVATE_SAMPLES = {
     N.KVMSNAP_PCI: dict(pci=_pattern(4)),
     N.KVMSNAP_ACPI_PM: dict(acpi_pm=_pattern(4)),
     N.KVMSNAP_UART_INPUT: dict(reserved=0, input=b"typed\n"),
+    N.KVMSNAP_BASE: dict(base_size=1 << 30, state_blake3=bytes(range(32)), path="/var/lib/vm/base.core"),
     N.KVMSNAP_SREGS: dict(flags=1, reserved=0, sregs=_pattern(320)),
     N.KVMSNAP_XSAVE: dict(reserved=0, xsave=_pattern(4096)),
     N.KVMSNAP_XCRS: dict(xcrs=_pattern(392)),

@@ -23,7 +23,7 @@ from ..errors import InputError, Interrupted, KvmsnapError  # noqa: E402
 from . import render  # noqa: E402
 
 #: One module per command, ``kvmsnap.cli.<name>``, defining the click command ``<name>``.
-COMMANDS = ("diff", "inspect", "mem", "restore", "run", "samples", "save")
+COMMANDS = ("diff", "flatten", "inspect", "mem", "restore", "run", "samples", "save")
 
 
 class LazyGroup(click.Group):

@@ -51,6 +51,22 @@ def _hex(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+class Progress:
+    """A one-line meter on stderr (``kvmsnap: <what> 12/1024 MiB``), only when stderr is a terminal."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled:
+            click.echo(f"\rkvmsnap: {self.what} {done >> 20}/{total >> 20} MiB", err=True, nl=False)
+
+    def done(self) -> None:
+        if self.enabled:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
 def note(message: str) -> None:
     """Something the user should know: one line on stderr."""
     click.echo(f"kvmsnap: {message}", err=True)

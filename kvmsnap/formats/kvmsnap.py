@@ -2,19 +2,23 @@
 validated Snapshot.  Every check a kvmsnap core must pass beyond being an ELF core is here; any
 violation is a CoreFormatError naming the file offset (docs/core-format.md)."""
 import bisect
+import os
+
+import blake3
 
 from kvmsnap import arch
 from kvmsnap import notes as N
 from kvmsnap.formats import elf
 from kvmsnap.formats.reader import (EHDR_OFFSETS, PHDR_OFFSETS, CoreFormatError, ElfCore, Note,
                                     parse_elf, payload)
-from kvmsnap.memory import PAGE_SIZE
+from kvmsnap.memory import PAGE_SIZE, Slot
 from kvmsnap.memory.vmcoreinfo import find_vmcoreinfo
-from kvmsnap.state import CoreInfo, MachineConfig, Snapshot
+from kvmsnap.state import Base, CoreInfo, MachineConfig, Snapshot
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2
+FORMAT_MINOR = 3
 MAX_VCPUS = 4096
+MAX_CHAIN = 256                      # increments over one full core at most
 
 _HEADER_AT = elf.offsets(N.KvmsnapHeader)
 _CONFIG_AT = elf.offsets(N.KvmsnapConfig)
@@ -43,6 +47,15 @@ def check(snapshot: Snapshot) -> None:
         if s.gpa < previous_end:
             raise ValueError(f"memory slot {s.slot} overlaps another slot")
         previous_end = s.end
+    if snapshot.base is not None:
+        slots = sorted(snapshot.memory.slots(), key=lambda s: s.gpa)
+        previous_end = -1
+        for start, end in snapshot.changed:
+            if start % PAGE_SIZE or end % PAGE_SIZE or start < previous_end or start >= end \
+                    or not any(s.gpa <= start and end <= s.end for s in slots):
+                raise ValueError(f"changed run 0x{start:x}..0x{end:x}: not page-aligned, out of order, "
+                                 "or not inside one memory slot")
+            previous_end = end
 
 
 def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
@@ -63,6 +76,10 @@ def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
                                       memory_size=s.size, phdr_index=phdr_of_slot[s.slot],
                                       reserved=0) for s in snapshot.memory.slots()]))),
     ]
+    if snapshot.base is not None:
+        b = snapshot.base
+        vm.append((N.OWNER_KVMSNAP, N.KVMSNAP_BASE, N.KvmsnapBase.build(dict(
+            base_size=b.size, state_blake3=b.state_blake3, path=b.path))))
     text = find_vmcoreinfo(snapshot.memory) if notes.kernel_in_high_half(snapshot.vcpus) else None
     guest_os = [(N.OWNER_VMCOREINFO, N.NT_VMCOREINFO, text)] if text else []
     return vm + notes.device_notes(snapshot.devices) + guest_os + notes.process_notes(snapshot.vcpus) + [
@@ -72,9 +89,58 @@ def encode(snapshot: Snapshot, phdr_of_slot: dict[int, int], *, producer: str,
 # -- reading --------------------------------------------------------------------------------------
 
 def read_core(path) -> Snapshot:
-    """Open and validate a kvmsnap core; CoreFormatError (one line, with the offset) otherwise.
-    The Snapshot's memory reads the file (close the Snapshot when done)."""
-    return decode(parse_elf(path))
+    """Open and validate a kvmsnap core, and the base of an increment (:func:`with_base`);
+    CoreFormatError (one line, with the offset) otherwise.  The Snapshot's memory reads the
+    file(s) (close the Snapshot when done)."""
+    return with_base(decode(parse_elf(path)))
+
+
+def with_base(snapshot: Snapshot, depth: int = 0) -> Snapshot:
+    """``snapshot`` with, if it is an increment, its memory read through its base (found where it
+    was saved, else beside the increment; checked by size and state BLAKE3), recursively."""
+    if snapshot.base is None:
+        return snapshot
+    path, base = snapshot.info.path, snapshot.base
+    try:
+        if depth >= MAX_CHAIN:
+            raise CoreFormatError(path, None, f"more than {MAX_CHAIN} increments over one full core")
+        image = _find_base(path, base)
+        below = with_base(decode(image), depth + 1)
+    except BaseException:
+        snapshot.close()
+        raise
+    if below.memory.slots() != snapshot.memory.slots() or below.arch != snapshot.arch:
+        below.close()
+        snapshot.close()
+        raise CoreFormatError(path, None, f"its base {image.path} has other memory slots or another "
+                                          "architecture")
+    from kvmsnap.memory.chain import ChainMemory
+    snapshot.memory = ChainMemory(below.memory, snapshot.memory)
+    return snapshot
+
+
+def _find_base(path: str, base) -> ElfCore:
+    """The base an increment names: at its recorded path, else by its name beside the increment."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.basename(base.path))
+    problems = []
+    for candidate in dict.fromkeys((base.path, beside)):
+        try:
+            if os.stat(candidate).st_size != base.size:
+                problems.append(f"{candidate} is not it (size {os.stat(candidate).st_size}, expected {base.size})")
+                continue
+            image = parse_elf(candidate)
+            digest = state_blake3(candidate, image)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            problems.append(f"{candidate}: {e.strerror}")
+            continue
+        if digest == base.state_blake3:
+            return image
+        problems.append(f"{candidate} is not it (state BLAKE3 {digest.hex()[:16]}…, expected "
+                        f"{base.state_blake3.hex()[:16]}…)")
+    raise CoreFormatError(path, None, f"an increment of {base.path}, which is missing: "
+                                      + ("; ".join(problems) if problems else f"nor is it at {beside}"))
 
 
 def is_kvmsnap(image: ElfCore) -> bool:
@@ -170,19 +236,40 @@ def decode(image: ElfCore) -> Snapshot:
     if c.vcpus != h.nr_vcpus:
         fail(config_note.desc_offset + _CONFIG_AT["vcpus"], f"KVMSNAP_CONFIG says {c.vcpus} vCPUs "
                                                             f"but the core holds {h.nr_vcpus}")
-    slots = _memory_slots(image, vm[N.KVMSNAP_MEMORY_MAP])
-    slots_size = sum(seg.filesz for seg in slots.values())
+    base = None
+    if N.KVMSNAP_BASE in vm:
+        b = payload(path, vm[N.KVMSNAP_BASE], N.KvmsnapBase)
+        base = Base(b.path, b.base_size, bytes(b.state_blake3))
+        slots, slot_segments = _increment_slots(image, vm[N.KVMSNAP_MEMORY_MAP])
+    else:
+        slot_segments = _memory_slots(image, vm[N.KVMSNAP_MEMORY_MAP])
+        slots = [Slot(n, seg.paddr, seg.filesz) for n, seg in slot_segments.items()]
+    slots_size = sum(s.size for s in slots)
     if c.mem_size != slots_size:
         fail(config_note.desc_offset + _CONFIG_AT["mem_size"],
              f"KVMSNAP_CONFIG mem_size 0x{c.mem_size:x} is not the size of the memory slots "
              f"(0x{slots_size:x})")
     devices = arch_notes.read_devices(path, vm)
-    memory = CoreMemory(image, "kvmsnap", slots=slots,
+    memory = CoreMemory(image, "kvmsnap", slots=slots, slot_segments=slot_segments,
+                        segments=image.loads if base else list(slot_segments.values()),
                         paging=[arch_notes.paging_state(v) for v in vcpus])
     return Snapshot(arch=package.NAME, config=MachineConfig(c.guest, c.mem_size, c.vcpus),
                     vcpus=vcpus, devices=devices, memory=memory,
                     info=CoreInfo(path, h.format_major, h.format_minor, h.host_kernel, h.producer,
-                                  image))
+                                  image),
+                    base=base, changed=[(s.paddr, s.paddr + s.filesz) for s in image.loads] if base else None)
+
+
+def state_blake3(path, image: ElfCore) -> bytes:
+    """BLAKE3 of a kvmsnap core's ELF header, program headers and notes: every byte before its
+    memory, which holds every vCPU's and device's state (what an increment names its base by)."""
+    notes = image.phdrs[0][1]
+    end = notes.p_offset + notes.p_filesz
+    with open(path, "rb") as f:
+        data = f.read(end)
+    if len(data) != end:
+        raise CoreFormatError(path, len(data), "the file ends inside its notes (changed while read?)")
+    return blake3.blake3(data).digest()
 
 
 def _check_segments(image: ElfCore) -> None:
@@ -211,6 +298,40 @@ def _check_segments(image: ElfCore) -> None:
             fail(at + po["p_offset"], f"PT_LOAD {i}: file range 0x{p.p_offset:x}..0x"
                                       f"{p.p_offset + p.p_filesz:x} is past the end of the file "
                                       f"(0x{image.file_size:x})")
+
+
+def _increment_slots(image: ElfCore, note: Note) -> tuple[list[Slot], dict]:
+    """An increment's memory slots (NO_PHDR each: their bytes are the base's) and no slot
+    PT_LOADs; its PT_LOADs hold the changed runs: physical (p_vaddr = p_paddr), in address
+    order, disjoint, each inside one slot."""
+    path = image.path
+    mm = payload(path, note, N.KvmsnapMemoryMap)
+    entry_size = N.kvmsnap_memory_region.sizeof()
+    slots = []
+    for i, r in enumerate(mm.regions):
+        at = note.desc_offset + _REGIONS_AT + i * entry_size
+        if r.phdr_index != N.NO_PHDR:
+            raise CoreFormatError(path, at, f"memory slot {r.slot}: phdr_index {r.phdr_index} in an increment "
+                                            f"(KVMSNAP_BASE): expected 0x{N.NO_PHDR:x}")
+        if r.memory_size == 0 or r.memory_size % PAGE_SIZE or r.guest_phys_addr % PAGE_SIZE \
+                or any(s.slot == r.slot or s.gpa < r.guest_phys_addr + r.memory_size and r.guest_phys_addr < s.end
+                       for s in slots):
+            raise CoreFormatError(path, at, f"memory slot {r.slot} (0x{r.guest_phys_addr:x}+0x{r.memory_size:x}) "
+                                            "is empty, not page-aligned, or overlaps another")
+        slots.append(Slot(r.slot, r.guest_phys_addr, r.memory_size))
+    slots.sort(key=lambda s: s.gpa)
+    starts = [s.gpa for s in slots]
+    previous_end = 0
+    for seg in image.loads:
+        i = bisect.bisect_right(starts, seg.paddr) - 1
+        if seg.vaddr != seg.paddr or seg.paddr < previous_end or i < 0 \
+                or seg.paddr + seg.filesz > slots[i].end:
+            raise CoreFormatError(path, image.phdrs[seg.index][0],
+                                  f"PT_LOAD {seg.index} (0x{seg.paddr:x}+0x{seg.filesz:x}) is not a changed run of "
+                                  "an increment: physical, in address order, inside one memory slot")
+        previous_end = seg.paddr + seg.filesz
+        seg.physical = True
+    return slots, {}
 
 
 def _memory_slots(image: ElfCore, note: Note) -> dict:

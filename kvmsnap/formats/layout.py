@@ -7,6 +7,9 @@
     zero padding to 4096
     RAM of slot 0, slot 1, ...          page-aligned, sparse (all-zero pages are holes)
 
+An increment (``snapshot.base`` set) has no guest-virtual PT_LOADs, and one physical PT_LOAD per
+changed run instead of one per slot; its KVMSNAP_MEMORY_MAP slots point at no PT_LOAD (NO_PHDR).
+
 Every note's file offset is known before anything is written, so a note can be patched in place
 after the memory (the reserved KVMSNAP_DIGEST slot is meant for that).
 """
@@ -17,6 +20,7 @@ from kvmsnap import arch
 from kvmsnap.formats import elf
 from kvmsnap.formats.kvmsnap import encode
 from kvmsnap.memory import PAGE_SIZE, Slot
+from kvmsnap.notes import NO_PHDR
 from kvmsnap.state import Snapshot
 
 NOTE_ALIGN = 4                       # Linux cores align notes (and PT_NOTE p_align) to 4
@@ -25,6 +29,7 @@ NOTE_ALIGN = 4                       # Linux cores align notes (and PT_NOTE p_al
 LOAD_ALIGN = 0
 MAX_VIRTUAL_SEGMENTS = 4096          # guest-virtual PT_LOADs written at most
 MAX_PHNUM = elf.PN_XNUM - 1
+MAX_CHANGED_RUNS = 1 << 15           # an increment's PT_LOADs at most (closer runs are merged)
 PF_RWX = elf.PF_R | elf.PF_W | elf.PF_X
 
 
@@ -48,16 +53,21 @@ def note_bytes(owner: str, n_type: int, desc: bytes) -> bytes:
 
 def plan(snapshot: Snapshot, *, producer: str, host_kernel: str,
          max_virtual: int = MAX_VIRTUAL_SEGMENTS) -> Layout:
-    """The file layout of ``snapshot``: headers and notes as bytes, and where each slot goes."""
-    slots = sorted(snapshot.memory.slots(), key=lambda s: s.gpa)
-    virtual, truncated = _virtual_ranges(snapshot, slots, max_virtual)
+    """The file layout of ``snapshot``: headers and notes as bytes, and where each slot (each
+    changed run, for an increment) goes."""
+    if snapshot.base is None:
+        slots = sorted(snapshot.memory.slots(), key=lambda s: s.gpa)
+        virtual, truncated = _virtual_ranges(snapshot, slots, max_virtual)
+        phdr_of_slot = {s.slot: 1 + len(virtual) + i for i, s in enumerate(slots)}
+    else:
+        slots = [Slot(-1, start, end - start) for start, end in snapshot.changed]
+        virtual, truncated = [], False
+        phdr_of_slot = {s.slot: NO_PHDR for s in snapshot.memory.slots()}
     phnum = 1 + len(virtual) + len(slots)
     if phnum > MAX_PHNUM:
         raise ValueError(f"{phnum} program headers: at most {MAX_PHNUM}")
-    first_physical = 1 + len(virtual)
-    notes = [note_bytes(*n) for n in encode(
-        snapshot, {s.slot: first_physical + i for i, s in enumerate(slots)},
-        producer=producer, host_kernel=host_kernel)]
+    notes = [note_bytes(*n) for n in encode(snapshot, phdr_of_slot, producer=producer,
+                                            host_kernel=host_kernel)]
     notes_offset = elf.Elf64_Ehdr.sizeof() + phnum * elf.Elf64_Phdr.sizeof()
     note_offsets, offset = [], notes_offset
     for n in notes:

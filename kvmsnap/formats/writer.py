@@ -6,6 +6,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+import blake3
+
 from kvmsnap.formats.kvmsnap import check
 from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS, Layout, plan
 from kvmsnap.memory import PAGE_SIZE, GuestMemory
@@ -25,6 +27,7 @@ class WriteResult:
     virtual_segments: int = 0    # guest-virtual PT_LOADs written
     virtual_truncated: bool = False   # more than the limit, or the page walk ran out
     leftovers_removed: list = field(default_factory=list)   # temporary files of saves whose writer died
+    state_blake3: str = ""       # hex BLAKE3 of the headers and notes (what an increment names its base by)
 
 
 def _pwrite_all(fd: int, data, offset: int) -> int:
@@ -161,4 +164,5 @@ def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, pro
     st = os.stat(path)
     return WriteResult(path=path, bytes_written=written, size_on_disk=st.st_blocks * 512,
                        apparent_size=st.st_size, virtual_segments=layout.virtual_segments,
-                       virtual_truncated=layout.virtual_truncated, leftovers_removed=removed)
+                       virtual_truncated=layout.virtual_truncated, leftovers_removed=removed,
+                       state_blake3=blake3.blake3(layout.header).hexdigest())

@@ -19,20 +19,63 @@ from kvmsnap.memory import PAGE_SIZE, AddressError, Extent, GuestMemory, Slot, f
 MAX_READ = 64 << 20          # bytes read_phys/read_virt give at most
 
 
-class CoreMemory(GuestMemory):
+class AddressReads:
+    """What ``kvmsnap mem`` reads, for a core's memory or a chain's: needs ``read``, ``path``,
+    ``kind``, ``machine`` and ``_paging``."""
+
+    def read_phys(self, addr: int, length: int) -> bytes:
+        """Guest-physical bytes (AddressError if any byte is not in the core)."""
+        _check_length(length)
+        if self.kind == "process":
+            raise InputError(f"{self.path}: a process core has no guest-physical memory, only "
+                             "process (virtual) addresses")
+        return self.read(addr, length)
+
+    def translate(self, vcpu: int, vaddr: int) -> int:
+        """The guest-physical address of ``vaddr`` through vCPU ``vcpu``'s page tables."""
+        if not 0 <= vcpu < len(self._paging):
+            raise InputError(f"{self.path}: no paging state for vCPU {vcpu} "
+                             f"({len(self._paging)} known)")
+        paging = arch.for_machine(self.machine).paging
+        try:
+            return paging.virtual_to_physical(self.read, self._paging[vcpu], vaddr)
+        except paging.PageWalkError as e:
+            raise InputError(f"{self.path}: vCPU {vcpu}: {e}") from None
+        except LookupError as e:
+            raise AddressError(f"{self.path}: vCPU {vcpu}: guest-virtual {e}") from None
+
+    def read_virt(self, vcpu: int, vaddr: int, length: int) -> bytes:
+        """Guest-virtual bytes as vCPU ``vcpu`` sees them (process cores: process addresses)."""
+        _check_length(length)
+        if self.kind == "process":
+            return self.read(vaddr, length)
+        out = bytearray()
+        while length > 0:
+            n = min(length, PAGE_SIZE - vaddr % PAGE_SIZE)
+            out += self.read(self.translate(vcpu, vaddr), n)
+            vaddr += n
+            length -= n
+        return bytes(out)
+
+
+class CoreMemory(AddressReads, GuestMemory):
     """One core's memory; ``kind`` is ``"kvmsnap"``, ``"guest"`` (QEMU and other machine dumps) or
     ``"process"``.  ``Extent.backing`` is the file offset of the extent's start."""
 
-    def __init__(self, image: ElfCore, kind: str, *, slots: dict[int, Segment] | None = None,
+    def __init__(self, image: ElfCore, kind: str, *, slots: list[Slot] | None = None,
+                 slot_segments: dict[int, Segment] | None = None, segments: list[Segment] | None = None,
                  paging: list | None = None):
+        """``slots``: a kvmsnap core's memory slots, ``slot_segments`` the PT_LOAD of each (none in
+        an increment); ``segments``: the PT_LOADs that hold memory (default: all)."""
         self.path = image.path
         self.kind = kind
         self.machine = image.ehdr.e_machine
-        self._slots = slots or {}
+        self._slots = sorted(slots or [], key=lambda s: s.gpa)
+        self._slot_segments = slot_segments or {}
         self._paging = paging or []          # per vCPU: the architecture's paging state, or None
         if kind == "process":
             self.space = "address"
-        segments = list(self._slots.values()) if kind == "kvmsnap" else image.loads
+        segments = image.loads if segments is None else segments
         self._file = open(self.path, "rb")
         self._size = os.fstat(self._file.fileno()).st_size
         super().__init__(self.path, self._sweep(segments, physical=kind != "process"))
@@ -43,7 +86,7 @@ class CoreMemory(GuestMemory):
         image = parse_elf(path)
         from kvmsnap.formats import kvmsnap as kvmsnap_format
         if kvmsnap_format.is_kvmsnap(image):
-            return kvmsnap_format.decode(image).memory
+            return kvmsnap_format.with_base(kvmsnap_format.decode(image)).memory
         if any(n.owner == N.OWNER_QEMU for n in image.notes) or any(s.paddr for s in image.loads):
             return cls(image, "guest", paging=arch.foreign_paging(image))
         return cls(image, "process")
@@ -52,12 +95,11 @@ class CoreMemory(GuestMemory):
         self._file.close()
 
     def slots(self) -> list[Slot]:
-        return sorted((Slot(n, s.paddr, s.filesz) for n, s in self._slots.items()),
-                      key=lambda s: s.gpa)
+        return list(self._slots)
 
     def slot_offset(self, slot: int) -> int:
         """File offset of a memory slot's bytes (page-aligned: the slot can be mmap()ed there)."""
-        return self._slots[slot].offset
+        return self._slot_segments[slot].offset
 
     @property
     def address_space(self) -> str:
@@ -119,40 +161,9 @@ class CoreMemory(GuestMemory):
                 for a, b in file_data_runs(self.fileno(), base + lo, base + hi):
                     yield a - base, b - base
 
-    # -- for the mem command ------------------------------------------------------------------
-    def read_phys(self, addr: int, length: int) -> bytes:
-        """Guest-physical bytes (AddressError if any byte is not in the core)."""
-        _check_length(length)
-        if self.kind == "process":
-            raise InputError(f"{self.path}: a process core has no guest-physical memory, only "
-                             "process (virtual) addresses")
-        return self.read(addr, length)
-
-    def translate(self, vcpu: int, vaddr: int) -> int:
-        """The guest-physical address of ``vaddr`` through vCPU ``vcpu``'s page tables."""
-        if not 0 <= vcpu < len(self._paging):
-            raise InputError(f"{self.path}: no paging state for vCPU {vcpu} "
-                             f"({len(self._paging)} known)")
-        paging = arch.for_machine(self.machine).paging
-        try:
-            return paging.virtual_to_physical(self.read, self._paging[vcpu], vaddr)
-        except paging.PageWalkError as e:
-            raise InputError(f"{self.path}: vCPU {vcpu}: {e}") from None
-        except LookupError as e:
-            raise AddressError(f"{self.path}: vCPU {vcpu}: guest-virtual {e}") from None
-
-    def read_virt(self, vcpu: int, vaddr: int, length: int) -> bytes:
-        """Guest-virtual bytes as vCPU ``vcpu`` sees them (process cores: process addresses)."""
-        _check_length(length)
-        if self.kind == "process":
-            return self.read(vaddr, length)
-        out = bytearray()
-        while length > 0:
-            n = min(length, PAGE_SIZE - vaddr % PAGE_SIZE)
-            out += self.read(self.translate(vcpu, vaddr), n)
-            vaddr += n
-            length -= n
-        return bytes(out)
+    def layers(self) -> list["CoreMemory"]:
+        """The cores this memory reads, base first: this one."""
+        return [self]
 
 
 def _check_length(length: int):

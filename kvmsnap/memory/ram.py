@@ -25,6 +25,7 @@ class GuestRam(GuestMemory):
             extents.append(Extent(slot.gpa, slot.end, slot.end, (buffer, address, offset), slot))
         super().__init__("guest RAM", extents)
         self._source = source
+        self._written: list[tuple[int, int]] = []     # what write() wrote, for the dirty log
         self._populating: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -59,17 +60,36 @@ class GuestRam(GuestMemory):
         a mapping, but the guest's first touch of a page costs no copy-on-write fault.  Holes of
         a sparse file are skipped (their RAM stays zero)."""
         ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
-        for (buffer, _), (slot, offset) in zip(ram.buffers(), slots):
-            view = memoryview(buffer)
+        for slot, offset in slots:
             for start, end in file_data_runs(fileno, offset, offset + slot.size):
-                pos = start
-                while pos < end:
-                    n = os.preadv(fileno, [view[pos - offset:min(end, pos + chunk) - offset]], pos)
-                    if n <= 0:
-                        raise OSError(errno.EIO, f"short read at file offset {pos:#x}")
-                    pos += n
-            view.release()
+                ram.read_file(fileno, start, slot.gpa + start - offset, end - start, chunk)
         return ram
+
+    def read_file(self, fileno: int, offset: int, gpa: int, length: int, chunk: int = 64 << 20) -> None:
+        """Copy ``length`` bytes at ``offset`` of a file into RAM at ``gpa`` (inside one slot)."""
+        extent = self._inside(gpa, length)
+        with memoryview(extent.backing[0]) as view:
+            done = 0
+            while done < length:
+                at = gpa - extent.start + done
+                n = os.preadv(fileno, [view[at:at + min(chunk, length - done)]], offset + done)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"short read at file offset {offset + done:#x}")
+                done += n
+
+    def zero(self, gpa: int, length: int, chunk: int = 2 << 20) -> None:
+        """Zero ``length`` bytes of RAM at ``gpa`` (inside one slot)."""
+        extent = self._inside(gpa, length)
+        zeros = bytes(min(chunk, length))
+        for at in range(gpa - extent.start, gpa - extent.start + length, chunk):
+            n = min(chunk, gpa - extent.start + length - at)
+            extent.backing[0][at:at + n] = zeros[:n]
+
+    def _inside(self, gpa: int, length: int) -> Extent:
+        extent = self.extent_at(gpa)
+        if extent is None or gpa + length > extent.end:
+            raise AddressError(f"guest-physical range {gpa:#x}+{length:#x} is not in RAM")
+        return extent
 
     def populate_in_background(self, chunk: int = 2 << 20) -> None:
         """Copy every page of RAM mapped from a file that holds data into this process's memory,
@@ -103,11 +123,16 @@ class GuestRam(GuestMemory):
 
     def write(self, gpa: int, data: bytes) -> None:
         """Copy ``data`` into RAM at ``gpa`` (inside one slot)."""
-        extent = self.extent_at(gpa)
-        if extent is None or gpa + len(data) > extent.end:
-            raise AddressError(f"guest-physical range {gpa:#x}+{len(data):#x} is not in RAM")
+        extent = self._inside(gpa, len(data))
         buffer = extent.backing[0]
         buffer[gpa - extent.start:gpa - extent.start + len(data)] = data
+        if data:
+            self._written.append((gpa, gpa + len(data)))
+
+    def take_written(self) -> list[tuple[int, int]]:
+        """The ranges :meth:`write` wrote since the last call (KVM's dirty log does not see them)."""
+        written, self._written = self._written, []
+        return written
 
     def buffer_at(self, addr: int, length: int):
         extent = self.extent_at(addr)

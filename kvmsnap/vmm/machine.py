@@ -12,6 +12,7 @@ import time
 from kvmsnap import arch
 from kvmsnap.errors import InputError, KvmsnapError
 from kvmsnap.kvm import Kvm, KvmError, lib, max_vcpus
+from kvmsnap.memory.dirty import DirtyLog
 from kvmsnap.memory.ram import GuestRam
 from kvmsnap.state import MachineConfig
 from kvmsnap.vmm.exits import ExitHandler, GuestStopped, fault_context
@@ -89,6 +90,7 @@ class Machine:
         self.memory = memory or GuestRam.anonymous(self.arch.vm.ram_layout(self.config.mem_size))
         for slot, (_, address) in zip(self.memory.slots(), self.memory.buffers()):
             self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address)
+        self.dirty = DirtyLog(self.vm, self.memory)
         self.assist = self.arch.assist.for_vm(self.vm, self.memory)
         for i in range(self.config.vcpus):
             self.vcpus.append(self.vm.create_vcpu(i))
