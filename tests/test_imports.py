@@ -1,6 +1,6 @@
 """The offline half imports without cffi, the compiled KVM module, the KVM layer (``kvmsnap.kvm``), the VMM
 (``kvmsnap.vmm``) or /dev/kvm; so do the offline commands (``--help``, ``--version``, ``samples``, ``inspect``,
-``mem``, ``diff``), which also work with the compiled module blocked, while the live ones then fail in one line."""
+``mem``, ``diff``, ``flatten``), which also work with the compiled module blocked, while the live ones then fail in one line."""
 import os
 import subprocess
 import sys
@@ -86,8 +86,8 @@ def test_offline_modules_import_without_kvm():
 
 
 @pytest.fixture
-def offline_commands(core_path):
-    return [[], ["--help"], ["--version"], ["samples"], ["samples", "--json"], ["run", "--help"],
+def offline_commands(core_path, tmp_path):
+    return [["flatten", core_path, tmp_path / "flat.core"], [], ["--help"], ["--version"], ["samples"], ["samples", "--json"], ["run", "--help"],
             ["inspect", "--help"], ["inspect", core_path], ["inspect", core_path, "--json"],
             ["inspect", core_path, "--raw", "NT_PRSTATUS"], ["mem", core_path, "0x100000", "16"],
             ["diff", core_path, core_path], ["diff", core_path, core_path, "--json"]]
