@@ -70,13 +70,19 @@ def _nonzero(value) -> bool:
 
 def hexdump(data: bytes, base: int = 0) -> str:
     """Classic 16-bytes-a-line hex dump with an ASCII column."""
-    lines = []
-    for i in range(0, len(data), 16):
-        chunk = data[i:i + 16]
-        hexes = " ".join(f"{b:02x}" for b in chunk)
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        lines.append(f"{base + i:016x}  {hexes:<47}  |{text}|")
-    return "\n".join(lines) + ("\n" if lines else "")
+    return "".join(hexdump_blocks(data, base))
+
+
+def hexdump_blocks(data: bytes, base: int = 0, block: int = 64 << 10):
+    """:func:`hexdump` as text blocks of ``block`` bytes each, for output too large to build at once."""
+    for at in range(0, len(data), block):
+        lines = []
+        for i in range(at, min(at + block, len(data)), 16):
+            chunk = data[i:i + 16]
+            hexes = " ".join(f"{b:02x}" for b in chunk)
+            text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+            lines.append(f"{base + i:016x}  {hexes:<47}  |{text}|\n")
+        yield "".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

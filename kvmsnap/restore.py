@@ -10,6 +10,7 @@ sources); this module orders the whole:
 4. tell a guest using kvmclock that it was stopped (KVM_KVMCLOCK_CTRL; EINVAL: it does not);
 5. log the pages the guest writes from now on, so that a save can be an increment of this core.
 """
+import dataclasses
 import errno
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from kvmsnap import arch
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.formats.kvmsnap import read_core, state_blake3
 from kvmsnap.kvm import Cap, Kvm, KvmError
-from kvmsnap.memory.ram import GuestRam
+from kvmsnap.memory.ram import GuestRam, LeaseUnavailable
 from kvmsnap.state import Base, Snapshot
 from kvmsnap.vmm import Machine
 
@@ -55,8 +56,15 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         raise RestoreError(_listing(snapshot.info.path, plan.problems))
     full, *increments = snapshot.memory.layers()
     slots = [(s, full.slot_offset(s.slot)) for s in full.slots()]
+    lease_warning = []
     try:
-        ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(full.fileno(), slots)
+        try:
+            ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(full.fileno(), slots)
+        except LeaseUnavailable as e:
+            policy = dataclasses.replace(policy, memory="eager")
+            lease_warning = [f"{full.path}: guest RAM read now instead of mapped from the file: it cannot be held "
+                             f"under a read lease ({e}), so a change to it could reach the guest"]
+            ram = GuestRam.load_file(full.fileno(), slots)
     except OSError as e:
         raise KvmsnapError(f"{full.path}: cannot {'read' if policy.memory == 'eager' else 'map'} "
                            f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
@@ -70,7 +78,7 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
     machine = Machine(snapshot.config, console, memory=ram,       # a later save keeps the order
                       saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])
     try:
-        warnings = plan.warnings + _restore_state(machine, snapshot, plan)
+        warnings = lease_warning + plan.warnings + _restore_state(machine, snapshot, plan)
         for name, model in machine.device_models.items():
             if name in snapshot.devices:        # a format 1.0 core has no cmos or pci: reset state
                 model.load_state_bytes(snapshot.devices[name])

@@ -60,6 +60,7 @@ class GuestSession:
         except BaseException:
             machine.close()
             raise
+        machine.memory.on_lease_break = self._detach_ram
 
     @classmethod
     def boot(cls, guest: str, mem_size: int, vcpus: int | None, console, control_path=None,
@@ -147,6 +148,18 @@ class GuestSession:
                 self._writers_done.set()
         return {**_reply(result, t_resumed - t_paused, t0, quit=False, background=True, incremental_from=base),
                 "resumed_ms": round((t_resumed - t0) * 1000, 3)}
+
+    def _detach_ram(self, detach) -> None:
+        """The core guest RAM is mapped from is about to change: ``detach`` it once every save is
+        complete (a background writer maps it too) and with the guest paused."""
+        with self._one_save, self._run_state:
+            was_paused = self.machine.paused
+            self.machine.pause()
+            try:
+                detach()
+            finally:
+                if not was_paused:
+                    self.machine.resume()
 
     def _refuse_own_file(self, path: str) -> None:
         """A save replaces its target: never one of the files this VMM itself uses."""

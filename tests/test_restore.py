@@ -269,3 +269,52 @@ def test_counter_msrs_are_saved_restored_and_keep_counting(guest, tmp_path):
         before, after = dict(a.vcpus[0].msrs), dict(b.vcpus[0].msrs)
     assert {0x40000010, 0x40000020} <= COUNTER_MSRS & before.keys()
     assert all(after[i] >= before[i] for i in COUNTER_MSRS & before.keys())
+
+
+MEMTEST_ROUND = r"memtest round (\d+) ok \d+ MiB"
+
+
+@pytest.mark.parametrize("memory", ["lazy", "background"])
+def test_a_guest_mapped_from_its_core_survives_the_core_being_rewritten_and_truncated(guest, tmp_path, memory):
+    """RAM mapped from a core is held under a read lease: a process that opens the core to write it
+    waits until the VMM has copied in what the guest still reads from the file; the guest (memtest
+    checks all its RAM every round) and a later save see none of the change."""
+    g = guest("memtest", "--mem", "64M")
+    g.wait_lines(1, MEMTEST_ROUND, timeout=60)
+    core = tmp_path / "memtest.core"
+    save_quit(g, core)
+    r = Restored(tmp_path, core, "--memory", memory, console=tmp_path / "restored.console")
+    r.wait_lines(1, MEMTEST_ROUND, timeout=60)
+    t0 = time.monotonic()
+    with open(core, "r+b") as f:                  # returns once the VMM gave up its lease
+        waited = time.monotonic() - t0
+        f.seek(1 << 20)
+        f.write(b"\xff" * (8 << 20))
+        f.truncate(4096)
+    assert waited < 30, waited                    # well before the kernel's lease-break-time (45 s)
+    n = len(r.wait_lines(1, MEMTEST_ROUND))
+    lines = r.wait_lines(n + 2, MEMTEST_ROUND, timeout=60)
+    assert not any("MISMATCH" in line for line in r.lines()), r.lines()[-5:]
+    again = tmp_path / "again.core"
+    save_quit(r, again)
+    assert r.stderr() == ""
+    r2 = Restored(tmp_path, again, console=tmp_path / "again.console")
+    r2.wait_lines(2, MEMTEST_ROUND, timeout=60)
+    assert r2.quit() == 0
+    rounds = sequence(console_lines(r2.console), MEMTEST_ROUND)
+    assert len(rounds) >= 2 and not any("MISMATCH" in l for l in console_lines(r2.console)), lines
+
+
+def test_a_core_open_for_writing_is_read_instead_of_mapped(guest, tmp_path):
+    g = guest("counter", "--mem", "32M")
+    g.wait_lines(2, "^tick")
+    core = tmp_path / "counter.core"
+    save_quit(g, core)
+    with open(core, "r+b"):                       # another writer: no read lease can be had
+        r = Restored(tmp_path, core, console=tmp_path / "restored.console")
+        r.wait_lines(1, "^tick", timeout=60)
+    warning = r.stderr().strip()
+    assert warning == (f"kvmsnap: warning: {core}: guest RAM read now instead of mapped from the file: it cannot "
+                       "be held under a read lease (Resource temporarily unavailable), so a change to it could reach "
+                       "the guest"), warning
+    ticks_continue(g.console, r)

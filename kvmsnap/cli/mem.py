@@ -25,4 +25,4 @@ def mem(core, addr, length, virtual, vcpu, fmt):
     from ..memory.core import CoreMemory
     with CoreMemory.open(core) as memory:
         data = memory.read_virt(vcpu, addr, length) if virtual else memory.read_phys(addr, length)
-    return Result(data, bytes if fmt == "raw" else lambda d: describe.hexdump(d, addr))
+    return Result(data, bytes if fmt == "raw" else lambda d: describe.hexdump_blocks(d, addr))

@@ -13,7 +13,7 @@ _json = False
 
 class Result(NamedTuple):
     """A command's answer: ``data`` (what ``--json`` prints) and ``text(data)``, its text form
-    (``bytes`` are written to stdout as they are)."""
+    (``bytes`` are written to stdout as they are; an iterator of strings, block by block)."""
     data: Any
     text: Callable[[Any], str | bytes]
 
@@ -41,8 +41,12 @@ def emit(result: Result) -> None:
     if isinstance(out, bytes):
         sys.stdout.buffer.write(out)
         sys.stdout.buffer.flush()
-    else:
+    elif isinstance(out, str):
         click.echo(out.rstrip("\n"))
+    else:
+        for block in out:               # text too large to build at once, written as it is made
+            sys.stdout.write(block)
+        sys.stdout.flush()
 
 
 def _hex(value):

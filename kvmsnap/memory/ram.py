@@ -2,8 +2,10 @@
 copy-on-write from a core file, or read from one."""
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
+import signal
 import threading
 
 from kvmsnap.kvm import ffi, lib
@@ -26,6 +28,8 @@ class GuestRam(GuestMemory):
         super().__init__("guest RAM", extents)
         self._source = source
         self._written: list[tuple[int, int]] = []     # what write() wrote, for the dirty log
+        self.on_lease_break = None
+        self._detaching: threading.Thread | None = None
         self._populating: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -49,10 +53,64 @@ class GuestRam(GuestMemory):
     def map_file(cls, fileno: int, slots: list[tuple[Slot, int]]) -> "GuestRam":
         """RAM mapped copy-on-write from a file, ``(slot, file offset)`` each: pages are read on
         first touch and guest writes never reach the file (MAP_PRIVATE).  The file stays open
-        here: its holes tell which pages the guest has not written are zero."""
+        here: its holes tell which pages the guest has not written are zero.
+
+        The file is held under a read lease (LeaseUnavailable if it cannot be): before another
+        process may write or truncate it, ``on_lease_break(detach)`` is called from a new thread
+        (default: ``detach()``), which must call ``detach`` with the guest's vCPUs parked."""
+        source = os.dup(fileno)
+        try:
+            _hold_lease(source)
+        except LeaseUnavailable:
+            os.close(source)
+            raise
         buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE | lib.MAP_NORESERVE,
                                     mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)) for slot, offset in slots]
-        return cls(buffers, source=os.dup(fileno), offsets=[offset for _, offset in slots])
+        ram = cls(buffers, source=source, offsets=[offset for _, offset in slots])
+        _LEASED[source] = ram
+        return ram
+
+    def _lease_breaking(self) -> None:
+        """SIGIO: the file RAM is mapped from is about to be written or truncated."""
+        if self._detaching is None:
+            callback = self.on_lease_break or (lambda detach: detach())
+            self._detaching = threading.Thread(target=callback, args=(self.detach,), name="detach RAM", daemon=True)
+            self._detaching.start()
+
+    def detach(self, chunk: int = 2 << 20) -> None:
+        """Stop reading RAM from the file (call with every vCPU parked): every range of a slot whose
+        bytes matter (the file's data, the pages the guest wrote) is copied into anonymous memory
+        put in its place, the rest becomes anonymous zero pages (no memory until written); then the
+        lease is given up and the file closed.  (Pages copied on write in a file mapping are not
+        enough: truncating the file unmaps those too.)"""
+        source = self._source
+        if source is None:
+            return
+        self._closing.set()
+        if self._populating is not None:
+            self._populating.join()
+        for i, extent in enumerate(self._extents):
+            buffer, address, offset = extent.backing
+            if offset is None:
+                continue
+            size = extent.end - extent.start
+            written = written_runs(address, size)
+            keep = [(0, size)] if written is None else _union(
+                [(a - offset, b - offset) for a, b in file_data_runs(source, offset, offset + size)], written)
+            for start, end in _gaps(keep, size):
+                _anonymous(address + start, end - start)
+            for start, end in keep:
+                for at in range(start, end, chunk):
+                    n = min(chunk, end - at)
+                    data = buffer[at:at + n]
+                    _anonymous(address + at, n)
+                    buffer[at:at + n] = data
+            self._extents[i] = extent._replace(backing=(buffer, address, None))
+        _LEASED.pop(source, None)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(source, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        os.close(source)
+        self._source = None
 
     @classmethod
     def load_file(cls, fileno: int, slots: list[tuple[Slot, int]], chunk: int = 64 << 20) -> "GuestRam":
@@ -146,7 +204,8 @@ class GuestRam(GuestMemory):
 
     def data_runs(self, start: int, end: int):
         """Pages of anonymous RAM never touched are zero without reading them (pagemap); so are the
-        pages of RAM mapped from a file that the guest has not written where the file has holes."""
+        pages of RAM mapped from a file that the guest has not written where the file has holes,
+        and, once detached from it, the pages neither copied in nor written."""
         for extent in self.extents_in(start, end):
             lo, hi = max(start, extent.start), min(end, extent.end)
             _, address, offset = extent.backing
@@ -170,14 +229,65 @@ class GuestRam(GuestMemory):
         self._closing.set()
         if self._populating is not None:
             self._populating.join()
+        if self._detaching is not None:
+            self._detaching.join()
         for buffer, _ in self.buffers():
             try:
                 buffer.close()
             except BufferError:
                 pass                    # a view is still alive (a caller's); the mapping goes with it
         if self._source is not None:
+            _LEASED.pop(self._source, None)
             os.close(self._source)
             self._source = None
+
+
+class LeaseUnavailable(KvmsnapError):
+    """The file cannot be held under a read lease (it is open for writing, on a file system
+    without leases, or another user's)."""
+
+
+_LEASED: dict[int, GuestRam] = {}        # lease fd -> the RAM mapped from its file
+
+
+def _hold_lease(fd: int) -> None:
+    """A read lease on ``fd``'s file, with SIGIO (the kernel's signal when a lease must go) routed
+    to the RAM mapped from it; needs the main thread (Python runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise LeaseUnavailable("leases are taken from the main thread only")
+    if signal.getsignal(signal.SIGIO) is not _on_sigio:
+        signal.signal(signal.SIGIO, _on_sigio)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        raise LeaseUnavailable(e.strerror) from None
+
+
+def _on_sigio(_signum, _frame) -> None:
+    for fd, ram in list(_LEASED.items()):
+        with contextlib.suppress(OSError):
+            if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:     # a break is pending
+                ram._lease_breaking()
+
+
+def _anonymous(address: int, length: int) -> None:
+    """Fresh anonymous zero pages in place of ``[address, address + length)`` (mmap MAP_FIXED)."""
+    if lib.mmap(ffi.cast("void *", address), length, lib.PROT_READ | lib.PROT_WRITE,
+                lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_FIXED | lib.MAP_NORESERVE, -1, 0) \
+            != ffi.cast("void *", address):
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+
+
+def _gaps(runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The parts of ``[0, size)`` outside the sorted, merged ``runs``."""
+    gaps, at = [], 0
+    for start, end in runs:
+        if start > at:
+            gaps.append((at, start))
+        at = max(at, end)
+    if at < size:
+        gaps.append((at, size))
+    return gaps
 
 
 def _union(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
