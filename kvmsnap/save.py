@@ -45,10 +45,10 @@ def capture_for_save(machine, incremental_from: str | None) -> Snapshot:
     ``incremental_from``, which must be the last this VMM saved or restored (InputError, with
     nothing changed, otherwise)."""
     base = _base_named(machine, incremental_from) if incremental_from is not None else None
-    changed = machine.dirty.take()
+    machine.dirty.take()
     snapshot = capture(machine)
     if base is not None:
-        snapshot.base, snapshot.changed = base, changed
+        snapshot.base, snapshot.changed = base, machine.dirty.changed()
     return snapshot
 
 

@@ -26,24 +26,25 @@ class DirtyLog:
         self.ram.take_written()
         self._logging, self.base, self._since_base = True, base, {}
 
-    def take(self) -> list[tuple[int, int]] | None:
-        """With every vCPU parked: the page runs written since the base (None when there is none),
-        KVM's log emptied into the running union.  The first call starts logging."""
+    def take(self) -> None:
+        """With every vCPU parked: empty KVM's log into the running union since the base (then
+        :meth:`changed` says what it holds).  The first call starts logging."""
         if not self._logging:
             self.start()
-            return None
+            return
         for slot in self.ram.slots():
             fresh = int.from_bytes(self.vm.get_dirty_log(slot.slot, slot.size // PAGE_SIZE), "little")
             self._since_base[slot.slot] = self._since_base.get(slot.slot, 0) | fresh
-        by_gpa = {s.gpa: s for s in self.ram.slots()}
         for start, end in self.ram.take_written():
             slot = self.ram.extent_at(start).origin
             first, last = (start - slot.gpa) // PAGE_SIZE, (end - 1 - slot.gpa) // PAGE_SIZE
             self._since_base[slot.slot] = self._since_base.get(slot.slot, 0) | ((1 << (last + 1)) - (1 << first))
-        if self.base is None:
-            return None
+
+    def changed(self) -> list[tuple[int, int]]:
+        """The guest-physical page runs written from the base to the last :meth:`take`."""
         runs = []
-        for gpa, slot in sorted(by_gpa.items()):
+        for slot in sorted(self.ram.slots(), key=lambda s: s.gpa):
+            gpa = slot.gpa
             runs += [(gpa + a * PAGE_SIZE, gpa + b * PAGE_SIZE, slot.slot)
                      for a, b in bit_runs(self._since_base.get(slot.slot, 0), slot.size // PAGE_SIZE)]
         return [(a, b) for a, b, _ in coalesce(runs, MAX_CHANGED_RUNS)]
