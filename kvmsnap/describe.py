@@ -89,7 +89,13 @@ def hexdump_blocks(data: bytes, base: int = 0, block: int = 64 << 10):
 # inspect
 
 def render_text(summary: dict, show_all: bool = False) -> str:
-    """The summary as text: header, memory, notes, then every vCPU section and device.
+    """The summary as text (:func:`render_blocks` joined)."""
+    return "".join(render_blocks(summary, show_all))
+
+
+def render_blocks(summary: dict, show_all: bool = False):
+    """The summary as text, a block at a time (the header, each vCPU, the rest): header, memory,
+    notes, then every vCPU section and device.
 
     Lines stay within WIDTH columns.  Unless ``show_all``, all-zero vector registers and CPUID
     leaves, zero process-only thread fields and IOAPIC pins at their reset value are left out
@@ -122,7 +128,8 @@ def render_text(summary: dict, show_all: bool = False) -> str:
     if show("notes"):
         lines += _notes(summary["notes"])
     for v in summary["vcpus"]:
-        lines += _vcpu(v, show, show_all, of)
+        yield "\n".join(lines) + "\n"
+        lines = _vcpu(v, show, show_all, of)
     if summary.get("devices") and show("devices"):
         lines += _devices(summary["devices"], show_all)
     if summary.get("process") and show("process"):
@@ -134,7 +141,7 @@ def render_text(summary: dict, show_all: bool = False) -> str:
         lines += ["", "VMCOREINFO:"]
         for k, v in summary["vmcoreinfo"]["fields"].items():
             lines += _fill(f"  {k} = ", v)
-    return "\n".join(lines) + "\n"
+    yield "\n".join(lines) + "\n"
 
 
 def _memory(summary) -> list[str]:

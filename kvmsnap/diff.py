@@ -6,7 +6,6 @@ being read, so two saves of a mostly empty 4 GiB guest compare in a fraction of 
 bytes the files hold are chunked: a range that either core lacks or does not hold in its file
 (a foreign core's ``p_memsz`` may say 2^62) is one changed range, its pages counted, not listed."""
 from kvmsnap import summary
-from kvmsnap.formats.reader import parse_elf
 from kvmsnap.memory import PAGE_SIZE, GuestMemory
 from kvmsnap.memory.core import CoreMemory
 
@@ -14,19 +13,22 @@ CHUNK = 1 << 20
 
 
 def diff(a_path, b_path) -> dict:
-    """The differences between the cores at ``a_path`` and ``b_path`` as plain data."""
+    """The differences between the cores at ``a_path`` and ``b_path`` as plain data.  Each file is
+    read (and validated) in turn, memory first: what is held between two reads stays small."""
+    with CoreMemory.open(a_path) as ma, CoreMemory.open(b_path) as mb:
+        memory = _memory(ma, mb)
     sa, sb = summary.summarize(a_path), summary.summarize(b_path)
     registers = []
-    vcpus_b = {v["id"]: v for v in sb["vcpus"]}
-    for va in sa["vcpus"]:
-        vb = vcpus_b.get(va["id"])
+    vcpus_b = sb["vcpus"]
+    for i, va in enumerate(sa["vcpus"]):            # one vCPU of each at a time: thousands fit
+        vb = vcpus_b[i] if i < len(vcpus_b) else None
+        if vb is None or vb["id"] != va["id"]:
+            vb = next((v for v in vcpus_b if v["id"] == va["id"]), None)
         if vb is not None:
             registers += _compare(va["id"], _flatten(va["sections"]), _flatten(vb["sections"]))
     registers += _compare(None, _flatten(sa.get("devices") or {}, "devices"),
                           _flatten(sb.get("devices") or {}, "devices"))
-    with CoreMemory.open(a_path) as ma, CoreMemory.open(b_path) as mb:
-        memory = _memory(ma, mb)
-    notes = _notes(a_path, b_path, sa["notes"], sb["notes"])
+    notes = _notes(sa["notes"], sb["notes"])
     return dict(a=sa["file"], b=sb["file"],
                 vcpus=dict(a=len(sa["vcpus"]), b=len(sb["vcpus"])),
                 registers=registers, notes=notes, memory=memory,
@@ -76,16 +78,15 @@ def _compare(vcpu, a: dict, b: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Notes
 
-def _notes(a_path, b_path, a_list, b_list) -> list[dict]:
-    def keyed(path, entries):
-        image = parse_elf(path)
+def _notes(a_list, b_list) -> list[dict]:
+    def keyed(entries):
         out, seen = {}, {}
-        for note, entry in zip(image.notes, entries):
-            key = (entry["vcpu"], note.owner, note.type)
+        for entry in entries:
+            key = (entry["vcpu"], entry["owner"], entry["type"])
             seen[key] = seen.get(key, -1) + 1
-            out[key + (seen[key],)] = (entry, note.desc)
+            out[key + (seen[key],)] = (entry, entry["blake3"])
         return out
-    a, b = keyed(a_path, a_list), keyed(b_path, b_list)
+    a, b = keyed(a_list), keyed(b_list)
     changes = []
     for key in list(a) + [k for k in b if k not in a]:
         ea, eb = a.get(key), b.get(key)

@@ -7,7 +7,11 @@
 decoding of each note lives with its architecture (``kvmsnap.arch.*.decode``) or in
 :mod:`kvmsnap.decode`; this module picks the notes and assembles.
 """
+import dataclasses
+import os
 import struct
+
+import blake3
 
 from kvmsnap import arch
 from kvmsnap import notes as N
@@ -41,6 +45,38 @@ DECODED = ({(N.OWNER_CORE, t) for t in (N.NT_PRSTATUS, N.NT_FPREGSET, N.NT_PRPSI
            | {key for key in N.REGISTRY if key[0] == N.OWNER_KVMSNAP})
 
 
+class Lazy(list):
+    """A list whose items are made one at a time as it is iterated and never held together: how
+    ``inspect`` and ``diff`` go through thousands of decoded vCPUs in bounded memory.  ``len`` is
+    known without making any item; the json encoder writes it as a list (it iterates it)."""
+
+    def __init__(self, count: int, make):
+        super().__init__()
+        self._count, self._make = count, make
+
+    @classmethod
+    def of(cls, items) -> "Lazy":
+        return items if isinstance(items, Lazy) else cls(len(items), items.__getitem__)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self):
+        return (self._make(i) for i in range(self._count))
+
+    def __getitem__(self, i: int):
+        return self._make(range(self._count)[i])
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def map(self, function) -> "Lazy":
+        return Lazy(self._count, lambda i: function(self._make(i)))
+
+
 def summarize(path, *, vcpu: int | None = None, sections=None) -> dict:
     """A JSON-ready description of the core at ``path`` (CoreFormatError if it cannot be read).
 
@@ -70,23 +106,30 @@ def _is_kvmsnap_x86(image: ElfCore) -> bool:
 
 
 def _select(summary: dict, vcpu, sections) -> dict:
-    summary["vcpu_count"] = len(summary["vcpus"])
+    vcpus = Lazy.of(summary["vcpus"])
+    summary["vcpu_count"] = len(vcpus)
     if vcpu is not None:
-        chosen = [v for v in summary["vcpus"] if v["id"] == vcpu]
-        if not chosen:
-            raise InputError(f"{summary['file']}: no vCPU {vcpu} (the core has "
-                             f"{len(summary['vcpus'])})")
-        summary["vcpus"] = chosen
+        chosen = vcpus[vcpu] if vcpu < len(vcpus) else None       # kvmsnap cores: vCPU n is the n-th
+        if chosen is None or chosen["id"] != vcpu:
+            chosen = next((v for v in vcpus if v["id"] == vcpu), None)
+        if chosen is None:
+            raise InputError(f"{summary['file']}: no vCPU {vcpu} (the core has {len(vcpus)})")
+        vcpus = Lazy.of([chosen])
     if sections:
-        for v in summary["vcpus"]:
-            v["sections"] = {k: s for k, s in v["sections"].items() if k in sections}
+        vcpus = vcpus.map(lambda v: {**v, "sections": {k: s for k, s in v["sections"].items() if k in sections}})
+    summary["vcpus"] = vcpus
     summary["selected"] = dict(vcpu=vcpu, sections=list(sections) if sections else None)
     return summary
 
 
-def note_list(notes) -> list[dict]:
-    return [dict(owner=n.owner, type=n.type, type_name=n.type_name, size=n.size, offset=n.offset,
-                 vcpu=n.vcpu, decoded=(n.owner, n.type) in DECODED) for n in notes]
+_NOTE_FIELDS = ("owner", "type", "type_name", "size", "offset", "vcpu", "decoded", "blake3")
+
+
+def note_list(notes) -> Lazy:
+    """One dict per note, made when read from a tuple held per note (a core may have 100,000)."""
+    rows = [(n.owner, n.type, n.type_name, n.size, n.offset, n.vcpu, (n.owner, n.type) in DECODED,
+             blake3.blake3(n.desc).hexdigest()) for n in notes]
+    return Lazy(len(rows), lambda i: dict(zip(_NOTE_FIELDS, rows[i])))
 
 
 def xsave_layout(image: ElfCore) -> list[dict] | None:
@@ -115,7 +158,6 @@ def decode_note(path, note, decoder, *args):
 def _summarize_kvmsnap(snapshot) -> dict:
     info = snapshot.info
     package = arch.by_name(snapshot.arch)
-    prstatus = [n for n in info.elf.notes if (n.owner, n.type) == KEY_PRSTATUS]
     return dict(
         file=info.path,
         kind="kvmsnap",
@@ -134,10 +176,28 @@ def _summarize_kvmsnap(snapshot) -> dict:
         vmcoreinfo=next((linux.vmcoreinfo(n.desc) for n in info.elf.notes
                          if (n.owner, n.type) == (N.OWNER_VMCOREINFO, N.NT_VMCOREINFO)), None),
         xsave_layout=xsave_layout(info.elf),
-        vcpus=[x86_decode.vcpu(v, pr.desc) for v, pr in zip(snapshot.vcpus, prstatus)],
+        vcpus=_decoded_vcpus(info.path, package, info.elf.notes, len(snapshot.vcpus)),
         memory=memory_list(info.elf.loads),
         notes=note_list(info.elf.notes),
     )
+
+
+def _decoded_vcpus(path: str, package, notes, count: int) -> Lazy:
+    """Each vCPU of a validated kvmsnap core decoded when it is read, its notes read again from
+    the file: a summary holds where they are, not their bytes or the states, so that thousands
+    of vCPUs fit in bounded memory."""
+    where: list[dict] = [{} for _ in range(count)]
+    for n in notes:
+        entry = N.lookup(n.owner, n.type)
+        if n.vcpu is not None and entry is not None and entry.scope == "vcpu":
+            where[n.vcpu][(n.owner, n.type)] = dataclasses.replace(n, desc=b"")
+
+    def make(i):
+        with open(path, "rb") as f:
+            loaded = {key: dataclasses.replace(n, desc=os.pread(f.fileno(), n.size, n.desc_offset))
+                      for key, n in where[i].items()}
+        return x86_decode.vcpu(package.notes.read_vcpu(path, i, loaded), loaded[KEY_PRSTATUS].desc)
+    return Lazy(count, make)
 
 
 # =============================================================================================

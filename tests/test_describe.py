@@ -78,6 +78,7 @@ def test_wide_registers_split_in_256_bit_halves(core_path):
 
 def test_all_zero_cpuid_leaves_are_counted_not_shown(core_path):
     s = summarize(core_path)
+    s["vcpus"] = list(s["vcpus"])                  # decoded once, to be edited (a summary makes them as read)
     rows = s["vcpus"][0]["sections"]["cpuid"]
     rows += [dict(rows[0], function=f, index=0, eax=0, ebx=0, ecx=0, edx=0, features=[])
              for f in (0x14, 0x15)]

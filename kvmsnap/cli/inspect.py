@@ -34,4 +34,4 @@ def inspect(core, vcpu, sections, raw, show_all):
     if raw:
         return Result(summary.raw_note(core, raw, vcpu), describe.render_raw)
     return Result(summary.summarize(core, vcpu=vcpu, sections=sections or None),
-                  functools.partial(describe.render_text, show_all=show_all))
+                  functools.partial(describe.render_blocks, show_all=show_all))

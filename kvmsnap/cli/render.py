@@ -35,7 +35,10 @@ def wants_json(command: click.Command | None, args: list[str]) -> None:
 def emit(result: Result) -> None:
     if _json:
         import json     # only here: start-up without --json does not pay for it
-        click.echo(json.dumps(result.data, indent=2, default=_hex))
+        for chunk in json.JSONEncoder(indent=2, default=_hex).iterencode(result.data):
+            sys.stdout.write(chunk)     # as it is made: a core's thousands of vCPUs are never held at once
+        sys.stdout.write("\n")
+        sys.stdout.flush()
         return
     out = result.text(result.data)
     if isinstance(out, bytes):
