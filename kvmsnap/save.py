@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 
 from kvmsnap import __version__
 from kvmsnap.errors import InputError, KvmsnapError
@@ -58,8 +59,12 @@ def _base_named(machine, path: str) -> Base:
         raise InputError(f"{path}: this VMM has not saved or restored a core yet, so no changes are known "
                          "(save a full core first)")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InputError(f"the base {path} is not a regular file")     # a FIFO would hold the VMM
         image = parse_elf(path)
         digest = state_blake3(path, image)
+    except OSError as e:
+        raise InputError(f"the base {path}: cannot open: {e.strerror}") from None
     except CoreFormatError as e:
         raise InputError(f"the base {e}") from None
     if (image.file_size, digest) != (last.size, last.state_blake3):

@@ -3,6 +3,7 @@ validated Snapshot.  Every check a kvmsnap core must pass beyond being an ELF co
 violation is a CoreFormatError naming the file offset (docs/core-format.md)."""
 import bisect
 import os
+import stat
 
 import blake3
 
@@ -120,27 +121,40 @@ def with_base(snapshot: Snapshot, depth: int = 0) -> Snapshot:
 
 
 def _find_base(path: str, base) -> ElfCore:
-    """The base an increment names: at its recorded path, else by its name beside the increment."""
+    """The base an increment names: at its recorded path, else by its name beside the increment.
+    A candidate that is missing, of another size, not a regular file or not a kvmsnap core with
+    the recorded state is passed over, and named in the error if none is the base."""
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.basename(base.path))
     problems = []
     for candidate in dict.fromkeys((base.path, beside)):
         try:
-            if os.stat(candidate).st_size != base.size:
-                problems.append(f"{candidate} is not it (size {os.stat(candidate).st_size}, expected {base.size})")
-                continue
-            image = parse_elf(candidate)
-            digest = state_blake3(candidate, image)
+            st = os.stat(candidate)
         except FileNotFoundError:
             continue
-        except OSError as e:
-            problems.append(f"{candidate}: {e.strerror}")
+        except (OSError, ValueError) as e:          # ValueError: a NUL in the recorded path
+            problems.append(f"{_shown(candidate)}: {getattr(e, 'strerror', None) or e}")
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size != base.size:
+            what = f"size {st.st_size}" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            problems.append(f"{_shown(candidate)} is not it ({what}, expected a file of {base.size} bytes)")
+            continue
+        try:
+            image = parse_elf(candidate)
+            digest = state_blake3(candidate, image)
+        except CoreFormatError as e:
+            problems.append(str(e))
             continue
         if digest == base.state_blake3:
             return image
-        problems.append(f"{candidate} is not it (state BLAKE3 {digest.hex()[:16]}…, expected "
+        problems.append(f"{_shown(candidate)} is not it (state BLAKE3 {digest.hex()[:16]}…, expected "
                         f"{base.state_blake3.hex()[:16]}…)")
-    raise CoreFormatError(path, None, f"an increment of {base.path}, which is missing: "
-                                      + ("; ".join(problems) if problems else f"nor is it at {beside}"))
+    raise CoreFormatError(path, None, f"an increment of {_shown(base.path)}, which is missing: "
+                                      + ("; ".join(problems) if problems else f"nor is it at {_shown(beside)}"))
+
+
+def _shown(path: str) -> str:
+    """A path as the message shows it: quoted when it holds a NUL, a newline or the like."""
+    return path if path.isprintable() else repr(path)
 
 
 def is_kvmsnap(image: ElfCore) -> bool:
@@ -262,9 +276,15 @@ def decode(image: ElfCore) -> Snapshot:
 
 def state_blake3(path, image: ElfCore) -> bytes:
     """BLAKE3 of a kvmsnap core's ELF header, program headers and notes: every byte before its
-    memory, which holds every vCPU's and device's state (what an increment names its base by)."""
+    memory, which holds every vCPU's and device's state (what an increment names its base by).
+    CoreFormatError unless the notes follow the program headers as a kvmsnap core has them."""
+    ehdr = image.ehdr
     notes = image.phdrs[0][1]
-    end = notes.p_offset + notes.p_filesz
+    if notes.p_type != elf.PT_NOTE or not is_kvmsnap(image) \
+            or notes.p_offset != ehdr.e_phoff + ehdr.e_phnum * ehdr.e_phentsize:
+        raise CoreFormatError(path, None, "not a kvmsnap core (KVMSNAP_HEADER is not the first note, right after "
+                                          "the program headers)")
+    end = notes.p_offset + notes.p_filesz        # bounded: parse_elf caps the notes and the headers
     with open(path, "rb") as f:
         data = f.read(end)
     if len(data) != end:
