@@ -35,10 +35,9 @@ class DirtyLog:
         for slot in self.ram.slots():
             fresh = int.from_bytes(self.vm.get_dirty_log(slot.slot, slot.size // PAGE_SIZE), "little")
             self._since_base[slot.slot] = self._since_base.get(slot.slot, 0) | fresh
-        for start, end in self.ram.take_written():
-            slot = self.ram.extent_at(start).origin
-            first, last = (start - slot.gpa) // PAGE_SIZE, (end - 1 - slot.gpa) // PAGE_SIZE
-            self._since_base[slot.slot] = self._since_base.get(slot.slot, 0) | ((1 << (last + 1)) - (1 << first))
+        for page in self.ram.take_written():
+            slot = self.ram.extent_at(page * PAGE_SIZE).origin
+            self._since_base[slot.slot] = self._since_base.get(slot.slot, 0) | 1 << (page - slot.gpa // PAGE_SIZE)
 
     def changed(self) -> list[tuple[int, int]]:
         """The guest-physical page runs written from the base to the last :meth:`take`."""

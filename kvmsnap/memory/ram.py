@@ -10,7 +10,7 @@ import threading
 
 from kvmsnap.kvm import ffi, lib
 from kvmsnap.errors import KvmsnapError
-from kvmsnap.memory import AddressError, Extent, GuestMemory, Slot, file_data_runs
+from kvmsnap.memory import PAGE_SIZE, AddressError, Extent, GuestMemory, Slot, file_data_runs
 from kvmsnap.memory.pagemap import touched_runs, written_runs
 
 
@@ -27,7 +27,7 @@ class GuestRam(GuestMemory):
             extents.append(Extent(slot.gpa, slot.end, slot.end, (buffer, address, offset), slot))
         super().__init__("guest RAM", extents)
         self._source = source
-        self._written: list[tuple[int, int]] = []     # what write() wrote, for the dirty log
+        self._written: set[int] = set()               # pages write() wrote, for the dirty log
         self.on_lease_break = None
         self._detaching: threading.Thread | None = None
         self._populating: threading.Thread | None = None
@@ -184,12 +184,12 @@ class GuestRam(GuestMemory):
         extent = self._inside(gpa, len(data))
         buffer = extent.backing[0]
         buffer[gpa - extent.start:gpa - extent.start + len(data)] = data
-        if data:
-            self._written.append((gpa, gpa + len(data)))
+        self._written.update(range(gpa // PAGE_SIZE, -(-(gpa + len(data)) // PAGE_SIZE)))
 
-    def take_written(self) -> list[tuple[int, int]]:
-        """The ranges :meth:`write` wrote since the last call (KVM's dirty log does not see them)."""
-        written, self._written = self._written, []
+    def take_written(self) -> set[int]:
+        """The guest-physical page numbers :meth:`write` wrote since the last call (KVM's dirty
+        log does not see them); a set, so an assist writing one word again and again adds nothing."""
+        written, self._written = self._written, set()
         return written
 
     def buffer_at(self, addr: int, length: int):
