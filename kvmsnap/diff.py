@@ -84,20 +84,19 @@ def _notes(a_list, b_list) -> list[dict]:
         for entry in entries:
             key = (entry["vcpu"], entry["owner"], entry["type"])
             seen[key] = seen.get(key, -1) + 1
-            out[key + (seen[key],)] = (entry, entry["blake3"])
+            out[key + (seen[key],)] = entry
         return out
     a, b = keyed(a_list), keyed(b_list)
     changes = []
     for key in list(a) + [k for k in b if k not in a]:
         ea, eb = a.get(key), b.get(key)
-        if ea and eb and ea[1] == eb[1]:
+        if ea and eb and ea["blake3"] == eb["blake3"]:
             continue
-        entry = (ea or eb)[0]
         status = "changed" if ea and eb else ("only in a" if ea else "only in b")
         changes.append(dict(vcpu=key[0], owner=key[1], type=key[2],
-                            type_name=entry["type_name"], status=status,
-                            size_a=ea[0]["size"] if ea else None,
-                            size_b=eb[0]["size"] if eb else None))
+                            type_name=(ea or eb)["type_name"], status=status,
+                            size_a=ea["size"] if ea else None,
+                            size_b=eb["size"] if eb else None))
     return changes
 
 

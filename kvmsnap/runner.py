@@ -131,14 +131,9 @@ class GuestSession:
                     return self._save_paused(path, quit_after, progress, base)
             t0 = time.perf_counter()
             with self._run_state:
-                was_paused = self.machine.paused
-                self.machine.pause()
-                t_paused = time.perf_counter()
-                try:
+                with self._paused():
+                    t_paused = time.perf_counter()
                     writer = save.BackgroundSave(self.machine, path, incremental_from=base)
-                finally:
-                    if not was_paused:
-                        self.machine.resume()
                 t_resumed = time.perf_counter()
             self._writers.add(writer)
             try:
@@ -152,14 +147,19 @@ class GuestSession:
     def _detach_ram(self, detach) -> None:
         """The core guest RAM is mapped from is about to change: ``detach`` it once every save is
         complete (a background writer maps it too) and with the guest paused."""
-        with self._one_save, self._run_state:
-            was_paused = self.machine.paused
-            self.machine.pause()
-            try:
-                detach()
-            finally:
-                if not was_paused:
-                    self.machine.resume()
+        with self._one_save, self._run_state, self._paused():
+            detach()
+
+    @contextlib.contextmanager
+    def _paused(self):
+        """The guest paused, then running again unless it was paused before (hold ``_run_state``)."""
+        was_paused = self.machine.paused
+        self.machine.pause()
+        try:
+            yield
+        finally:
+            if not was_paused:
+                self.machine.resume()
 
     def _refuse_own_file(self, path: str) -> None:
         """A save replaces its target: never one of the files this VMM itself uses."""

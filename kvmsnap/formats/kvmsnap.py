@@ -254,7 +254,7 @@ def decode(image: ElfCore) -> Snapshot:
     if N.KVMSNAP_BASE in vm:
         b = payload(path, vm[N.KVMSNAP_BASE], N.KvmsnapBase)
         base = Base(b.path, b.base_size, bytes(b.state_blake3))
-        slots, slot_segments = _increment_slots(image, vm[N.KVMSNAP_MEMORY_MAP])
+        slots, slot_segments = _increment_slots(image, vm[N.KVMSNAP_MEMORY_MAP]), {}
     else:
         slot_segments = _memory_slots(image, vm[N.KVMSNAP_MEMORY_MAP])
         slots = [Slot(n, seg.paddr, seg.filesz) for n, seg in slot_segments.items()]
@@ -320,10 +320,10 @@ def _check_segments(image: ElfCore) -> None:
                                       f"(0x{image.file_size:x})")
 
 
-def _increment_slots(image: ElfCore, note: Note) -> tuple[list[Slot], dict]:
-    """An increment's memory slots (NO_PHDR each: their bytes are the base's) and no slot
-    PT_LOADs; its PT_LOADs hold the changed runs: physical (p_vaddr = p_paddr), in address
-    order, disjoint, each inside one slot."""
+def _increment_slots(image: ElfCore, note: Note) -> list[Slot]:
+    """An increment's memory slots (NO_PHDR each: no PT_LOAD holds a slot; their bytes are the
+    base's); its PT_LOADs hold the changed runs: physical (p_vaddr = p_paddr), in address order,
+    disjoint, each inside one slot."""
     path = image.path
     mm = payload(path, note, N.KvmsnapMemoryMap)
     entry_size = N.kvmsnap_memory_region.sizeof()
@@ -351,7 +351,7 @@ def _increment_slots(image: ElfCore, note: Note) -> tuple[list[Slot], dict]:
                                   "an increment: physical, in address order, inside one memory slot")
         previous_end = seg.paddr + seg.filesz
         seg.physical = True
-    return slots, {}
+    return slots
 
 
 def _memory_slots(image: ElfCore, note: Note) -> dict:
