@@ -121,6 +121,10 @@ def render_blocks(summary: dict, show_all: bool = False):
         b = summary["base"]
         lines += _fill("increment of: ", f"{b['path']}  ({b['changed_bytes'] >> 10} KiB changed in "
                                          f"{b['changed_runs']} runs; every other page is the base's)")
+    if summary.get("digest"):
+        d = summary["digest"]
+        lines += _fill("digests:      ", f"BLAKE3 of the headers, {d['notes']} notes and {d['chunks']} memory chunks "
+                                         f"of {d['chunk_size'] >> 20} MiB (kvmsnap verify checks them)")
     lines.append(f"vCPUs:        {len(summary['vcpus'])}" if selected is None
                  else f"vCPU:         {selected}{of}")
     if show("memory"):

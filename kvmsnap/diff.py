@@ -5,6 +5,7 @@ Memory is compared in 1 MiB chunks; a chunk that is a hole in both sparse files 
 being read, so two saves of a mostly empty 4 GiB guest compare in a fraction of a second.  Only
 bytes the files hold are chunked: a range that either core lacks or does not hold in its file
 (a foreign core's ``p_memsz`` may say 2^62) is one changed range, its pages counted, not listed."""
+from kvmsnap import notes as N
 from kvmsnap import summary
 from kvmsnap.memory import PAGE_SIZE, GuestMemory
 from kvmsnap.memory.core import CoreMemory
@@ -79,9 +80,12 @@ def _compare(vcpu, a: dict, b: dict) -> list[dict]:
 # Notes
 
 def _notes(a_list, b_list) -> list[dict]:
+    """Notes changed, added or removed; not the digest note, which changes whenever anything does."""
     def keyed(entries):
         out, seen = {}, {}
         for entry in entries:
+            if (entry["owner"], entry["type"]) == (N.OWNER_KVMSNAP, N.KVMSNAP_DIGEST):
+                continue
             key = (entry["vcpu"], entry["owner"], entry["type"])
             seen[key] = seen.get(key, -1) + 1
             out[key + (seen[key],)] = entry

@@ -69,7 +69,7 @@ KVMSNAP_IRQCHIP = 0x4b530004
 KVMSNAP_PIT = 0x4b530005
 KVMSNAP_CLOCK = 0x4b530006
 KVMSNAP_UART = 0x4b530007
-KVMSNAP_DIGEST = 0x4b530008      # reserved: integrity digests, last note, patched after memory
+KVMSNAP_DIGEST = 0x4b530008      # format 1.4: integrity digests, the last note, patched in after memory
 KVMSNAP_BASE = 0x4b530009        # format 1.3: the base core of an increment
 KVMSNAP_CMOS = 0x4b53000a        # format 1.1
 KVMSNAP_PCI = 0x4b53000b         # format 1.1
@@ -155,6 +155,18 @@ KvmsnapBase = _private(
     "path" / PascalString(Int16ul, "utf8"),         # the base's absolute path when this was saved
     size=lambda this: 48 + _utf8_len(this.path))
 
+KvmsnapDigest = _private(
+    "chunk_shift" / Int32ul,                        # memory chunks of 1 << chunk_shift bytes
+    "nr_notes" / Rebuild(Int32ul, lambda this: len(this.notes) // BLAKE3_SIZE),
+    "memory_offset" / Int64ul,                      # file offset of the first chunk (page after the notes)
+    "nr_chunks" / Rebuild(Int32ul, lambda this: len(this.chunks) // BLAKE3_SIZE),
+    "reserved" / Int32ul,
+    "headers" / Bytes(BLAKE3_SIZE),                 # of the ELF header and program headers
+    "notes" / Bytes(this.nr_notes * BLAKE3_SIZE),   # of each note before this one, header to padding
+    "chunks" / Bytes(this.nr_chunks * BLAKE3_SIZE),  # of each chunk from memory_offset to the file's end
+    "own" / Bytes(BLAKE3_SIZE),                     # of this payload's bytes before this field
+    size=lambda this: 96 + len(this.notes) + len(this.chunks))
+
 KvmsnapIrqchip = _fixed(
     "pic_master" / Bytes(x86.kvm_irqchip.sizeof()),
     "pic_slave" / Bytes(x86.kvm_irqchip.sizeof()),
@@ -220,7 +232,7 @@ KvmsnapArm64Regs = _private(
 MIN_SIZES = {
     KVMSNAP_HEADER: KVMSNAP_HEADER_MIN_SIZE, KVMSNAP_CONFIG: 26, KVMSNAP_MEMORY_MAP: 16,
     KVMSNAP_SREGS: 16, KVMSNAP_XSAVE: 16, KVMSNAP_MSRS: 16, KVMSNAP_CPUID: 16, KVMSNAP_UART_INPUT: 16,
-    KVMSNAP_BASE: 50,
+    KVMSNAP_BASE: 50, KVMSNAP_DIGEST: 96,
 }
 
 
@@ -258,6 +270,7 @@ def _entries():
         (KVMSNAP_ACPI_PM, "KVMSNAP_ACPI_PM", KvmsnapAcpiPm, vm),
         (KVMSNAP_UART_INPUT, "KVMSNAP_UART_INPUT", KvmsnapUartInput, vm),
         (KVMSNAP_BASE, "KVMSNAP_BASE", KvmsnapBase, vm),
+        (KVMSNAP_DIGEST, "KVMSNAP_DIGEST", KvmsnapDigest, vm),
         (KVMSNAP_SREGS, "KVMSNAP_SREGS", KvmsnapSregs, vcpu),
         (KVMSNAP_XSAVE, "KVMSNAP_XSAVE", KvmsnapXsave, vcpu),
         (KVMSNAP_XCRS, "KVMSNAP_XCRS", KvmsnapXcrs, vcpu),

@@ -3,9 +3,11 @@ The architecture says what to check and in which order to set things (for x86:
 ``kvmsnap.arch.x86_64.host``, ``.vm`` and ``.vcpu``; docs/restore.md gives the order and its
 sources); this module orders the whole:
 
-1. validate the whole file and check this host (nothing is created before both pass);
+1. validate the whole file, check its headers and notes against their digests (and the standard
+   notes against the private ones), and check this host (nothing is created before all pass);
 2. map (or read) guest RAM from the full core, write each increment's pages over it (a chain of
-   increments), and build the machine;
+   increments), check the memory against its digests (before the guest runs when RAM is read
+   eagerly, else from a thread while it runs, stopping it on damage), and build the machine;
 3. VM-wide device state, then each vCPU's state, then read every vCPU back;
 4. tell a guest using kvmclock that it was stopped (KVM_KVMCLOCK_CTRL; EINVAL: it does not);
 5. log the pages the guest writes from now on, so that a save can be an increment of this core.
@@ -14,12 +16,13 @@ import dataclasses
 import errno
 from dataclasses import dataclass
 
-from kvmsnap import arch
+from kvmsnap import arch, verify
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.formats.kvmsnap import read_core, state_blake3
 from kvmsnap.kvm import Cap, Kvm, KvmError
 from kvmsnap.memory.ram import GuestRam, LeaseUnavailable
 from kvmsnap.state import Base, Snapshot
+from kvmsnap.verify import MemoryCheck
 from kvmsnap.vmm import Machine
 
 
@@ -34,6 +37,7 @@ class Policy:
     allow_missing_features: bool = False   # clear CPUID features this host lacks from the guest's table
     memory: str = "background"             # guest RAM: "lazy" (mapped from the core copy-on-write), "eager"
     #                                        (read now) or "background" (mapped, and copied in by a thread)
+    verify: bool = True                    # check the core against its digests (KVMSNAP_DIGEST)
 
 
 def restore(core_path, console, policy: Policy) -> tuple[Machine, list[str]]:
@@ -45,6 +49,7 @@ def restore(core_path, console, policy: Policy) -> tuple[Machine, list[str]]:
 
 def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine, list[str]]:
     """:func:`restore` for a snapshot already read."""
+    checks = _check_integrity(snapshot) if policy.verify else []
     host = arch.live(arch.by_name(snapshot.arch), "host")
     kvm = Kvm()
     try:
@@ -56,14 +61,15 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         raise RestoreError(_listing(snapshot.info.path, plan.problems))
     full, *increments = snapshot.memory.layers()
     slots = [(s, full.slot_offset(s.slot)) for s in full.slots()]
-    lease_warning = []
+    layers = snapshot.memory.layers()
+    notes = [f"{c.path}: not verified: {c.unchecked}" for c in checks if c.unchecked]
     try:
         try:
             ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(full.fileno(), slots)
         except LeaseUnavailable as e:
             policy = dataclasses.replace(policy, memory="eager")
-            lease_warning = [f"{full.path}: guest RAM read now instead of mapped from the file: it cannot be held "
-                             f"under a read lease ({e}), so a change to it could reach the guest"]
+            notes.append(f"{full.path}: guest RAM read now instead of mapped from the file: it cannot be held "
+                             f"under a read lease ({e}), so a change to it could reach the guest")
             ram = GuestRam.load_file(full.fileno(), slots)
     except OSError as e:
         raise KvmsnapError(f"{full.path}: cannot {'read' if policy.memory == 'eager' else 'map'} "
@@ -74,11 +80,18 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
     except OSError as e:
         ram.close()
         raise KvmsnapError(f"{increment.path}: cannot read its pages: {e.strerror}") from None
+    if policy.memory == "eager":
+        memory_check = MemoryCheck(checks, [layer.fileno() for layer in layers])
+        damage = memory_check.run()
+        memory_check.close()
+        if damage:
+            ram.close()
+            raise RestoreError(_damaged(damage))
     restored = {i for i, _ in plan.msrs[0]}
     machine = Machine(snapshot.config, console, memory=ram,       # a later save keeps the order
                       saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])
     try:
-        warnings = lease_warning + plan.warnings + _restore_state(machine, snapshot, plan)
+        warnings = notes + plan.warnings + _restore_state(machine, snapshot, plan)
         for name, model in machine.device_models.items():
             if name in snapshot.devices:        # a format 1.0 core has no cmos or pci: reset state
                 model.load_state_bytes(snapshot.devices[name])
@@ -86,10 +99,28 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         machine.dirty.start(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
         if policy.memory == "background":
             ram.populate_in_background()
+        if policy.memory != "eager":
+            machine.memory_check = MemoryCheck(checks, [layer.fileno() for layer in layers])
+            machine.memory_check.start(lambda damage: machine.fail(
+                f"{_damaged([damage])}: the guest was stopped, having run on that memory"))
         return machine, warnings
     except BaseException:
         machine.close()
         raise
+
+
+def _check_integrity(snapshot: Snapshot) -> list:
+    """Each file's headers and notes checked against its digests, and the standard notes against
+    the private ones: RestoreError naming all damage, else the checks (for the memory's)."""
+    checks, disagree = verify.check_state(snapshot)
+    damage = verify.problems(checks, disagree)
+    if damage:
+        raise RestoreError(_damaged(damage))
+    return checks
+
+
+def _damaged(damage: list[str]) -> str:
+    return "not restored: the core is not what was written: " + "; ".join(damage)
 
 
 def _apply(ram: GuestRam, increment) -> None:

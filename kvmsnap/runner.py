@@ -125,6 +125,7 @@ class GuestSession:
             raise InputError('"quit" and "background" exclude each other: a guest that ends has no need to run '
                              "while its core is written")
         progress = _progress_lines(emit)
+        self._memory_checked()
         with self._one_save:            # each counts the pages written since the one before
             if not background:
                 with self._run_state:
@@ -143,6 +144,14 @@ class GuestSession:
                 self._writers_done.set()
         return {**_reply(result, t_resumed - t_paused, t0, quit=False, background=True, incremental_from=base),
                 "resumed_ms": round((t_resumed - t0) * 1000, 3)}
+
+    def _memory_checked(self) -> None:
+        """Wait until a restored guest's RAM has been checked against its core's digests: a save
+        must not give damaged memory a new, valid digest."""
+        check = self.machine.memory_check
+        if check is not None and check.wait():
+            raise KvmsnapError("not saved: this guest was restored from a core whose memory is damaged ("
+                               + "; ".join(check.messages()) + ")")
 
     def _detach_ram(self, detach) -> None:
         """The core guest RAM is mapped from is about to change: ``detach`` it once every save is

@@ -23,7 +23,7 @@ from kvmsnap.decode.bits import DecodeError
 from kvmsnap.errors import InputError
 from kvmsnap.formats import elf
 from kvmsnap.formats.kvmsnap import decode, is_kvmsnap
-from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf
+from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf, payload
 
 _ARCH_AT = elf.offsets(N.KvmsnapHeader)["arch"]
 
@@ -171,6 +171,7 @@ def _summarize_kvmsnap(snapshot) -> dict:
         base=None if snapshot.base is None else dict(
             path=snapshot.base.path, size=snapshot.base.size, state_blake3=snapshot.base.state_blake3.hex(),
             changed_runs=len(snapshot.changed), changed_bytes=sum(b - a for a, b in snapshot.changed)),
+        digest=_digest(info),
         devices=devices.summary(snapshot.devices),
         process=None,
         vmcoreinfo=next((linux.vmcoreinfo(n.desc) for n in info.elf.notes
@@ -180,6 +181,15 @@ def _summarize_kvmsnap(snapshot) -> dict:
         memory=memory_list(info.elf.loads),
         notes=note_list(info.elf.notes),
     )
+
+
+def _digest(info) -> dict | None:
+    """What the core's KVMSNAP_DIGEST covers (``kvmsnap verify`` checks it)."""
+    note = info.elf.notes[-1]
+    if (note.owner, note.type) != (N.OWNER_KVMSNAP, N.KVMSNAP_DIGEST):
+        return None
+    d = payload(info.path, note, N.KvmsnapDigest)
+    return dict(notes=d.nr_notes, chunks=d.nr_chunks, chunk_size=1 << d.chunk_shift, memory_offset=d.memory_offset)
 
 
 def _decoded_vcpus(path: str, package, notes, count: int) -> Lazy:

@@ -103,6 +103,7 @@ def mask_volatile(key, desc: bytes) -> bytes:
             off = 16 + 16 * i
             if struct.unpack_from("<I", d, off)[0] in COUNTER_MSRS:   # count on by themselves
                 d[off + 8:off + 16] = bytes(8)
-    elif ntype in (notes.KVMSNAP_CLOCK, notes.KVMSNAP_PIT, notes.KVMSNAP_HEADER):
-        return b""            # kvmclock and PIT load time are clocks; the header names the producer run
+    elif ntype in (notes.KVMSNAP_CLOCK, notes.KVMSNAP_PIT, notes.KVMSNAP_HEADER, notes.KVMSNAP_DIGEST):
+        return b""            # kvmclock and PIT load time are clocks; the header names the producer run;
+        #                       the digests change with any of these
     return bytes(d)

@@ -17,7 +17,7 @@ def one_line_error(result, code, *words):
         assert w in lines[0], lines[0]
 
 
-COMMANDS = ("diff", "flatten", "inspect", "mem", "restore", "run", "samples", "save")
+COMMANDS = ("diff", "flatten", "inspect", "mem", "restore", "run", "samples", "save", "verify")
 
 
 def test_help_lists_every_command_untruncated():

@@ -94,9 +94,10 @@ def test_notes_order_and_types(core_path):
     keys = [(n.owner, n.type) for n in notes]
     first_prstatus = keys.index(("CORE", N.NT_PRSTATUS))
     assert all(n.vcpu is None for n in notes[:first_prstatus])
-    per_vcpu = keys[first_prstatus:]
+    per_vcpu = keys[first_prstatus:-1]
     assert per_vcpu == list(VCPU_NOTES) * 2
-    assert [n.vcpu for n in notes[first_prstatus:]] == [0] * 14 + [1] * 14
+    assert [n.vcpu for n in notes[first_prstatus:-1]] == [0] * 14 + [1] * 14
+    assert keys[-1] == ("KVMSNAP", N.KVMSNAP_DIGEST) and notes[-1].vcpu is None
     # private types cannot collide with CORE/LINUX types (readelf labels core notes by type)
     for owner, n_type in keys:
         if owner == "KVMSNAP":
@@ -321,7 +322,7 @@ def test_readelf_clean(core_path, cmd):
     text = (out.stdout + out.stderr).lower()
     assert "warning" not in text and "error" not in text, text[:2000]
     if cmd[-1] == "-n":
-        assert out.stdout.count("KVMSNAP") == 11 + 2 * 10     # VM-wide notes, then 10 per vCPU
+        assert out.stdout.count("KVMSNAP") == 11 + 2 * 10 + 1     # VM-wide notes, 10 per vCPU, the digest
         assert out.stdout.count("CORE") == 4
 
 
@@ -796,10 +797,10 @@ def test_random_corruption_never_escapes(core_path):
     notes_end = 64 + 56 * 3 + struct.unpack_from("<Q", data, 64 + 32)[0]
     rng = random.Random(1234)
     for _ in range(300):
-        mutated = bytearray(data[:0x6000])
+        mutated = bytearray(data[:notes_end])
         for _ in range(rng.randint(1, 4)):
             mutated[rng.randrange(notes_end)] = rng.randrange(256)
-        core_path.write_bytes(bytes(mutated) + data[0x6000:])
+        core_path.write_bytes(bytes(mutated) + data[notes_end:])
         try:
             read_core(core_path)
         except CoreFormatError as e:

@@ -165,6 +165,8 @@ PRIVATE_SAMPLES = {
     N.KVMSNAP_ACPI_PM: dict(acpi_pm=_pattern(4)),
     N.KVMSNAP_UART_INPUT: dict(reserved=0, input=b"typed\n"),
     N.KVMSNAP_BASE: dict(base_size=1 << 30, state_blake3=bytes(range(32)), path="/var/lib/vm/base.core"),
+    N.KVMSNAP_DIGEST: dict(chunk_shift=21, memory_offset=0x6000, reserved=0, headers=_pattern(32),
+                           notes=_pattern(64), chunks=_pattern(96), own=_pattern(32)),
     N.KVMSNAP_SREGS: dict(flags=1, reserved=0, sregs=_pattern(320)),
     N.KVMSNAP_XSAVE: dict(reserved=0, xsave=_pattern(4096)),
     N.KVMSNAP_XCRS: dict(xcrs=_pattern(392)),

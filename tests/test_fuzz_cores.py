@@ -8,7 +8,7 @@ sets a 2/4/8-byte field to a boundary value, truncates, or appends; offsets lean
 header, the program headers, the notes (every header field and the first words of every
 descriptor) and the page tables in guest RAM.  Each mutated file goes through read_core,
 summarize (+ render_text, JSON), CoreMemory.open (+ read_phys/read_virt), diff (+ render_diff),
-and, for the kvmsnap core, the increment that names it as its base.
+verify (digests and standard notes, restore's checks before it creates anything), and, for the kvmsnap core, the increment that names it as its base.
 
 The default run is small and reproducible (derandomized, no example database): 40 examples per
 target, about 40 s.  A longer campaign, random from a seed (about 0.1-0.4 s an example):
@@ -46,6 +46,7 @@ from kvmsnap.memory import PAGE_SIZE
 from kvmsnap.memory.core import CoreMemory
 from kvmsnap.state import Base
 from kvmsnap.summary import summarize
+from kvmsnap.verify import verify
 
 from conftest import seconds
 from synthetic import (CODE, HIGH_BASE, MiB, PD, PDPT, PDPT_HIGH, PML4, RIP, identity_page_tables,
@@ -416,8 +417,11 @@ def exercise(seed: Seed, path: str, swap: bool = False, extra: tuple[int, ...] =
     attempt("summarize + render_text", inspect)
     attempt("CoreMemory.open", memory(path))
     attempt("diff" + (" (mutated first)" if swap else ""), compare)
+    if seed.name in ("kvmsnap", "increment"):
+        attempt("verify", lambda: json.dumps(verify(path)))
     for increment in seed.chain:
         attempt(f"read_core({os.path.basename(increment)})", lambda: read_core(increment).close())
+        attempt(f"verify({os.path.basename(increment)})", lambda: verify(increment))
         attempt(f"CoreMemory.open({os.path.basename(increment)})", memory(increment, (0,)))
     return outcome
 

@@ -27,7 +27,7 @@ def test_summary_of_kvmsnap_core(core_path):
     s = summarize(core_path)
     json.dumps(s)                                   # JSON-ready
     assert s["kind"] == "kvmsnap" and s["arch"] == "x86_64" and s["producer"] == "kvmsnap test"
-    assert s["format"] == {"major": 1, "minor": 3} and s["host_kernel"] == "6.1.0-test"
+    assert s["format"] == {"major": 1, "minor": 4} and s["host_kernel"] == "6.1.0-test"
     assert s["config"] == {"guest": "hello", "mem_size": 8 << 20, "vcpus": 2}
     assert [(c["name"], c["offset"], c["size"]) for c in s["xsave_layout"]] == [
         ("avx", 576, 256), ("opmask", 1088, 64), ("zmm_hi256", 1152, 512), ("hi16_zmm", 1664, 1024)]

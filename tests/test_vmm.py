@@ -2,6 +2,7 @@
 import os
 import socket
 import stat
+import tempfile
 import time
 
 import pytest
@@ -50,7 +51,9 @@ def test_status_reports_configuration(guest):
 
 
 def test_control_socket_is_private(guest):
-    g = guest("counter", "--mem", "32M")
+    shared = tempfile.mkdtemp(prefix="kvmsnap-sock-")        # a directory another user can enter
+    os.chmod(shared, 0o755)
+    g = guest("counter", "--mem", "32M", sock=os.path.join(shared, "ctl.sock"))
     assert stat.S_IMODE(os.stat(g.sock).st_mode) == 0o600
     # an unknown command is an error reply, and the server keeps serving
     with socket.socket(socket.AF_UNIX) as s:
@@ -60,7 +63,35 @@ def test_control_socket_is_private(guest):
         assert b"unknown command" in f.readline()
         assert b"not JSON" in f.readline()
     assert g.request("status")["state"] == "running"
+    # another user who gets past the file mode (here: it is opened to all) is still not served:
+    # the VMM checks the peer's uid (SO_PEERCRED) and hangs up without a reply
+    os.chmod(g.sock, 0o666)
+    other = 65534 if os.getuid() != 65534 else 65533
+    pid = os.fork()
+    if pid == 0:                                    # the other user, in a child
+        try:
+            os.setresgid(other, other, other)
+            os.setresuid(other, other, other)
+        except PermissionError:
+            os._exit(2)
+        code = 3
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(g.sock)
+                s.sendall(b'{"cmd": "quit"}\n')
+                code = 0 if s.recv(100) == b"" else 1    # closed, no reply
+        except (ConnectionResetError, BrokenPipeError):
+            code = 0                                     # hung up on, the request unread
+        finally:
+            os._exit(code)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if status == 2:
+        pytest.skip("cannot become another user here (not root): the uid check is not exercised")
+    assert status == 0
+    assert g.request("status")["state"] == "running"      # the other user's quit was not taken
     assert g.quit() == 0
+    os.rmdir(shared)
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo", "directory", "symlink"])

@@ -23,7 +23,7 @@ from ..errors import InputError, Interrupted, KvmsnapError  # noqa: E402
 from . import render  # noqa: E402
 
 #: One module per command, ``kvmsnap.cli.<name>``, defining the click command ``<name>``.
-COMMANDS = ("diff", "flatten", "inspect", "mem", "restore", "run", "samples", "save")
+COMMANDS = ("diff", "flatten", "inspect", "mem", "restore", "run", "samples", "save", "verify")
 
 
 class LazyGroup(click.Group):
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
         result = cli.main(args=argv, prog_name="kvmsnap", standalone_mode=False)
         if isinstance(result, render.Result):
             render.emit(result)
-            result = 0
+            result = result.status
     except click.UsageError as e:
         command = e.ctx.command_path if e.ctx else "kvmsnap"
         render.fail(f"{e.format_message()} (see '{command} --help')", 2)

@@ -13,9 +13,11 @@ _json = False
 
 class Result(NamedTuple):
     """A command's answer: ``data`` (what ``--json`` prints) and ``text(data)``, its text form
-    (``bytes`` are written to stdout as they are; an iterator of strings, block by block)."""
+    (``bytes`` are written to stdout as they are; an iterator of strings, block by block), and the
+    exit status once printed (1: the answer is "no", as ``verify`` of a damaged core)."""
     data: Any
     text: Callable[[Any], str | bytes]
+    status: int = 0
 
 
 def json_option(f):

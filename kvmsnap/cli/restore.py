@@ -16,18 +16,22 @@ from .run import GuestFailed, open_console, save_on_fault_option, vmlinux_option
               help="background: map guest RAM copy-on-write from CORE and copy it in from a thread while the "
                    "guest runs (starts at once, full speed soon after); lazy: map it only (each page is copied "
                    "on its first write); eager: read it all before the guest starts.")
+@click.option("--no-verify", is_flag=True,
+              help="Do not check CORE against its digests (headers and notes before anything is created; memory "
+                   "before the guest runs with --memory eager, else from a thread while it runs, stopping it "
+                   "if damaged).")
 @click.option("--allow-missing-msrs", is_flag=True,
               help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
 @click.option("--allow-missing-features", is_flag=True,
               help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
 @save_on_fault_option
 @vmlinux_option
-def restore(core, console, control, paused, memory_mode, allow_missing_msrs, allow_missing_features,
+def restore(core, console, control, paused, memory_mode, no_verify, allow_missing_msrs, allow_missing_features,
             save_on_fault, vmlinux):
     """Restore the guest saved in CORE and run it on.
 
-    The whole file is validated and checked against this host (vCPUs, CPUID features, XCR0 and
-    XSAVE size, MSRs) before anything is created; guest RAM is mapped copy-on-write from CORE
+    The whole file is validated, checked against its digests (see --no-verify) and against this
+    host (vCPUs, CPUID features, XCR0 and XSAVE size, MSRs) before anything is created; guest RAM is mapped copy-on-write from CORE
     (or read, with --memory eager), which is never modified. Every register set is read back
     and compared after restoring.
     """
@@ -35,7 +39,7 @@ def restore(core, console, control, paused, memory_mode, allow_missing_msrs, all
     from ..restore import Policy, restore as restore_core
     from ..runner import GuestSession
     policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
-                    memory=memory_mode)
+                    memory=memory_mode, verify=not no_verify)
     symbols = KernelSymbols(vmlinux) if vmlinux else None
     with open_console(console) as sink:
         machine, warnings = restore_core(core, sink, policy)

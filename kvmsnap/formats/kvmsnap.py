@@ -17,7 +17,7 @@ from kvmsnap.memory.vmcoreinfo import find_vmcoreinfo
 from kvmsnap.state import Base, CoreInfo, MachineConfig, Snapshot
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 3
+FORMAT_MINOR = 4
 MAX_VCPUS = 4096
 MAX_CHAIN = 256                      # increments over one full core at most
 
@@ -290,6 +290,29 @@ def state_blake3(path, image: ElfCore) -> bytes:
     if len(data) != end:
         raise CoreFormatError(path, len(data), "the file ends inside its notes (changed while read?)")
     return blake3.blake3(data).digest()
+
+
+def standard_notes_disagree(snapshot: Snapshot) -> list[str]:
+    """Each standard note (what gdb, crash and drgn read: NT_PRSTATUS, NT_FPREGSET, NT_X86_XSTATE,
+    QEMU's, the XSAVE layout) whose bytes are not what the state restore loads from the private
+    notes gives, in words."""
+    notes = arch.by_name(snapshot.arch).notes
+    found: dict = {}
+    for n in snapshot.info.elf.notes:
+        if n.owner != N.OWNER_KVMSNAP:
+            found.setdefault((n.vcpu, n.owner, n.type), n)
+    problems = []
+    for v in [None, *snapshot.vcpus]:
+        made = notes.process_notes(snapshot.vcpus) if v is None else notes.vcpu_notes(v)
+        for owner, n_type, desc in made:
+            note = found.get((None if v is None else v.index, owner, n_type))
+            if owner == N.OWNER_KVMSNAP or note is None or note.desc == desc:
+                continue
+            at = next((i for i, (a, b) in enumerate(zip(note.desc, desc)) if a != b), min(len(desc), note.size))
+            who = "" if v is None else f"vCPU {v.index}: "
+            problems.append(f"{who}{note.type_name} (what debuggers read) differs from the state restore loads from "
+                            f"the KVMSNAP notes, from file offset 0x{note.desc_offset + at:x}")
+    return problems
 
 
 def _check_segments(image: ElfCore) -> None:

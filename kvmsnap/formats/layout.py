@@ -4,20 +4,22 @@
     Elf64_Phdr[e_phnum]                 PT_NOTE, virtual PT_LOADs (vaddr order), physical PT_LOADs
     notes                               KVMSNAP_HEADER, VM-wide KVMSNAP notes, then per vCPU:
                                         NT_PRSTATUS, NT_FPREGSET, NT_X86_XSTATE, QEMU, KVMSNAP_*
+                                        KVMSNAP_DIGEST (last, filled in once the memory is written)
     zero padding to 4096
     RAM of slot 0, slot 1, ...          page-aligned, sparse (all-zero pages are holes)
 
 An increment (``snapshot.base`` set) has no guest-virtual PT_LOADs, and one physical PT_LOAD per
 changed run instead of one per slot; its KVMSNAP_MEMORY_MAP slots point at no PT_LOAD (NO_PHDR).
 
-Every note's file offset is known before anything is written, so a note can be patched in place
-after the memory (the reserved KVMSNAP_DIGEST slot is meant for that).
+Every note's file offset is known before anything is written, so the digest note, whose size
+depends only on the number of notes and of memory chunks, is filled in after the memory.
 """
 import bisect
 from dataclasses import dataclass
 
 from kvmsnap import arch
-from kvmsnap.formats import elf
+from kvmsnap import notes as N
+from kvmsnap.formats import digest, elf
 from kvmsnap.formats.kvmsnap import encode
 from kvmsnap.memory import PAGE_SIZE, Slot
 from kvmsnap.notes import NO_PHDR
@@ -38,6 +40,7 @@ class Layout:
     header: bytes                           # Ehdr + Phdrs + notes + padding to the first page
     placements: list[tuple[Slot, int]]      # each memory slot and the file offset of its bytes
     note_offsets: list[int]                 # file offset of each note header, in note order
+    memory_offset: int                      # where the first slot's bytes start (chunks of the digest)
     total_size: int
     virtual_segments: int
     virtual_truncated: bool
@@ -68,14 +71,18 @@ def plan(snapshot: Snapshot, *, producer: str, host_kernel: str,
         raise ValueError(f"{phnum} program headers: at most {MAX_PHNUM}")
     notes = [note_bytes(*n) for n in encode(snapshot, phdr_of_slot, producer=producer,
                                             host_kernel=host_kernel)]
+    memory_size = sum(elf.align(s.size, PAGE_SIZE) for s in slots)
+    notes.append(_digest_note(len(notes), 0, memory_size))
     notes_offset = elf.Elf64_Ehdr.sizeof() + phnum * elf.Elf64_Phdr.sizeof()
     note_offsets, offset = [], notes_offset
     for n in notes:
         note_offsets.append(offset)
         offset += len(n)
     notes_size = offset - notes_offset
+    memory_offset = elf.align(notes_offset + notes_size, PAGE_SIZE)
+    notes[-1] = _digest_note(len(notes) - 1, memory_offset, memory_size)
 
-    placements, offset = [], elf.align(notes_offset + notes_size, PAGE_SIZE)
+    placements, offset = [], memory_offset
     for s in slots:
         placements.append((s, offset))
         offset = elf.align(offset + s.size, PAGE_SIZE)
@@ -102,8 +109,12 @@ def plan(snapshot: Snapshot, *, producer: str, host_kernel: str,
         e_version=elf.EV_CURRENT, e_entry=0, e_phoff=elf.Elf64_Ehdr.sizeof(), e_shoff=0,
         e_flags=0, e_ehsize=elf.Elf64_Ehdr.sizeof(), e_phentsize=elf.Elf64_Phdr.sizeof(),
         e_phnum=phnum, e_shentsize=0, e_shnum=0, e_shstrndx=0))
-    return Layout(ehdr + b"".join(phdrs) + b"".join(notes), placements, note_offsets, offset,
+    return Layout(ehdr + b"".join(phdrs) + b"".join(notes), placements, note_offsets, memory_offset, offset,
                   len(virtual), truncated)
+
+
+def _digest_note(nr_notes: int, memory_offset: int, memory_size: int) -> bytes:
+    return note_bytes(N.OWNER_KVMSNAP, N.KVMSNAP_DIGEST, digest.placeholder(nr_notes, memory_offset, memory_size))
 
 
 def _virtual_ranges(snapshot: Snapshot, slots: list[Slot], limit: int):

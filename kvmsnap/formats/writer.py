@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from kvmsnap.formats import digest
 from kvmsnap.formats.kvmsnap import check
 from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS, Layout, plan
 from kvmsnap.memory import PAGE_SIZE, GuestMemory
@@ -38,38 +39,46 @@ def _pwrite_all(fd: int, data, offset: int) -> int:
     return done
 
 
-def write(layout: Layout, memory: GuestMemory, fd: int, progress=None) -> int:
+def write(layout: Layout, memory: GuestMemory, fd: int, progress=None) -> tuple[int, bytes]:
     """Headers, notes and every non-zero page of ``memory`` into ``fd``; zero pages stay holes.
     Only the runs ``memory.data_runs`` names are read, 2 MiB at a time: straight from where the
     memory holds them when it can say (``buffer_at``: live RAM), else through a copy; a chunk
-    with no zero page in it is one write, any other is written page by page.
+    with no zero page in it is one write, any other is written page by page.  Each chunk is
+    hashed as it is written, and the digest note written last.
     ``progress(done, total)`` is called after each 2 MiB of the slots.  Returns the bytes
-    written."""
+    written and the headers and notes as written."""
     written = _pwrite_all(fd, layout.header, 0)
     total = sum(s.size for s, _ in layout.placements)
     done = 0
-    chunk = bytearray(ZERO_CHUNK)
-    for slot, file_offset in layout.placements:
-        runs, i = list(memory.data_runs(slot.gpa, slot.end)), 0
-        for start in range(slot.gpa, slot.end, ZERO_CHUNK):
-            end = min(start + ZERO_CHUNK, slot.end)
-            while i < len(runs) and runs[i][1] <= start:
-                i += 1
-            for run_start, run_end in runs[i:]:
-                if run_start >= end:
-                    break
-                lo, hi = max(start, run_start), min(end, run_end)
-                place = memory.buffer_at(lo, hi - lo)
-                if place is None:
-                    with memoryview(chunk) as view:
-                        memory.read_into(lo, view[:hi - lo])
-                    place = chunk, 0
-                written += _write_nonzero(fd, *place, hi - lo, file_offset + lo - slot.gpa)
-            if progress is not None:
-                progress(done + end - slot.gpa, total)
-        done += slot.size
+    hasher = digest.ChunkHasher(layout.memory_offset, layout.total_size,
+                                digest.chunk_shift(layout.total_size - layout.memory_offset))
+    try:
+        for slot, file_offset in layout.placements:
+            runs, i = list(memory.data_runs(slot.gpa, slot.end)), 0
+            for start in range(slot.gpa, slot.end, ZERO_CHUNK):
+                end = min(start + ZERO_CHUNK, slot.end)
+                while i < len(runs) and runs[i][1] <= start:
+                    i += 1
+                for run_start, run_end in runs[i:]:
+                    if run_start >= end:
+                        break
+                    lo, hi = max(start, run_start), min(end, run_end)
+                    place = memory.buffer_at(lo, hi - lo)
+                    if place is None:               # a copy of its own: the hasher holds it a while
+                        place = bytearray(hi - lo), 0
+                        memory.read_into(lo, memoryview(place[0]))
+                    at = file_offset + lo - slot.gpa
+                    written += _write_nonzero(fd, *place, hi - lo, at)
+                    hasher.feed(at, memoryview(place[0])[place[1]:place[1] + hi - lo])
+                if progress is not None:
+                    progress(done + end - slot.gpa, total)
+            done += slot.size
+        header = digest.seal(layout.header, layout.note_offsets, hasher.finish())
+    finally:
+        hasher.close()
     os.ftruncate(fd, layout.total_size)
-    return written
+    _pwrite_all(fd, header[layout.note_offsets[-1]:], layout.note_offsets[-1])
+    return written, header
 
 
 def _write_nonzero(fd: int, buffer, at: int, length: int, offset: int) -> int:
@@ -147,7 +156,7 @@ def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, pro
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            written = write(layout, snapshot.memory, fd, progress)
+            written, header = write(layout, snapshot.memory, fd, progress)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -165,4 +174,4 @@ def write_core(snapshot: Snapshot, path, *, producer: str, host_kernel: str, pro
     return WriteResult(path=path, bytes_written=written, size_on_disk=st.st_blocks * 512,
                        apparent_size=st.st_size, virtual_segments=layout.virtual_segments,
                        virtual_truncated=layout.virtual_truncated, leftovers_removed=removed,
-                       state_blake3=blake3.blake3(layout.header).hexdigest())
+                       state_blake3=blake3.blake3(header).hexdigest())

@@ -55,6 +55,7 @@ class Machine:
         self.vcpus = []
         self.assist = None          # what the VMM completes for a KVM that emulates guest kernel mode
         self.memory = memory
+        self.memory_check = None    # a restore's check of RAM against the core's digests, while it runs
         self.kvm = Kvm()
         try:
             self._build(memory)
@@ -162,9 +163,9 @@ class Machine:
                 self._exits.handle(vcpu, reason)
                 pending = True
         except GuestStopped as stop:
-            self._fail(str(stop) + fault_context(vcpu, self.uart, self.symbols) if stop.error else None)
+            self.fail(str(stop) + fault_context(vcpu, self.uart, self.symbols) if stop.error else None)
         except Exception as e:          # any failure stops the whole machine with its message
-            self._fail(f"vCPU {vcpu.index}: {e}")
+            self.fail(f"vCPU {vcpu.index}: {e}")
 
     def _complete(self, vcpu) -> None:
         """Let KVM finish the exit just handled (api.rst: an I/O or MMIO exit is complete, and RIP
@@ -247,7 +248,8 @@ class Machine:
             t.join()
         self.uart.flush()
 
-    def _fail(self, message: str | None) -> None:
+    def fail(self, message: str | None) -> None:
+        """Stop the guest (from any thread); ``message`` is why, unless an error came first."""
         with self._cond:
             if message and self.error is None:
                 self.error = message
@@ -268,6 +270,8 @@ class Machine:
     def close(self) -> None:
         """Release every file descriptor and the guest RAM (after ``stop``); safe on a machine
         whose construction failed part-way."""
+        if self.memory_check is not None:
+            self.memory_check.close()
         for vcpu in self.vcpus:
             vcpu.close()
         if self.vm is not None:
