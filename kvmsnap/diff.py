@@ -19,6 +19,7 @@ def diff(a_path, b_path) -> dict:
     with CoreMemory.open(a_path) as ma, CoreMemory.open(b_path) as mb:
         memory = _memory(ma, mb)
     sa, sb = summary.summarize(a_path), summary.summarize(b_path)
+    notes = _notes(sa.pop("notes"), sb.pop("notes"))         # and let go of both lists
     registers = []
     vcpus_b = sb["vcpus"]
     for i, va in enumerate(sa["vcpus"]):            # one vCPU of each at a time: thousands fit
@@ -29,7 +30,6 @@ def diff(a_path, b_path) -> dict:
             registers += _compare(va["id"], _flatten(va["sections"]), _flatten(vb["sections"]))
     registers += _compare(None, _flatten(sa.get("devices") or {}, "devices"),
                           _flatten(sb.get("devices") or {}, "devices"))
-    notes = _notes(sa["notes"], sb["notes"])
     return dict(a=sa["file"], b=sb["file"],
                 vcpus=dict(a=len(sa["vcpus"]), b=len(sb["vcpus"])),
                 registers=registers, notes=notes, memory=memory,
@@ -88,19 +88,17 @@ def _notes(a_list, b_list) -> list[dict]:
                 continue
             key = (entry["vcpu"], entry["owner"], entry["type"])
             seen[key] = seen.get(key, -1) + 1
-            out[key + (seen[key],)] = entry
+            out[key + (seen[key],)] = (entry["blake3"], entry["type_name"], entry["size"])   # not the whole dict
         return out
     a, b = keyed(a_list), keyed(b_list)
     changes = []
     for key in list(a) + [k for k in b if k not in a]:
         ea, eb = a.get(key), b.get(key)
-        if ea and eb and ea["blake3"] == eb["blake3"]:
+        if ea and eb and ea[0] == eb[0]:
             continue
         status = "changed" if ea and eb else ("only in a" if ea else "only in b")
-        changes.append(dict(vcpu=key[0], owner=key[1], type=key[2],
-                            type_name=(ea or eb)["type_name"], status=status,
-                            size_a=ea["size"] if ea else None,
-                            size_b=eb["size"] if eb else None))
+        changes.append(dict(vcpu=key[0], owner=key[1], type=key[2], type_name=(ea or eb)[1], status=status,
+                            size_a=ea[2] if ea else None, size_b=eb[2] if eb else None))
     return changes
 
 

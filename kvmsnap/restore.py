@@ -3,8 +3,9 @@ The architecture says what to check and in which order to set things (for x86:
 ``kvmsnap.arch.x86_64.host``, ``.vm`` and ``.vcpu``; docs/restore.md gives the order and its
 sources); this module orders the whole:
 
-1. validate the whole file, check its headers and notes against their digests (and the standard
-   notes against the private ones), and check this host (nothing is created before all pass);
+1. check the named file's headers and notes against its digests, validate it, find and validate
+   its bases, check theirs too and the standard notes against the private ones, and check this
+   host (nothing is created before all pass);
 2. map (or read) guest RAM from the full core, write each increment's pages over it (a chain of
    increments), check the memory against its digests (before the guest runs when RAM is read
    eagerly, else from a thread while it runs, stopping it on damage), and build the machine;
@@ -14,11 +15,13 @@ sources); this module orders the whole:
 """
 import dataclasses
 import errno
+import time
 from dataclasses import dataclass
 
 from kvmsnap import arch, verify
 from kvmsnap.errors import KvmsnapError
-from kvmsnap.formats.kvmsnap import read_core, state_blake3
+from kvmsnap.formats.kvmsnap import decode, state_blake3, with_base
+from kvmsnap.formats.reader import parse_elf
 from kvmsnap.kvm import Cap, Kvm, KvmError
 from kvmsnap.memory.ram import GuestRam, LeaseUnavailable
 from kvmsnap.state import Base, Snapshot
@@ -43,8 +46,14 @@ class Policy:
 def restore(core_path, console, policy: Policy) -> tuple[Machine, list[str]]:
     """A machine holding the core's state, read back and checked, its vCPUs not yet run; and the
     warnings of what the policy let through."""
-    with read_core(core_path) as snapshot:
-        return build_machine(snapshot, console, policy)
+    began = time.monotonic()
+    image = parse_elf(core_path)
+    if policy.verify:           # the named file's own digests first: a damaged note is named as such
+        _refuse_damage([verify.check_file(image)], [])
+    with with_base(decode(image)) as snapshot:
+        machine, warnings = build_machine(snapshot, console, policy)
+    machine.restore_began = began
+    return machine, warnings
 
 
 def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine, list[str]]:
@@ -113,10 +122,14 @@ def _check_integrity(snapshot: Snapshot) -> list:
     """Each file's headers and notes checked against its digests, and the standard notes against
     the private ones: RestoreError naming all damage, else the checks (for the memory's)."""
     checks, disagree = verify.check_state(snapshot)
+    _refuse_damage(checks, disagree)
+    return checks
+
+
+def _refuse_damage(checks: list, disagree: list[str]) -> None:
     damage = verify.problems(checks, disagree)
     if damage:
         raise RestoreError(_damaged(damage))
-    return checks
 
 
 def _damaged(damage: list[str]) -> str:

@@ -89,7 +89,10 @@ class GuestSession:
         m = self.machine
         return {"state": "paused" if m.paused else ("running" if m.running else "stopped"),
                 "guest": m.config.guest, "mem_size": m.config.mem_size, "vcpus": m.config.vcpus,
-                "uptime_s": round(time.monotonic() - self.started, 3), "pid": os.getpid()}
+                "uptime_s": round(time.monotonic() - self.started, 3), "pid": os.getpid(),
+                "memory_check": m.memory_check.status() if m.memory_check else None,
+                "first_run_ms": round((m.first_run_at - m.restore_began) * 1000, 3)
+                if m.restore_began and m.first_run_at else None}
 
     def _pause(self, _req, _emit) -> dict:
         with self._run_state:
@@ -154,8 +157,11 @@ class GuestSession:
                                + "; ".join(check.messages()) + ")")
 
     def _detach_ram(self, detach) -> None:
-        """The core guest RAM is mapped from is about to change: ``detach`` it once every save is
-        complete (a background writer maps it too) and with the guest paused."""
+        """The core guest RAM is mapped from is about to change: ``detach`` it once its memory is
+        checked against its digests (the writer waits while the lease is held) and every save is
+        complete (a background writer maps it too), with the guest paused."""
+        if self.machine.memory_check is not None:
+            self.machine.memory_check.wait()
         with self._one_save, self._run_state, self._paused():
             detach()
 

@@ -1,7 +1,7 @@
 """One snapshot type: what capture produces, the core writer consumes, the core reader produces and
 restore consumes.  vCPU state is the architecture's (``kvmsnap.arch.<arch>.state``), raw kernel
 structs as KVM returns them; devices carry their state as named blobs (docs/core-format.md)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvmsnap.memory import GuestMemory
@@ -44,6 +44,7 @@ class Snapshot:
     base: Base | None = None         # an increment's base: its memory holds only ``changed``
     changed: list | None = None      # an increment's (start, end) guest-physical runs: pages
     #                                  written since the base; every other page is the base's
+    chain: list = field(default_factory=list)   # an increment's bases read through, whole core first
 
     def close(self) -> None:
         self.memory.close()

@@ -8,11 +8,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kvmsnap import notes as N
 from kvmsnap.formats import digest
 from kvmsnap.formats.digest import Damage, Digest
-from kvmsnap.formats.kvmsnap import is_kvmsnap, read_core, standard_notes_disagree
-from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf, payload
+from kvmsnap.formats.kvmsnap import header, read_core, standard_notes_disagree
+from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf
 
 DIGESTS_SINCE = (1, 4)          # the format version from which every core carries KVMSNAP_DIGEST
 
@@ -31,7 +30,9 @@ class FileCheck:
 
 
 def check_file(image: ElfCore) -> FileCheck:
-    """The headers and notes of one kvmsnap core against its digest note."""
+    """The headers and notes of one kvmsnap core against its digest note; CoreFormatError if it is
+    not a core of a format this kvmsnap reads."""
+    h = header(image)
     last = image.notes[-1]
     try:
         found = digest.find(image)
@@ -40,8 +41,7 @@ def check_file(image: ElfCore) -> FileCheck:
                                               e.what.rstrip("."))])
     if found is not None:
         return FileCheck(image, found, digest.check_state(image, found))
-    header = payload(image.path, image.notes[0], N.KvmsnapHeader)
-    version = (header.format_major, header.format_minor)
+    version = (h.format_major, h.format_minor)
     if version >= DIGESTS_SINCE:
         return FileCheck(image, None, [Damage("digest", last.offset, last.desc_offset + last.size,
                                               f"the last note, {last.type_name}: a format {version[0]}."
@@ -53,7 +53,7 @@ def check_file(image: ElfCore) -> FileCheck:
 def check_state(snapshot) -> tuple[list[FileCheck], list[str]]:
     """Every file of the snapshot's chain checked (base first), and the standard notes that
     disagree with the private ones."""
-    checks = [check_file(layer.image) for layer in snapshot.memory.layers()]
+    checks = [check_file(info.elf) for info in snapshot.chain + [snapshot.info]]
     return checks, standard_notes_disagree(snapshot)
 
 
@@ -76,6 +76,7 @@ class MemoryCheck:
         self._thread: threading.Thread | None = None
         self.damage: list[tuple[str, Damage]] = []     # (file, damaged chunk)
         self.seconds = 0.0
+        self._done = threading.Event()
 
     def run(self, progress=None) -> list[str]:
         """Check every chunk; the damage found, one item per chunk, naming the file."""
@@ -85,7 +86,12 @@ class MemoryCheck:
                 continue
             self.damage += [(image.path, d) for d in digest.check_memory(image, found, fd, progress, self._stop.is_set)]
         self.seconds = time.monotonic() - t0
+        self._done.set()
         return self.messages()
+
+    def status(self) -> dict:
+        """How far the check is, for the control socket's ``status``."""
+        return {"done": self._done.is_set(), "damaged": len(self.damage), "seconds": round(self.seconds, 3)}
 
     def messages(self) -> list[str]:
         return [f"{path}: {damage}" for path, damage in self.damage]
@@ -117,10 +123,7 @@ class MemoryCheck:
 def verify(path, progress=None) -> dict:
     """Check the core at ``path`` and every base it reads through: its structure (CoreFormatError
     if that fails), each file's digests, and the standard notes against the private ones."""
-    image = parse_elf(path)
-    if not is_kvmsnap(image):
-        raise CoreFormatError(image.path, None, "not a kvmsnap core: only kvmsnap's cores carry digests to verify")
-    top = check_file(image)
+    top = check_file(parse_elf(path))
     if top.damage:                  # its notes cannot be trusted to find a base: this file alone
         return _check_memory([top], [], progress)
     with read_core(path) as snapshot:

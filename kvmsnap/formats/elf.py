@@ -203,20 +203,32 @@ class NoteError(ValueError):
         self.offset = offset
 
 
-def iter_notes(data: bytes, note_align: int = 4):
-    """``(offset, owner, n_type, desc offset, desc)`` of each note in a PT_NOTE's bytes (names and
-    descriptors padded to ``note_align``); NoteError at the first one that does not fit."""
+def iter_notes(stream, length: int, note_align: int = 4):
+    """``(offset, owner, n_type, desc offset, desc)`` of each note in ``length`` bytes of a PT_NOTE
+    read from ``stream`` (a file at the segment, or ``io.BytesIO``), note by note so that nothing
+    is held twice; names and descriptors padded to ``note_align``.  NoteError at the first note
+    that does not fit."""
     pos = 0
-    while pos < len(data):
-        if len(data) - pos < NHDR_SIZE:
-            raise NoteError(pos, f"{len(data) - pos} stray bytes at the end of PT_NOTE (shorter "
+    while pos < length:
+        if length - pos < NHDR_SIZE:
+            raise NoteError(pos, f"{length - pos} stray bytes at the end of PT_NOTE (shorter "
                                  "than a note header)")
-        h = _NHDR(data[pos:pos + NHDR_SIZE])
+        h = _NHDR(_read(stream, NHDR_SIZE, pos))
         name_at = pos + NHDR_SIZE
         desc_at = name_at + align(h.n_namesz, note_align)
-        if desc_at + h.n_descsz > len(data):
+        if desc_at + h.n_descsz > length:
             raise NoteError(pos, f"note (namesz {h.n_namesz}, descsz {h.n_descsz}) extends past "
                                  "the end of PT_NOTE")
-        owner = data[name_at:name_at + h.n_namesz].split(b"\0", 1)[0].decode("ascii", "replace")
-        yield pos, owner, h.n_type, desc_at, data[desc_at:desc_at + h.n_descsz]
-        pos = min(desc_at + align(h.n_descsz, note_align), len(data))
+        name = _read(stream, desc_at - name_at, pos)
+        owner = name[:h.n_namesz].split(b"\0", 1)[0].decode("ascii", "replace")
+        end = min(desc_at + align(h.n_descsz, note_align), length)
+        desc = _read(stream, end - desc_at, pos)
+        yield pos, owner, h.n_type, desc_at, desc[:h.n_descsz]
+        pos = end
+
+
+def _read(stream, n: int, pos: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise NoteError(pos, "the file ends inside this note (changed while read?)")
+    return data

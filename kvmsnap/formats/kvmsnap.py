@@ -117,6 +117,7 @@ def with_base(snapshot: Snapshot, depth: int = 0) -> Snapshot:
                                           "architecture")
     from kvmsnap.memory.chain import ChainMemory
     snapshot.memory = ChainMemory(below.memory, snapshot.memory)
+    snapshot.chain = below.chain + [below.info]
     return snapshot
 
 
@@ -162,6 +163,22 @@ def is_kvmsnap(image: ElfCore) -> bool:
     return first is not None and (first.owner, first.type) == (N.OWNER_KVMSNAP, N.KVMSNAP_HEADER)
 
 
+def header(image: ElfCore):
+    """The KVMSNAP_HEADER of a core this kvmsnap reads: first note, its magic, format major 1."""
+    first = image.phdrs[0][1]
+    if not is_kvmsnap(image):
+        raise CoreFormatError(image.path, first.p_offset, "first note is not KVMSNAP_HEADER: not a kvmsnap core")
+    h = payload(image.path, image.notes[0], N.KvmsnapHeader)
+    at = image.notes[0].desc_offset
+    if h.magic != N.KVMSNAP_MAGIC:
+        raise CoreFormatError(image.path, at + _HEADER_AT["magic"], f"bad KVMSNAP_HEADER magic {bytes(h.magic)!r}")
+    if h.format_major != FORMAT_MAJOR:
+        raise CoreFormatError(image.path, at + _HEADER_AT["format_major"],
+                              f"format {h.format_major}.{h.format_minor} is not supported (this kvmsnap reads "
+                              f"{FORMAT_MAJOR}.x)")
+    return h
+
+
 def decode(image: ElfCore) -> Snapshot:
     """The Snapshot in a parsed core, after every structural check."""
     from kvmsnap.memory.core import CoreMemory
@@ -184,15 +201,8 @@ def decode(image: ElfCore) -> Snapshot:
 
     notes = image.notes
     first = image.phdrs[0][1]
-    if not is_kvmsnap(image):
-        fail(first.p_offset, "first note is not KVMSNAP_HEADER: not a kvmsnap core")
-    h = payload(path, notes[0], N.KvmsnapHeader)
+    h = header(image)
     at = notes[0].desc_offset
-    if h.magic != N.KVMSNAP_MAGIC:
-        fail(at + _HEADER_AT["magic"], f"bad KVMSNAP_HEADER magic {bytes(h.magic)!r}")
-    if h.format_major != FORMAT_MAJOR:
-        fail(at + _HEADER_AT["format_major"], f"format {h.format_major}.{h.format_minor} is not "
-                                              f"supported (this kvmsnap reads {FORMAT_MAJOR}.x)")
     try:
         package = arch.for_id(h.arch)
     except arch.UnsupportedArch as e:

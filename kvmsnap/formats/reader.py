@@ -30,7 +30,7 @@ class CoreFormatError(KvmsnapError):
         super().__init__(f"{self.path}: {where}{what}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """One PT_LOAD."""
     index: int             # program header index
@@ -44,7 +44,7 @@ class Segment:
     beyond_eof: bool = False   # foreign cores only: file data extends past the end of the file
 
 
-@dataclass
+@dataclass(slots=True)             # a core may have 100,000 of them
 class Note:
     owner: str
     type: int
@@ -169,16 +169,17 @@ def parse_elf(path) -> ElfCore:
                 if notes_bytes > MAX_NOTES_BYTES:
                     fail(at + po["p_filesz"], f"notes larger than {MAX_NOTES_BYTES} bytes")
                 align = 8 if p.p_align == 8 else 4
-                notes.extend(_parse_notes(path, _pread(f, p.p_offset, p.p_filesz), p.p_offset,
-                                          align, MAX_NOTES - len(notes)))
+                f.seek(p.p_offset)
+                notes.extend(_parse_notes(path, f, p.p_offset, p.p_filesz, align, MAX_NOTES - len(notes)))
         return ElfCore(path, size, bits, ehdr, phdrs, loads, notes)
 
 
-def _parse_notes(path: str, data: bytes, base: int, align: int, room: int) -> list[Note]:
-    """The notes of one PT_NOTE segment at file offset ``base``; at most ``room`` of them."""
+def _parse_notes(path: str, f, base: int, size: int, align: int, room: int) -> list[Note]:
+    """The notes of the ``size``-byte PT_NOTE segment at file offset ``base`` (``f`` is there); at
+    most ``room`` of them."""
     notes = []
     try:
-        for at, owner, n_type, desc_at, desc in elf.iter_notes(data, align):
+        for at, owner, n_type, desc_at, desc in elf.iter_notes(f, size, align):
             if len(notes) == room:
                 raise CoreFormatError(path, base + at, f"more than {MAX_NOTES} notes")
             notes.append(Note(owner, n_type, N.type_name(owner, n_type), base + at, len(desc), desc,

@@ -68,7 +68,6 @@ class CoreMemory(AddressReads, GuestMemory):
         """``slots``: a kvmsnap core's memory slots, ``slot_segments`` the PT_LOAD of each (none in
         an increment); ``segments``: the PT_LOADs that hold memory (default: all)."""
         self.path = image.path
-        self.image = image
         self.kind = kind
         self.machine = image.ehdr.e_machine
         self._slots = sorted(slots or [], key=lambda s: s.gpa)

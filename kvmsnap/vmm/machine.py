@@ -56,6 +56,8 @@ class Machine:
         self.assist = None          # what the VMM completes for a KVM that emulates guest kernel mode
         self.memory = memory
         self.memory_check = None    # a restore's check of RAM against the core's digests, while it runs
+        self.restore_began: float | None = None    # time.monotonic() when the restore building it began
+        self.first_run_at: float | None = None     # ... and when a vCPU first entered KVM_RUN
         self.kvm = Kvm()
         try:
             self._build(memory)
@@ -153,6 +155,8 @@ class Machine:
                         pending = False
                     if not self._park():
                         return
+                if self.first_run_at is None:
+                    self.first_run_at = time.monotonic()
                 try:
                     reason = vcpu.run()
                 except KvmError as e:

@@ -4,6 +4,7 @@ and flat binaries in real mode.
 
 The entry state is documented in docs/boot-protocol.md; this module is its implementation.
 """
+import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,7 +166,7 @@ def _notes(table: bytes) -> dict[tuple[str, int], bytes]:
     """(owner, type) -> descriptor of the notes the loader reads, from one PT_NOTE segment."""
     found = {}
     try:
-        for _, owner, n_type, _, desc in elf.iter_notes(table):
+        for _, owner, n_type, _, desc in elf.iter_notes(io.BytesIO(table), len(table)):
             if (owner, n_type) in (KVMSNAP_BOOT_NOTE, XEN_PVH_NOTE):
                 found[owner, n_type] = desc
     except elf.NoteError:
