@@ -30,6 +30,13 @@ KVM_MODULE = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isd
                   None)
 
 
+def restore_warnings(stderr: str) -> list[str]:
+    """The lines of a restored VMM's stderr, but the warning kvm_pvm gives every restore of a core
+    saved a moment before (its guest TSC cannot be set back: docs/restore.md)."""
+    return [line for line in stderr.splitlines()
+            if not (KVM_MODULE == "kvm_pvm" and "IA32_TSC did not take" in line)]
+
+
 def lab_trace(lines=60) -> str:
     """In the KVM lab, the last ``lines`` KVM trace events (exits, injected exceptions, nested page
     faults: scripts/lab.d/init enables them); elsewhere nothing."""

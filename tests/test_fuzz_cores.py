@@ -22,6 +22,8 @@ import os
 import resource
 import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 from dataclasses import dataclass, field
@@ -592,3 +594,16 @@ def test_an_increment_naming_no_core_as_its_base_fails_in_one_line(hostile_bases
         message = str(e.value)
         assert "\n" not in message, (what, message)
         assert message.startswith(f"{path}: "), f"{what}: the error does not name {path}: {message}"
+
+
+@pytest.mark.parametrize("reader", ["core", "inspect", "verify", "mem", "diff"])
+def test_the_coverage_guided_fuzzer_runs_each_reader(tmp_path, reader):
+    """scripts/fuzz_readers (atheris) for 200 inputs: its seeds read, no input breaks the contract.
+    The long campaigns are in docs/reliability.md."""
+    pytest.importorskip("atheris", reason="atheris is in the test extra: pip install '.[test]'")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "scripts", "fuzz_readers"), "--reader", reader,
+                        "--corpus", tmp_path / "corpus", "--artifacts", tmp_path, "--runs", "200", "--seed", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Done 200 runs" in r.stderr, r.stderr[-3000:]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(("crash-", "timeout-", "oom-"))]
