@@ -31,8 +31,15 @@ class FileCheck:
 
 def check_file(image: ElfCore) -> FileCheck:
     """The headers and notes of one kvmsnap core against its digest note; CoreFormatError if it is
-    not a core of a format this kvmsnap reads."""
-    h = header(image)
+    not a core of a format this kvmsnap reads (and its digests do not say it was damaged)."""
+    try:
+        h = header(image)
+    except CoreFormatError:             # a damaged header is named as such, if the digests say so
+        found = digest.find(image)
+        damage = digest.check_state(image, found) if found else []
+        if damage:
+            return FileCheck(image, found, damage)
+        raise
     last = image.notes[-1]
     try:
         found = digest.find(image)
@@ -70,8 +77,10 @@ class MemoryCheck:
     of ``filenos`` (one per check, the files as read), else the paths opened again."""
 
     def __init__(self, checks: list[FileCheck], filenos: list[int] | None = None):
-        fds = [os.dup(fd) for fd, _ in zip(filenos, checks)] if filenos else [os.open(c.path, os.O_RDONLY | os.O_CLOEXEC)
-                                                              for c in checks]
+        if filenos is None:
+            fds = [os.open(c.path, os.O_RDONLY | os.O_CLOEXEC) for c in checks]
+        else:
+            fds = [os.dup(fd) for _, fd in zip(checks, filenos)]
         self._files = [(c.image, c.digest, fd) for c, fd in zip(checks, fds)]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -9,6 +9,7 @@ import pytest
 from conftest import (KVM_MODULE, Restored, RunningGuest, needs_kvm, restore_warnings, run_kvmsnap, save_quit, seconds,
                       ticks_continue)
 from coretools import assert_continuous, console_lines, mask_volatile, notes_by_key, rewrite_core, sequence
+from test_verify import reseal
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.host import effective_cpuid
@@ -212,6 +213,7 @@ def test_newer_format_major(tmp_path, counter_core):
     struct.pack_into("<H", data, header.desc_offset + 16, 99)          # format_major
     bad = tmp_path / "newer.core"
     bad.write_bytes(data)
+    reseal(bad)                                     # as a newer kvmsnap would have written it
     _refused(tmp_path, bad, str(bad), "99")
 
 

@@ -52,6 +52,10 @@ def test_one_flipped_bit_in_any_note_names_that_note(core_path, tmp_path):
             assert damaged(verify(path)) == [(path.name, "digest", note.offset)], note.type_name
         else:
             assert damaged(verify(path)) == [(path.name, "note", note.offset)], note.type_name
+    # a byte of the header note's text that is no longer UTF-8: named by the digests, not as a malformed header
+    path = copy(core_path, tmp_path / "utf8.core")
+    flip(path, image.notes[0].desc_offset + image.notes[0].size - 3, 0x80)
+    assert damaged(verify(path)) == [(path.name, "note", image.notes[0].offset)]
     # a note's type (its header) and a program header are covered too
     path = copy(core_path, tmp_path / "type.core")
     flip(path, image.notes[3].offset + 8, 0x01)
