@@ -414,7 +414,7 @@ def _process(p) -> list[str]:
     if "files" in p:
         for m in p["files"]["mappings"]:
             lines += _fill(f"  {m['start']:#018x}-{m['end']:#018x} {m['offset']:#10x}  ",
-                           m["path"])
+                           m["path"] if m["path"] is not None else "(no name in NT_FILE)")
     return lines
 
 

@@ -108,7 +108,7 @@ def test_the_target_directory_removed_during_a_save(guest, tmp_path):
 
 
 def test_a_vmm_killed_at_any_point_of_a_save_leaves_nothing_or_a_valid_core(tmp_path):
-    """SIGKILL to the VMM at a random moment of a stopped save of 256 MiB of memtest: the target
+    """SIGKILL to the VMM at a random moment (0-1.5 s) of a stopped save of 256 MiB of memtest: the target
     is absent or verifies; the temporary file left is removed by the next save to that path.
     KVMSNAP_FAULT_KILLS (5) kills, at moments drawn from KVMSNAP_FAULT_SEED (7)."""
     rng = random.Random(int(os.environ.get("KVMSNAP_FAULT_SEED", "7")))
@@ -121,7 +121,7 @@ def test_a_vmm_killed_at_any_point_of_a_save_leaves_nothing_or_a_valid_core(tmp_
         g.wait_lines(1, ROUND, timeout=120)
         client = subprocess.Popen(kvmsnap_cmd("save", "--control", g.sock, out),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0, 0.6))                 # a stopped save of 256 MiB takes ~0.3 s here
+        time.sleep(rng.uniform(0, 1.5))                 # a stopped save of 256 MiB takes 0.3-1 s here
         g.proc.send_signal(signal.SIGKILL)
         g.proc.wait(seconds(30))
         client.wait(seconds(30))
