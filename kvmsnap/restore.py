@@ -48,17 +48,19 @@ def restore(core_path, console, policy: Policy) -> tuple[Machine, list[str]]:
     warnings of what the policy let through."""
     began = time.monotonic()
     image = parse_elf(core_path)
-    if policy.verify:           # the named file's own digests first: a damaged note is named as such
-        _refuse_damage([verify.check_file(image)], [])
+    top = verify.check_file(image) if policy.verify else None
+    if top is not None:         # the named file's own digests first: a damaged note is named as such
+        _refuse_damage([top], [])
     with with_base(decode(image)) as snapshot:
-        machine, warnings = build_machine(snapshot, console, policy)
+        machine, warnings = build_machine(snapshot, console, policy, top)
     machine.restore_began = began
     return machine, warnings
 
 
-def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine, list[str]]:
-    """:func:`restore` for a snapshot already read."""
-    checks = _check_integrity(snapshot) if policy.verify else []
+def build_machine(snapshot: Snapshot, console, policy: Policy,
+                  top: verify.FileCheck | None = None) -> tuple[Machine, list[str]]:
+    """:func:`restore` for a snapshot already read (``top``: its own file's check, if made)."""
+    checks = _check_integrity(snapshot, top) if policy.verify else []
     host = arch.live(arch.by_name(snapshot.arch), "host")
     kvm = Kvm()
     try:
@@ -118,10 +120,10 @@ def build_machine(snapshot: Snapshot, console, policy: Policy) -> tuple[Machine,
         raise
 
 
-def _check_integrity(snapshot: Snapshot) -> list:
+def _check_integrity(snapshot: Snapshot, top) -> list:
     """Each file's headers and notes checked against its digests, and the standard notes against
     the private ones: RestoreError naming all damage, else the checks (for the memory's)."""
-    checks, disagree = verify.check_state(snapshot)
+    checks, disagree = verify.check_state(snapshot, top)
     _refuse_damage(checks, disagree)
     return checks
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from kvmsnap.formats import digest
 from kvmsnap.formats.digest import Damage, Digest
-from kvmsnap.formats.kvmsnap import header, read_core, standard_notes_disagree
+from kvmsnap.formats.kvmsnap import decode, header, standard_notes_disagree, with_base
 from kvmsnap.formats.reader import CoreFormatError, ElfCore, parse_elf
 
 DIGESTS_SINCE = (1, 4)          # the format version from which every core carries KVMSNAP_DIGEST
@@ -57,11 +57,11 @@ def check_file(image: ElfCore) -> FileCheck:
                                             "digests, so only its structure is checked")
 
 
-def check_state(snapshot) -> tuple[list[FileCheck], list[str]]:
-    """Every file of the snapshot's chain checked (base first), and the standard notes that
-    disagree with the private ones (in a core with digests: an older kvmsnap may have written its
-    standard notes otherwise)."""
-    checks = [check_file(info.elf) for info in snapshot.chain + [snapshot.info]]
+def check_state(snapshot, top: FileCheck | None = None) -> tuple[list[FileCheck], list[str]]:
+    """Every file of the snapshot's chain checked (base first; ``top``: the snapshot's own file,
+    already checked), and the standard notes that disagree with the private ones (in a core with
+    digests: an older kvmsnap may have written its standard notes otherwise)."""
+    checks = [check_file(info.elf) for info in snapshot.chain] + [top or check_file(snapshot.info.elf)]
     return checks, standard_notes_disagree(snapshot) if checks[-1].digest is not None else []
 
 
@@ -133,11 +133,12 @@ class MemoryCheck:
 def verify(path, progress=None) -> dict:
     """Check the core at ``path`` and every base it reads through: its structure (CoreFormatError
     if that fails), each file's digests, and the standard notes against the private ones."""
-    top = check_file(parse_elf(path))
+    image = parse_elf(path)
+    top = check_file(image)
     if top.damage:                  # its notes cannot be trusted to find a base: this file alone
         return _check_memory([top], [], progress)
-    with read_core(path) as snapshot:
-        return _check_memory(*check_state(snapshot), progress, [m.fileno() for m in snapshot.memory.layers()])
+    with with_base(decode(image)) as snapshot:
+        return _check_memory(*check_state(snapshot, top), progress, [m.fileno() for m in snapshot.memory.layers()])
 
 
 def _check_memory(checks: list[FileCheck], disagree: list[str], progress, filenos=None) -> dict:
