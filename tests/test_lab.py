@@ -59,13 +59,16 @@ def lab(tmp_path_factory):
                             "python3", "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", *SUBSET],
                            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                            timeout=LAB_TIMEOUT + 300)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+    lines = log.read_text(errors="replace").splitlines()
+    # pytest's short summary (FAILED/ERROR lines) first: a failure's report can fill the tail.
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    tail = "\n".join(failures + ["..."] + lines[-60:])
     return r.returncode, tail, xfer
 
 
 def test_save_and_restore_pass_in_the_x86_lab(lab):
     returncode, tail, _ = lab
-    assert returncode == 0, f"scripts/lab exit {returncode}; the lab's last lines:\n{tail}"
+    assert returncode == 0, f"scripts/lab exit {returncode}; the lab's failures and last lines:\n{tail}"
     assert " passed" in tail and " failed" not in tail, tail
     assert "KVMSNAP_XFER" not in tail, tail         # tests/crosshost_lab.py ran, not skipped
 
