@@ -58,12 +58,12 @@ def qmp_dumps(argv, dumps, ready, timeout=60):
             proc.wait()
 
 
-def qemu_x86_dumps(directory, sample="smp", smp=2) -> dict:
+def qemu_x86_dumps(directory, sample="smp", smp=2, mem="128M") -> dict:
     """{"paging-off": path, "paging-on": path} of a sample guest under QEMU/KVM."""
     console = os.path.join(directory, f"{sample}.qemu.console")
     paths = {mode: os.path.join(directory, f"{sample}-qemu-{mode}.core")
              for mode in ("paging-off", "paging-on")}
-    qmp_dumps(["qemu-system-x86_64", "-accel", "kvm", "-m", "128M", "-smp", str(smp),
+    qmp_dumps(["qemu-system-x86_64", "-accel", "kvm", "-m", mem, "-smp", str(smp),
                "-no-reboot", "-serial", f"file:{console}", "-kernel", SAMPLES[sample].path],
               [(paths["paging-off"], False), (paths["paging-on"], True)],
               lambda: os.path.exists(console) and open(console, "rb").read().count(b"\n") >= 4)
@@ -83,9 +83,9 @@ def arm64_dump(directory) -> str:
     return path
 
 
-def kvmsnap_save(tmp_path, sample, *paths, wait_lines=2, pause=0.0) -> list[str]:
-    """Run ``sample`` under kvmsnap and save it to each of ``paths`` (``pause`` s apart)."""
-    g = RunningGuest(tmp_path, sample, sock=tmp_path / f"{sample}.sock",
+def kvmsnap_save(tmp_path, sample, *paths, wait_lines=2, pause=0.0, run_args=()) -> list[str]:
+    """Run ``sample`` (with ``run_args``) under kvmsnap and save it to each of ``paths`` (``pause`` s apart)."""
+    g = RunningGuest(tmp_path, sample, *run_args, sock=tmp_path / f"{sample}.sock",
                      console=tmp_path / f"{sample}.console")
     try:
         g.wait_lines(wait_lines)
@@ -105,12 +105,12 @@ THREADS = "import os, threading, time\n" \
           "time.sleep(0.3)\n"
 
 
-def gcore(directory) -> str:
-    """gdb's gcore of a three-thread Python process."""
-    proc = subprocess.Popen([sys.executable, "-c", THREADS + "time.sleep(60)"])
+def gcore(directory, argv=(sys.executable, "-c", THREADS + "time.sleep(60)"), name="gcore.core") -> str:
+    """gdb's gcore of ``argv``, a process that sleeps (by default a three-thread Python process)."""
+    proc = subprocess.Popen(argv)
     try:
         time.sleep(0.6)
-        path = os.path.join(directory, "gcore.core")
+        path = os.path.join(directory, name)
         subprocess.run(["gdb", "-batch", "-nx", "-p", str(proc.pid), "-ex", f"gcore {path}"],
                        capture_output=True, check=True, timeout=seconds(60))
         return path

@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -50,7 +51,7 @@ from kvmsnap.state import Base
 from kvmsnap.summary import summarize
 from kvmsnap.verify import verify
 
-from conftest import seconds
+from conftest import needs_kvm, seconds
 from synthetic import (CODE, HIGH_BASE, MiB, PD, PDPT, PDPT_HIGH, PML4, RIP, identity_page_tables,
                        make_foreign, make_state, make_xsave, write)
 
@@ -596,17 +597,41 @@ def test_an_increment_naming_no_core_as_its_base_fails_in_one_line(hostile_bases
         assert message.startswith(f"{path}: "), f"{what}: the error does not name {path}: {message}"
 
 
-@pytest.mark.parametrize("reader", ["core", "inspect", "verify", "mem", "diff"])
-def test_the_coverage_guided_fuzzer_runs_each_reader(tmp_path, reader):
-    """scripts/fuzz_readers (atheris) for 200 inputs: its seeds read, no input breaks the contract.
-    The long campaigns are in docs/reliability.md."""
+FUZZ_READERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "fuzz_readers")
+
+
+def fuzz_readers(reader, corpus, artifacts, runs, *args) -> subprocess.CompletedProcess:
     pytest.importorskip("atheris", reason="atheris is in the test extra: pip install '.[test]'")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, os.path.join(root, "scripts", "fuzz_readers"), "--reader", reader,
-                        "--corpus", tmp_path / "corpus", "--artifacts", tmp_path, "--runs", "200", "--seed", "1"],
+    r = subprocess.run([sys.executable, FUZZ_READERS, "--reader", reader, "--corpus", corpus,
+                        "--artifacts", artifacts, "--runs", str(runs), "--seed", "1", *args],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "Done 200 runs" in r.stderr, r.stderr[-3000:]
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(("crash-", "timeout-", "oom-"))]
+    assert r.returncode == 0 and "Done " in r.stderr, r.stderr[-3000:]
+    assert not [f for f in os.listdir(artifacts) if f.startswith(("crash-", "timeout-", "oom-"))]
+    return r
+
+
+@pytest.fixture(scope="module")
+def real_seeds(tmp_path_factory):
+    """The --real seeds (kvmsnap's, QEMU's and gcore's cores), made once: their paths."""
+    corpus = tmp_path_factory.mktemp("real-corpus")
+    fuzz_readers("core", corpus, corpus, 1, "--real")
+    seeds = [corpus / name for name in os.listdir(corpus) if name.startswith("seed-real-")]
+    assert len(seeds) == 3, seeds
+    return seeds
+
+
+@needs_kvm
+@pytest.mark.parametrize("reader", ["core", "inspect", "verify", "mem", "diff"])
+def test_the_coverage_guided_fuzzer_runs_each_reader(tmp_path, reader, real_seeds):
+    """scripts/fuzz_readers (atheris) for 200 inputs from every seed, the cores kvmsnap, QEMU and
+    gcore write here among them: the seeds read, no input breaks the contract. The long campaigns
+    are in docs/reliability.md."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for seed in real_seeds:
+        shutil.copy(seed, corpus)
+    r = fuzz_readers(reader, corpus, tmp_path, 200, "--real")
+    assert "Done 200 runs" in r.stderr and r.stderr.count("seed seed-real-") == 3, r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "fuzz_found"))))
