@@ -8,6 +8,7 @@ after an OUT exit held the OUT still to do, so kvm_amd ran it again after restor
 fixed in 3bd7c1e.)
 The same lab run moves cores both ways between the lab and this host (tests/crosshost_lab.py is
 the lab's half): each continues on the other KVM, or is refused naming what that KVM lacks.
+The arm64 lab (KVM/arm64 on QEMU's emulated EL2) runs the arm64 KVM layer's tests.
 """
 import os
 import subprocess
@@ -86,3 +87,16 @@ def test_crash_analysts_read_the_lab_linux_core(lab, vmlinux_dbg):
     _, tail, xfer = lab
     assert (xfer / "linux.core").exists(), f"the lab saved no Linux core; its last lines:\n{tail}"
     assert_debuggers_read(xfer / "linux.core", vmlinux_dbg, 1, "Run /init as init process")
+
+
+def test_the_arm64_kvm_layer_passes_in_the_arm64_lab(tmp_path):
+    """tests/test_kvm_arm64.py on KVM/arm64 (the aarch64 lab builds kvmsnap's cffi module against its
+    own arm64 <linux/kvm.h> first): every test passes there, SVE's included (QEMU's -cpu max has it)."""
+    log = tmp_path / "lab.log"
+    with open(log, "wb") as out:
+        r = subprocess.run([os.path.join(ROOT, "scripts", "lab"), "aarch64", "--timeout", "1200", "--",
+                            "python3", "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
+                            "tests/test_kvm_arm64.py"],
+                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1500)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    assert r.returncode == 0 and " passed" in tail and "skipped" not in tail, tail

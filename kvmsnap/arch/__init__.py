@@ -27,7 +27,14 @@ class RegisterRefused(KvmsnapError):
 def live(package, module: str):
     """A module of the live half of ``package`` (``vm``, ``vcpu``, ``host``, ``boot``, ``assist``): these
     import the KVM layer, so they are imported only when asked for."""
-    return importlib.import_module(f"{package.__name__}.{module}")
+    name = f"{package.__name__}.{module}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        raise UnsupportedArch(f"{package.NAME}: kvmsnap cannot run or restore {package.NAME} guests yet "
+                              "(its KVM layer is built; its VMM is not)") from None
 
 
 def _package(name: str):

@@ -4,7 +4,7 @@ import platform
 
 if platform.machine() == "x86_64":
     from .x86_64 import X86Kvm as KvmArch, X86Vcpu as VcpuArch, X86Vm as VmArch
-else:                   # aarch64: kvm/aarch64.py (vcpu_init, preferred_target, device attributes), a later issue
-    KvmArch = VmArch = VcpuArch = object
+else:
+    from .aarch64 import Arm64Kvm as KvmArch, Arm64Vcpu as VcpuArch, Arm64Vm as VmArch
 
 __all__ = ["KvmArch", "VmArch", "VcpuArch"]

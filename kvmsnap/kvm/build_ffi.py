@@ -19,11 +19,11 @@ COMMON_CONSTANTS = """
 KVM_API_VERSION KVM_GET_API_VERSION KVM_CREATE_VM KVM_CHECK_EXTENSION KVM_GET_VCPU_MMAP_SIZE
 KVM_SET_USER_MEMORY_REGION KVM_CREATE_IRQCHIP KVM_IRQ_LINE KVM_CREATE_VCPU KVM_RUN KVM_GET_MP_STATE
 KVM_SET_MP_STATE KVM_GET_DIRTY_LOG KVM_ENABLE_CAP
-KVM_CAP_IRQCHIP KVM_CAP_PIT2 KVM_CAP_IMMEDIATE_EXIT KVM_CAP_XSAVE KVM_CAP_XSAVE2 KVM_CAP_XCRS
-KVM_CAP_SREGS2 KVM_CAP_VCPU_EVENTS KVM_CAP_DEBUGREGS KVM_CAP_MP_STATE KVM_CAP_ADJUST_CLOCK
+KVM_CAP_IRQCHIP KVM_CAP_IMMEDIATE_EXIT KVM_CAP_XSAVE2
+KVM_CAP_SREGS2 KVM_CAP_VCPU_EVENTS KVM_CAP_MP_STATE KVM_CAP_ADJUST_CLOCK
 KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS
 KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_EXT_CPUID
-KVM_CAP_GET_MSR_FEATURES KVM_CAP_KVMCLOCK_CTRL KVM_CAP_INTERNAL_ERROR_DATA KVM_CAP_PIT_STATE2
+KVM_CAP_GET_MSR_FEATURES KVM_CAP_KVMCLOCK_CTRL KVM_CAP_INTERNAL_ERROR_DATA
 KVM_CAP_IOAPIC_POLARITY_IGNORED KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_X86_ROBUST_SINGLESTEP
 KVM_CAP_EXIT_ON_EMULATION_FAILURE
 MADV_POPULATE_WRITE MAP_NORESERVE MAP_FIXED MAP_PRIVATE MAP_ANONYMOUS PROT_READ PROT_WRITE
@@ -78,7 +78,9 @@ typedef long... off_t;
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);   /* MAP_FIXED over guest RAM */
 """
 
+#: x86's part of ``<linux/kvm.h>`` too: the capabilities it defines under __KVM_HAVE_PIT, _XSAVE, _XCRS, _DEBUGREGS
 X86_64_CONSTANTS = """
+KVM_CAP_PIT2 KVM_CAP_PIT_STATE2 KVM_CAP_XSAVE KVM_CAP_XCRS KVM_CAP_DEBUGREGS
 KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST KVM_GET_SUPPORTED_CPUID KVM_GET_MSRS KVM_SET_MSRS
 KVM_SET_TSS_ADDR KVM_SET_IDENTITY_MAP_ADDR KVM_GET_IRQCHIP KVM_SET_IRQCHIP KVM_CREATE_PIT2 KVM_GET_PIT2
 KVM_SET_PIT2 KVM_GET_CLOCK KVM_SET_CLOCK KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS
@@ -160,10 +162,65 @@ struct kvm_clock_data {
 };
 """
 
-#: ``platform.machine()`` → (constants, declarations) of that architecture's ``<asm/kvm.h>`` part.
-#: "aarch64": a later issue adds its constants and structs (arm64 ``<asm/kvm.h>``: kvm_vcpu_init,
-#: kvm_one_reg, kvm_reg_list, kvm_device_attr ...); until then it installs offline only.
-ARCHES = {"x86_64": (X86_64_CONSTANTS, X86_64_CDEF)}
+AARCH64_CONSTANTS = """
+KVM_ARM_PREFERRED_TARGET KVM_ARM_VCPU_INIT KVM_ARM_VCPU_FINALIZE KVM_GET_REG_LIST KVM_GET_ONE_REG
+KVM_SET_ONE_REG KVM_CREATE_DEVICE KVM_SET_DEVICE_ATTR KVM_GET_DEVICE_ATTR KVM_HAS_DEVICE_ATTR
+KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS
+KVM_CAP_ARM_PSCI KVM_CAP_ARM_PSCI_0_2 KVM_CAP_ARM_PMU_V3 KVM_CAP_ARM_SVE KVM_CAP_ARM_VM_IPA_SIZE
+KVM_CAP_ARM_PTRAUTH_ADDRESS KVM_CAP_ARM_PTRAUTH_GENERIC KVM_CAP_ARM_EL1_32BIT KVM_CAP_ONE_REG
+KVM_CAP_DEVICE_CTRL KVM_CAP_ARM_INJECT_SERROR_ESR KVM_CAP_ARM_IRQ_LINE_LAYOUT_2
+KVM_VM_TYPE_ARM_IPA_SIZE_MASK
+KVM_ARM_VCPU_POWER_OFF KVM_ARM_VCPU_EL1_32BIT KVM_ARM_VCPU_PSCI_0_2 KVM_ARM_VCPU_PMU_V3 KVM_ARM_VCPU_SVE
+KVM_ARM_VCPU_PTRAUTH_ADDRESS KVM_ARM_VCPU_PTRAUTH_GENERIC
+KVM_REG_ARCH_MASK KVM_REG_ARM64 KVM_REG_SIZE_MASK KVM_REG_SIZE_SHIFT KVM_REG_ARM_COPROC_MASK
+KVM_REG_ARM_COPROC_SHIFT KVM_REG_ARM_CORE KVM_REG_ARM_DEMUX KVM_REG_ARM64_SYSREG KVM_REG_ARM_FW
+KVM_REG_ARM64_SVE KVM_REG_ARM64_SVE_VLS KVM_REG_ARM_PSCI_VERSION
+KVM_REG_ARM_TIMER_CTL KVM_REG_ARM_TIMER_CNT KVM_REG_ARM_TIMER_CVAL
+KVM_DEV_TYPE_ARM_VGIC_V2 KVM_DEV_TYPE_ARM_VGIC_V3 KVM_DEV_TYPE_ARM_VGIC_ITS
+KVM_DEV_ARM_VGIC_GRP_ADDR KVM_DEV_ARM_VGIC_GRP_DIST_REGS KVM_DEV_ARM_VGIC_GRP_CPU_REGS
+KVM_DEV_ARM_VGIC_GRP_NR_IRQS KVM_DEV_ARM_VGIC_GRP_CTRL KVM_DEV_ARM_VGIC_GRP_REDIST_REGS
+KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO KVM_DEV_ARM_VGIC_CTRL_INIT
+KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT KVM_DEV_ARM_VGIC_CPUID_SHIFT
+KVM_VGIC_V2_ADDR_TYPE_DIST KVM_VGIC_V2_ADDR_TYPE_CPU KVM_VGIC_V3_ADDR_TYPE_DIST KVM_VGIC_V3_ADDR_TYPE_REDIST
+KVM_ARM_VCPU_PMU_V3_CTRL KVM_ARM_VCPU_PMU_V3_IRQ KVM_ARM_VCPU_PMU_V3_INIT KVM_ARM_VCPU_TIMER_CTRL
+KVM_ARM_VCPU_TIMER_IRQ_VTIMER KVM_ARM_VCPU_TIMER_IRQ_PTIMER
+KVM_ARM_IRQ_TYPE_SHIFT KVM_ARM_IRQ_TYPE_SPI KVM_ARM_IRQ_TYPE_PPI KVM_ARM_IRQ_VCPU_SHIFT
+KVM_EXIT_ARM_NISV KVM_CAP_COUNTER_OFFSET KVM_ARM_SET_COUNTER_OFFSET
+"""
+
+AARCH64_CDEF = r"""
+struct user_pt_regs { __u64 regs[31]; __u64 sp; __u64 pc; __u64 pstate; };
+struct user_fpsimd_state { ...; __u32 fpsr; __u32 fpcr; };   /* first: __uint128_t vregs[32] */
+struct kvm_regs {
+    struct user_pt_regs regs; __u64 sp_el1; __u64 elr_el1; __u64 spsr[5]; struct user_fpsimd_state fp_regs;
+};
+struct kvm_vcpu_init { __u32 target; __u32 features[7]; };
+struct kvm_one_reg { __u64 id; __u64 addr; };
+struct kvm_reg_list { __u64 n; __u64 reg[]; };
+struct kvm_device_attr { __u32 flags; __u32 group; __u64 attr; __u64 addr; };
+struct kvm_create_device { __u32 type; __u32 fd; __u32 flags; };
+struct kvm_vcpu_events {
+    struct { __u8 serror_pending; __u8 serror_has_esr; __u8 ext_dabt_pending; __u8 pad[5]; __u64 serror_esr; }
+        exception;
+    __u32 reserved[12];
+};
+struct kvm_arm_counter_offset { __u64 counter_offset; __u64 reserved; };
+"""
+
+#: What an older ``<linux/kvm.h>`` may lack (KVM_ARM_SET_COUNTER_OFFSET came with Linux 6.4): 0
+#: there, which no ioctl, capability or exit reason is; the callers check for it.
+AARCH64_SOURCE = r"""
+#ifndef KVM_CAP_COUNTER_OFFSET
+#define KVM_CAP_COUNTER_OFFSET 0
+#define KVM_ARM_SET_COUNTER_OFFSET 0
+struct kvm_arm_counter_offset { __u64 counter_offset; __u64 reserved; };
+#endif
+"""
+
+#: ``platform.machine()`` → (constants, declarations, C source) of that architecture's
+#: ``<asm/kvm.h>`` part.
+ARCHES = {"x86_64": (X86_64_CONSTANTS, X86_64_CDEF, ""),
+          "aarch64": (AARCH64_CONSTANTS, AARCH64_CDEF, AARCH64_SOURCE)}
 
 SOURCE = r"""
 #include <linux/kvm.h>
@@ -204,15 +261,33 @@ def missing() -> str | None:
 
 def ffibuilder() -> FFI:
     """The cffi builder for this host's architecture (``cffi_modules`` calls it)."""
-    constants, cdef = ARCHES[platform.machine()]
+    constants, cdef, source = ARCHES[platform.machine()]
     builder = FFI()
     builder.cdef("\n".join(f"#define {name} ..." for name in (COMMON_CONSTANTS + constants).split())
                  + COMMON_CDEF + cdef)
-    builder.set_source("kvmsnap.kvm._kvm", SOURCE)
+    builder.set_source("kvmsnap.kvm._kvm", SOURCE + source)
     return builder
+
+
+def build_in_tree() -> str:
+    """Compile in a temporary directory and put the module beside this file under this
+    interpreter's own extension suffix (``_kvm.cpython-311-aarch64-linux-gnu.so``), which Python
+    tries before ``.abi3.so``: builds for several architectures share one tree (the arm64 lab
+    shares the host's).  Skipped while the module is newer than this file and the header."""
+    import importlib.machinery
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    target = os.path.join(here, "_kvm" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    if os.path.exists(target) and os.path.getmtime(target) > max(map(os.path.getmtime, (__file__, HEADER))):
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        built = ffibuilder().compile(tmpdir=tmp, verbose=False)
+        shutil.copy(built, target + ".tmp")
+        os.replace(target + ".tmp", target)
+    return target
 
 
 if __name__ == "__main__":
     if reason := missing():
         sys.exit(f"kvmsnap: cannot build kvmsnap.kvm._kvm: {reason}")
-    ffibuilder().compile(verbose=False)
+    print(build_in_tree())

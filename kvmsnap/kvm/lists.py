@@ -1,4 +1,4 @@
-"""Variable-length ioctl arguments: MSR index lists, MSR values, CPUID tables."""
+"""Variable-length ioctl arguments: MSR index lists, MSR values, CPUID tables, arm64 register lists."""
 import errno
 
 from ._ioctl import ffi, ioctl_ptr
@@ -61,3 +61,9 @@ def cpuid_entries(fd: int, name: str) -> bytes:
     """A CPUID-list ioctl (KVM_GET_SUPPORTED_CPUID, KVM_GET_CPUID2): the raw entry array."""
     buf = _growing(fd, name, "struct kvm_cpuid2 *", "nent", "entries")
     return bytes(ffi.buffer(buf.entries, ffi.sizeof("struct kvm_cpuid_entry2") * buf.nent))
+
+
+def reg_list(fd: int) -> list[int]:
+    """KVM_GET_REG_LIST (arm64): every ONE_REG id of the vCPU."""
+    buf = _growing(fd, "KVM_GET_REG_LIST", "struct kvm_reg_list *", "n", "reg")
+    return [buf.reg[i] for i in range(buf.n)]

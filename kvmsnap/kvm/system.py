@@ -38,6 +38,6 @@ class Kvm(KvmArch):
         """See KVM_GET_VCPU_MMAP_SIZE."""
         return ioctl_int(self.fd, "KVM_GET_VCPU_MMAP_SIZE")
 
-    def create_vm(self):
-        """See KVM_CREATE_VM."""
-        return Vm(self, ioctl_int(self.fd, "KVM_CREATE_VM", 0))
+    def create_vm(self, machine_type: int = 0):
+        """See KVM_CREATE_VM (arm64: ``machine_type`` holds the IPA size, KVM_VM_TYPE_ARM_IPA_SIZE)."""
+        return Vm(self, ioctl_int(self.fd, "KVM_CREATE_VM", machine_type))

@@ -1,5 +1,6 @@
-"""aarch64: ``layouts`` (byte layouts, KVM one-reg ids) and ``decode`` (inspect); the live half
-is a later issue's."""
+"""aarch64: ``layouts`` (byte layouts, KVM one-reg ids) and ``decode`` (inspect). The KVM layer
+runs on arm64 hosts (kvmsnap/kvm/aarch64.py); the live half here (vm, vcpu, host, boot) is not
+written yet, so ``kvmsnap.arch.live`` names it unsupported."""
 from kvmsnap.formats import elf
 
 NAME = "aarch64"
