@@ -28,7 +28,7 @@ GICD, GICR = 0x08000000, 0x080A0000
 
 def sysreg(op0, op1, crn, crm, op2) -> int:
     """The ONE_REG id of a 64-bit system register (the arm64 <asm/kvm.h> ARM64_SYS_REG)."""
-    return (lib.KVM_REG_ARM64 | 0x0030000000000000 | lib.KVM_REG_ARM64_SYSREG
+    return (lib.KVM_REG_ARM64 | lib.KVM_REG_SIZE_U64 | lib.KVM_REG_ARM64_SYSREG
             | op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2)
 
 
@@ -99,10 +99,10 @@ def test_sve_vectors_are_2048_bit_registers_where_offered():
         vls = cpu.get_one_reg(lib.KVM_REG_ARM64_SVE_VLS)
         assert len(vls) == 64 and vls[0] & 1                  # 128-bit vectors are always offered
         cpu.set_one_reg(lib.KVM_REG_ARM64_SVE_VLS, vls)
+        z0 = lib.KVM_REG_ARM64 | lib.KVM_REG_ARM64_SVE | lib.KVM_REG_SIZE_U2048
         with pytest.raises(KvmError):                         # Z registers need FINALIZE first
-            cpu.get_one_reg(lib.KVM_REG_ARM64 | lib.KVM_REG_ARM64_SVE | 0x0080000000000000)
+            cpu.get_one_reg(z0)
         cpu.arm_vcpu_finalize(lib.KVM_ARM_VCPU_SVE)
-        z0 = lib.KVM_REG_ARM64 | lib.KVM_REG_ARM64_SVE | 0x0080000000000000
         assert z0 in cpu.get_reg_list()
         value = bytes(range(256))
         cpu.set_one_reg(z0, value)

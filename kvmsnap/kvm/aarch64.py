@@ -16,8 +16,8 @@ def reg_size(reg_id: int) -> int:
 def core_reg_id(*field, size_bits: int = 64) -> int:
     """The ONE_REG id of a ``struct kvm_regs`` field (``"regs", "pc"``; ``"regs", "regs", 3``;
     ``"fp_regs"`` with ``size_bits=128`` for v0): KVM_REG_ARM_CORE_REG of its offset."""
-    sizes = {32: 0x0020000000000000, 64: 0x0030000000000000, 128: 0x0040000000000000}
-    return lib.KVM_REG_ARM64 | sizes[size_bits] | lib.KVM_REG_ARM_CORE | (ffi.offsetof("struct kvm_regs", *field) // 4)
+    size = {32: lib.KVM_REG_SIZE_U32, 64: lib.KVM_REG_SIZE_U64, 128: lib.KVM_REG_SIZE_U128}[size_bits]
+    return lib.KVM_REG_ARM64 | size | lib.KVM_REG_ARM_CORE | (ffi.offsetof("struct kvm_regs", *field) // 4)
 
 
 def _device_attr(fd: int, name: str, group: int, attr: int, buf=ffi.NULL) -> None:
