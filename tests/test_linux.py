@@ -10,7 +10,6 @@ guest is saved in the middle of its boot log (slow tests).
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -79,8 +78,6 @@ def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path, linux,
     assert times == sorted(times) and times[-1] > 0, times
     core = tmp_path / "linux.core"
     save_quit(g, core)
-    if os.environ.get("KVMSNAP_XFER"):      # in the lab: the host runs crash and drgn on it (test_lab.py)
-        shutil.copyfile(core, os.path.join(os.environ["KVMSNAP_XFER"], "linux.core"))
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
     r.wait_lines(4, "^uptime-tick", timeout=120)
     assert r.request("type", text="echo typed-$((6 * 7))\n") == {"ok": True, "taken": 22}
