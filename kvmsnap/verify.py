@@ -61,7 +61,7 @@ def check_state(snapshot, top: FileCheck | None = None) -> tuple[list[FileCheck]
     """Every file of the snapshot's chain checked (base first; ``top``: the snapshot's own file,
     already checked), and the standard notes that disagree with the private ones (in a core with
     digests: an older kvmsnap may have written its standard notes otherwise)."""
-    checks = [check_file(info.elf) for info in snapshot.chain] + [top or check_file(snapshot.info.elf)]
+    checks = [check_file(info.elf) for info in snapshot.chain] + [top if top is not None else check_file(snapshot.info.elf)]
     return checks, standard_notes_disagree(snapshot) if checks[-1].digest is not None else []
 
 

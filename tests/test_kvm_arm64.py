@@ -40,7 +40,8 @@ TPIDR_EL0 = (3, 3, 13, 0, 2)
 def machine():
     """A VM with 2 MiB of RAM at RAM and one vCPU initialised with PSCI 0.2: (kvm, vm, vcpu, ram)."""
     kvm = Kvm()
-    vm = kvm.create_vm(min(kvm.ipa_size_limit(), 40) if kvm.ipa_size_limit() else 0)
+    limit = kvm.ipa_size_limit()
+    vm = kvm.create_vm(min(limit, 40) if limit else 0)
     ram = mmap.mmap(-1, RAM_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     vm.set_user_memory_region(0, RAM, RAM_SIZE, int(ffi.cast("uintptr_t", ffi.from_buffer(ram))))
     cpu = vm.create_vcpu(0)
@@ -60,7 +61,8 @@ def test_the_register_list_names_core_system_and_firmware_registers(machine):
     families = {i & lib.KVM_REG_ARM_COPROC_MASK for i in ids}
     assert {lib.KVM_REG_ARM_CORE, lib.KVM_REG_ARM64_SYSREG, lib.KVM_REG_ARM_FW} <= families, families
     # api.rst's own examples of core register ids: pc, and v0 (128 bits)
-    assert core_reg_id("regs", "pc") == 0x6030000000100040 and core_reg_id("fp_regs", size_bits=128) == 0x6040000000100054
+    assert core_reg_id("regs", "pc") == 0x6030000000100040
+    assert core_reg_id("fp_regs", size_bits=128) == 0x6040000000100054
     assert {core_reg_id("regs", "pc"), core_reg_id("fp_regs", size_bits=128), sysreg(*MIDR_EL1),
             lib.KVM_REG_ARM_PSCI_VERSION} <= set(ids)
     for i in ids:               # every listed register reads, at the size its id gives

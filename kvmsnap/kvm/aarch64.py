@@ -20,16 +20,25 @@ def core_reg_id(*field, size_bits: int = 64) -> int:
     return lib.KVM_REG_ARM64 | size | lib.KVM_REG_ARM_CORE | (ffi.offsetof("struct kvm_regs", *field) // 4)
 
 
+def _address(buf) -> int:
+    """A cffi buffer's address, for the ``__u64 addr`` fields of kvm_device_attr and kvm_one_reg."""
+    return int(ffi.cast("uintptr_t", buf))
+
+
 def _device_attr(fd: int, name: str, group: int, attr: int, buf=ffi.NULL) -> None:
-    ioctl_ptr(fd, name, ffi.new("struct kvm_device_attr *", {
-        "group": group, "attr": attr, "addr": int(ffi.cast("uintptr_t", buf))}))
+    ioctl_ptr(fd, name, ffi.new("struct kvm_device_attr *", {"group": group, "attr": attr, "addr": _address(buf)}))
+
+
+def _one_reg(fd: int, name: str, reg_id: int, buf) -> None:
+    ioctl_ptr(fd, name, ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": _address(buf)}))
 
 
 class DeviceAttrs:
     """KVM_{HAS,GET,SET}_DEVICE_ATTR on this object's fd (a device, a vCPU, or the VM)."""
 
     def has_device_attr(self, group: int, attr: int) -> bool:
-        """See KVM_HAS_DEVICE_ATTR: False where the kernel answers ENXIO."""
+        """See KVM_HAS_DEVICE_ATTR: False where the kernel says the attribute or group is not there
+        (ENXIO; EINVAL or ENOTTY from a kernel or fd without it)."""
         try:
             _device_attr(self.fd, "KVM_HAS_DEVICE_ATTR", group, attr)
             return True
@@ -53,9 +62,8 @@ class DeviceAttrs:
 class Device(DeviceAttrs):
     """A device made by KVM_CREATE_DEVICE (the vGIC)."""
 
-    def __init__(self, fd: int, type_: int):
+    def __init__(self, fd: int):
         self.fd = fd
-        self.type = type_
 
     def close(self):
         if self.fd >= 0:
@@ -83,13 +91,14 @@ class Arm64Vm(DeviceAttrs):
         """See KVM_CREATE_DEVICE."""
         dev = ffi.new("struct kvm_create_device *", {"type": type_})
         ioctl_ptr(self.fd, "KVM_CREATE_DEVICE", dev)
-        return Device(dev.fd, type_)
+        return Device(dev.fd)
 
     def arm_set_counter_offset(self, offset: int) -> None:
         """See KVM_ARM_SET_COUNTER_OFFSET (KVM_CAP_COUNTER_OFFSET, Linux 6.4): the VM's counter
         offset, before any vCPU runs."""
         if not lib.KVM_ARM_SET_COUNTER_OFFSET:
-            raise OSError(errno.EOPNOTSUPP, "KVM_ARM_SET_COUNTER_OFFSET is not in the <linux/kvm.h> kvmsnap was built with")
+            raise OSError(errno.EOPNOTSUPP,
+                          "KVM_ARM_SET_COUNTER_OFFSET is not in the <linux/kvm.h> kvmsnap was built with")
         ioctl_ptr(self.fd, "KVM_ARM_SET_COUNTER_OFFSET",
                   ffi.new("struct kvm_arm_counter_offset *", {"counter_offset": offset}))
 
@@ -116,17 +125,14 @@ class Arm64Vcpu(DeviceAttrs):
     def get_one_reg(self, reg_id: int) -> bytes:
         """See KVM_GET_ONE_REG: the register's bytes (8 to 256, as its id says), little-endian."""
         buf = ffi.new("char[]", reg_size(reg_id))
-        ioctl_ptr(self.fd, "KVM_GET_ONE_REG", ffi.new("struct kvm_one_reg *", {
-            "id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))}))
+        _one_reg(self.fd, "KVM_GET_ONE_REG", reg_id, buf)
         return bytes(ffi.buffer(buf))
 
     def set_one_reg(self, reg_id: int, value: bytes) -> None:
         """See KVM_SET_ONE_REG; ``value`` must have the size the id says."""
         if len(value) != reg_size(reg_id):
             raise ValueError(f"register 0x{reg_id:x} takes {reg_size(reg_id)} bytes, not {len(value)}")
-        buf = ffi.from_buffer(bytearray(value))
-        ioctl_ptr(self.fd, "KVM_SET_ONE_REG", ffi.new("struct kvm_one_reg *", {
-            "id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))}))
+        _one_reg(self.fd, "KVM_SET_ONE_REG", reg_id, ffi.from_buffer(bytearray(value)))
 
     def get_vcpu_events(self) -> bytes:
         """See KVM_GET_VCPU_EVENTS: raw ``struct kvm_vcpu_events`` (pending SError)."""
