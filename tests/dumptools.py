@@ -1,5 +1,5 @@
 """Real cores for the inspect/mem/diff tests: kvmsnap saves, QEMU dump-guest-memory (x86-64 on KVM,
-aarch64 under TCG), gdb gcore and kernel process cores; and what gdb says about them."""
+aarch64 under TCG), gdb gcore and kernel process cores; and what gdb and lldb say about them."""
 import glob
 import json
 import os
@@ -16,6 +16,10 @@ from kvmsnap.samples import SAMPLES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARM64_SOURCE = os.path.join(HERE, "guests", "arm64_tiny.S")
+# lldb embeds Debian's Python, which finds its home through PATH (so not a pyenv python3 before it)
+# and looks for lldb's module in the wrong place (`lldb -P`): show it both.
+LLDB_ENV = dict(os.environ, PATH="/usr/bin:/bin",
+                PYTHONPATH=":".join(glob.glob("/usr/lib/llvm-*/lib/python3*/dist-packages")))
 
 
 def qmp_dumps(argv, dumps, ready, timeout=60):
@@ -147,6 +151,16 @@ def gdb_registers(core) -> dict[int, dict]:
                        capture_output=True, text=True, timeout=120)
     line = next(l for l in r.stdout.splitlines() if l.startswith("REGISTERS "))
     return {int(k): v for k, v in json.loads(line[len("REGISTERS "):]).items()}
+
+
+def lldb_registers(core) -> dict[int, dict]:
+    """{tid: {register: value}} as lldb reads the core (tests/lldb_registers.py)."""
+    r = subprocess.run(["lldb", "--batch", "-c", str(core), "-o",
+                        f"command script import {os.path.join(HERE, 'lldb_registers.py')}"],
+                       capture_output=True, text=True, timeout=120, env=LLDB_ENV)
+    lines = [l for l in r.stdout.splitlines() if l.startswith("REGISTERS ")]
+    assert r.returncode == 0 and lines and not r.stderr, (r.stdout[-2000:], r.stderr[-2000:])
+    return {int(k): v for k, v in json.loads(lines[0][len("REGISTERS "):]).items()}
 
 
 def gdb_read(core, address: str, length: int, tmp) -> bytes:
