@@ -2,6 +2,8 @@
 import what they need inside the command, so start-up and the offline commands never load the KVM
 layer. Library errors become one line (or JSON, ``render``) and an exit status here only:
 2 for bad usage or input, 1 for failures, 130 for Ctrl-C."""
+import atexit
+import gc
 import importlib
 import signal
 import sys
@@ -15,6 +17,10 @@ def _exit_interrupted(_signum, _frame):
 
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # not when started with SIGINT ignored
     signal.signal(signal.SIGINT, _exit_interrupted)
+
+# The interpreter's last cyclic collection, at exit, walks every object the imports made: about 15 ms
+# of a 120 ms `inspect`. Nothing needs it then (reference counting still runs every destructor).
+atexit.register(gc.freeze)
 
 import click  # noqa: E402  (after the handler: importing takes a while)
 
