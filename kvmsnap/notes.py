@@ -39,6 +39,7 @@ NT_SIGINFO = 0x53494749
 NT_FILE = 0x46494c45
 NT_PRXFPREG = 0x46e62b7f
 NT_386_TLS = 0x200
+NT_ARM_TLS = 0x401
 NT_386_IOPERM = 0x201
 NT_X86_XSTATE = 0x202
 NT_X86_SHSTK = 0x204
@@ -75,6 +76,8 @@ KVMSNAP_CMOS = 0x4b53000a        # format 1.1
 KVMSNAP_PCI = 0x4b53000b         # format 1.1
 KVMSNAP_ACPI_PM = 0x4b53000c     # format 1.1
 KVMSNAP_UART_INPUT = 0x4b53000d  # format 1.2
+KVMSNAP_VGIC = 0x4b53000e        # aarch64: the vGIC's registers
+KVMSNAP_PL011 = 0x4b53000f       # aarch64: the PL011 UART's registers
 
 KVMSNAP_SREGS = 0x4b530101
 KVMSNAP_XSAVE = 0x4b530102
@@ -88,6 +91,7 @@ KVMSNAP_CPUID = 0x4b530109
 KVMSNAP_TSC_KHZ = 0x4b53010a
 
 KVMSNAP_ARM64_REGS = 0x4b530201   # aarch64 vCPU: KVM_GET_REG_LIST ids with their values
+KVMSNAP_ARM64_VCPU = 0x4b530202   # aarch64 vCPU: VCPU_INIT features, MP state, vCPU events
 
 KVMSNAP_MAGIC = b"KVMSNAP\0"
 
@@ -178,6 +182,8 @@ KvmsnapUart = _fixed("uart" / Bytes(x86.UartState.sizeof()))
 KvmsnapCmos = _fixed("cmos" / Bytes(x86.CmosState.sizeof()))
 KvmsnapPci = _fixed("pci" / Bytes(x86.PciState.sizeof()))
 KvmsnapAcpiPm = _fixed("acpi_pm" / Bytes(x86.AcpiPmState.sizeof()))
+#: Most bytes of input kvmsnap's UART holds for the guest (KVMSNAP_UART_INPUT); more is dropped.
+UART_INPUT_LIMIT = 1 << 16
 KvmsnapUartInput = _private(
     "length" / Rebuild(Int32ul, len_(this.input)),
     "reserved" / Default(Int32ul, 0),
@@ -228,11 +234,24 @@ KvmsnapArm64Regs = _private(
     "regs" / Array(this.nregs, kvmsnap_arm64_reg),
     size=lambda this: 16 + sum(8 + (kvm_reg_size(r["id"]) + 7) // 8 * 8 for r in this.regs))
 
+KvmsnapArm64Vcpu = _fixed(
+    "features" / Array(7, Int32ul),                 # struct kvm_vcpu_init.features it was initialized with
+    "mp_state" / Int32ul,
+    "reserved" / Int32ul,
+    "events" / Bytes(arm64.KVM_VCPU_EVENTS_SIZE),   # struct kvm_vcpu_events
+)
+KvmsnapVgic = _private(
+    "length" / Rebuild(Int32ul, len_(this.vgic)),
+    "reserved" / Default(Int32ul, 0),
+    "vgic" / Bytes(this.length),                    # arm64.VgicState
+    size=lambda this: 16 + len(this.vgic))
+KvmsnapPl011 = _fixed("pl011" / Bytes(arm64.Pl011State.sizeof()))
+
 # Smallest payload each private type can have at version 1.0 (the reader's lower bound).
 MIN_SIZES = {
     KVMSNAP_HEADER: KVMSNAP_HEADER_MIN_SIZE, KVMSNAP_CONFIG: 26, KVMSNAP_MEMORY_MAP: 16,
     KVMSNAP_SREGS: 16, KVMSNAP_XSAVE: 16, KVMSNAP_MSRS: 16, KVMSNAP_CPUID: 16, KVMSNAP_UART_INPUT: 16,
-    KVMSNAP_BASE: 50, KVMSNAP_DIGEST: 96,
+    KVMSNAP_BASE: 50, KVMSNAP_DIGEST: 96, KVMSNAP_VGIC: 16, KVMSNAP_ARM64_REGS: 16,
 }
 
 
@@ -256,6 +275,7 @@ def _entries():
     yield NoteType(OWNER_LINUX, NT_X86_XSAVE_LAYOUT, "NT_X86_XSAVE_LAYOUT",
                    GreedyRange(x86.x86_xfeat_component), None)
     yield NoteType(OWNER_QEMU, NT_QEMU_CPUSTATE, "QEMU_CPUSTATE", x86.QEMUCPUState, vcpu)
+    yield NoteType(OWNER_LINUX, NT_ARM_TLS, "NT_ARM_TLS", Int64ul, vcpu)
     yield NoteType(OWNER_VMCOREINFO, NT_VMCOREINFO, "VMCOREINFO", None, None)
     private = [
         (KVMSNAP_HEADER, "KVMSNAP_HEADER", KvmsnapHeader, vm),
@@ -281,8 +301,10 @@ def _entries():
         (KVMSNAP_MP_STATE, "KVMSNAP_MP_STATE", KvmsnapMpState, vcpu),
         (KVMSNAP_CPUID, "KVMSNAP_CPUID", KvmsnapCpuid, vcpu),
         (KVMSNAP_TSC_KHZ, "KVMSNAP_TSC_KHZ", KvmsnapTscKhz, vcpu),
-        # aarch64 (a later backend): not part of the x86 vCPU set that read_core requires
-        (KVMSNAP_ARM64_REGS, "KVMSNAP_ARM64_REGS", KvmsnapArm64Regs, None),
+        (KVMSNAP_VGIC, "KVMSNAP_VGIC", KvmsnapVgic, vm),
+        (KVMSNAP_PL011, "KVMSNAP_PL011", KvmsnapPl011, vm),
+        (KVMSNAP_ARM64_REGS, "KVMSNAP_ARM64_REGS", KvmsnapArm64Regs, vcpu),
+        (KVMSNAP_ARM64_VCPU, "KVMSNAP_ARM64_VCPU", KvmsnapArm64Vcpu, vcpu),
     ]
     for n_type, name, payload, scope in private:
         yield NoteType(OWNER_KVMSNAP, n_type, name, payload, scope)

@@ -152,7 +152,7 @@ def _apply(ram: GuestRam, increment) -> None:
 
 def _restore_state(machine: Machine, snapshot: Snapshot, plan) -> list[str]:
     live = machine.arch
-    live.vm.restore_devices(machine.vm, snapshot.devices)
+    live.vm.restore_devices(machine, snapshot.devices)
     can_scale_tsc = bool(machine.kvm.check_extension(Cap.TSC_CONTROL))
     warnings, problems = [], []
     for vcpu, saved, table, msrs in zip(machine.vcpus, snapshot.vcpus, plan.cpuid, plan.msrs):

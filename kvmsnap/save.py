@@ -22,11 +22,11 @@ def capture(machine) -> Snapshot:
     """The whole machine; every vCPU must be parked (``Machine.pause``).  Its memory is the live
     RAM: write it before the guest runs again."""
     live = machine.arch
-    vcpus = [live.vcpu.save_state(v, machine.saved_msrs, machine.vcpu_caps) for v in machine.vcpus]
+    vcpus = [live.vcpu.save_state(v, machine) for v in machine.vcpus]
     if machine.assist:
         for state in vcpus:
             machine.assist.as_guest_sees(state)
-    devices = live.vm.save_devices(machine.vm)    # once every vCPU is parked: none changes them
+    devices = live.vm.save_devices(machine)       # once every vCPU is parked: none changes them
     devices.update((name, model.state_bytes()) for name, model in machine.device_models.items())
     return Snapshot(arch=live.name, config=machine.config, vcpus=vcpus, devices=devices,
                     memory=machine.memory)

@@ -3,6 +3,7 @@ the construct layouts (a format test, not a fake KVM) and ``write`` saves it as 
 ``make_foreign`` builds minimal foreign ELF cores."""
 import struct
 
+from kvmsnap.arch.aarch64 import layouts as arm64
 from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.arch.x86_64.state import VcpuState
 from kvmsnap.formats import elf
@@ -134,6 +135,39 @@ def make_state(nvcpus=2, mem=8 * MiB, *, paging=True, regions=None) -> Snapshot:
                                  cmos=bytes([0x0B]) + bytes(range(128)), pci=(0x80000000).to_bytes(4, "little"),
                                  acpi_pm=bytes([0x20, 0, 0x01, 0]), uart_input=b"ls -l\n"),
                     memory=memory)
+
+
+ARM64_RAM = 0x4000_0000
+ARM64_PC = ARM64_RAM + 0x80000
+SCTLR_EL1, MPIDR_EL1 = 0x6030_0000_0013_c080, 0x6030_0000_0013_c005    # ARM64_SYS_REG(3,0,1,0,0), (3,0,0,0,5)
+PSCI_VERSION = 0x6030_0000_0014_0000                                   # KVM_REG_ARM_PSCI_VERSION
+
+
+def make_arm64_vcpu(i):
+    from kvmsnap.arch.aarch64 import notes as arm_notes
+    from kvmsnap.arch.aarch64.state import VcpuState
+    u64 = lambda v: v.to_bytes(8, "little")
+    core = {name: 0x1000 * i + n for n, name in enumerate(arm64.USER_PT_REGS)}
+    core.update(sp=ARM64_RAM + 0x200000 - 0x1000 * i, pc=ARM64_PC + 4 * i, pstate=0x3c5)
+    regs = [(arm_notes.PT_REG_IDS[name], u64(value)) for name, value in core.items()]
+    regs += [(v, bytes((n * 16 + j + i) & 0xff for j in range(16))) for n, v in enumerate(arm_notes.V_IDS)]
+    regs += [(arm_notes.FPSR_ID, (0x10 + i).to_bytes(4, "little")), (arm_notes.FPCR_ID, (0x3000000).to_bytes(4, "little")),
+             (SCTLR_EL1, u64(0x30d00800)), (MPIDR_EL1, u64(0x80000000 | i)), (PSCI_VERSION, u64(0x10001)),
+             (arm_notes.TPIDR_EL0_ID, u64(0xffff000012345000 + i))]
+    return VcpuState(index=i, features=[2] + ([0] if i else []), mp_state=0, regs=regs, events=bytes(64))
+
+
+def make_arm64_state(nvcpus=2, mem=8 * MiB) -> Snapshot:
+    """An aarch64 Snapshot: RAM at 1 GiB, core, FP/SIMD and a few system and firmware registers."""
+    ram = bytearray(mem)
+    ram[ARM64_PC - ARM64_RAM:ARM64_PC - ARM64_RAM + 8] = bytes.fromhex("1f2003d5ffffff17")   # nop; b .-4
+    vgic = arm64.VgicState.build(dict(type=7, nr_irqs=128, reserved=0, regs=[
+        dict(group=1, size=4, attr=0, value=0x12), dict(group=6, size=8, attr=0xc665, value=0xf0)]))
+    pl011 = arm64.Pl011State.build({name: 0 for name in arm64.PL011_REGS})
+    return Snapshot(arch="aarch64", config=MachineConfig("hello-arm64", mem, nvcpus),
+                    vcpus=[make_arm64_vcpu(i) for i in range(nvcpus)],
+                    devices=dict(vgic=vgic, uart=pl011, uart_input=b"ls\n"),
+                    memory=GuestRam([(Slot(0, ARM64_RAM, mem), ram)]))
 
 
 def write(state, path, **kw):

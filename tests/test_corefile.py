@@ -598,7 +598,9 @@ def test_newer_note_major_refused(core_path):
 def test_bad_magic_and_arch(core_path):
     note = _notes(core_path)[0]
     _patch(core_path, note.desc_offset + 20, struct.pack("<I", aarch64.ARCH_ID))
-    _expect_error(core_path, note.desc_offset + 20, "aarch64")
+    _expect_error(core_path, 18, "e_machine 62 is not aarch64's")             # an x86 file says aarch64
+    _patch(core_path, note.desc_offset + 20, struct.pack("<I", 9))
+    _expect_error(core_path, note.desc_offset + 20, "architecture 9")
     _patch(core_path, note.desc_offset + 8, b"KVMSNOP\0")
     _expect_error(core_path, note.desc_offset + 8, "magic")
 

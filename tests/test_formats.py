@@ -181,6 +181,9 @@ PRIVATE_SAMPLES = {
     N.KVMSNAP_ARM64_REGS: dict(reserved=0, regs=[dict(id=0x6030000000100040, value=_pattern(8)),
                                                  dict(id=0x6040000000100054, value=_pattern(16)),
                                                  dict(id=0x6020000000140000, value=_pattern(4))]),
+    N.KVMSNAP_ARM64_VCPU: dict(features=[0x74, 0, 0, 0, 0, 0, 0], mp_state=5, reserved=0, events=_pattern(64)),
+    N.KVMSNAP_VGIC: dict(reserved=0, vgic=_pattern(16 + 24)),
+    N.KVMSNAP_PL011: dict(pl011=_pattern(40)),
 }
 
 

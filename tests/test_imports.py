@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIVE = ("kvmsnap.kvm", "kvmsnap.vmm", "kvmsnap.save", "kvmsnap.restore", "kvmsnap.runner", "kvmsnap.memory.ram",
         "kvmsnap.memory.dirty",
         "kvmsnap.arch.x86_64.boot", "kvmsnap.arch.x86_64.host", "kvmsnap.arch.x86_64.vcpu", "kvmsnap.arch.x86_64.vm",
-        "kvmsnap.arch.x86_64.assist")
+        "kvmsnap.arch.x86_64.assist", "kvmsnap.arch.aarch64.boot", "kvmsnap.arch.aarch64.vcpu",
+        "kvmsnap.arch.aarch64.vm", "kvmsnap.arch.aarch64.vgic")
 #: What an offline module or command must never load.
 FORBIDDEN = ("cffi", "_cffi_backend", "kvmsnap.kvm", "kvmsnap.vmm")
 

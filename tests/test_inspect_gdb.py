@@ -1,5 +1,6 @@
 """``inspect --json`` against gdb and lldb on real cores: every register each debugger shows, for
-every thread/vCPU, equals the decoded value.  Cores: kvmsnap saves (smp: 2 vCPUs; fpu: AVX-512), QEMU x86-64 dumps
+every thread/vCPU, equals the decoded value.  Cores: kvmsnap saves (smp: 2 vCPUs; fpu: AVX-512; an aarch64 core written
+from a synthetic state), QEMU x86-64 dumps
 with paging off and on, a QEMU aarch64 dump (TCG), gdb gcore and a kernel process core."""
 import json
 
@@ -30,7 +31,8 @@ def expected(name: str, s: dict):
               "fioff": lambda: x87["fip"] & 0xffffffff, "fiseg": lambda: x87["fip"] >> 32 & 0xffff,
               "fooff": lambda: x87["fdp"] & 0xffffffff, "foseg": lambda: x87["fdp"] >> 32 & 0xffff,
               "mxcsr": lambda: fpu["mxcsr"]["value"], "fpsr": lambda: fpu["fpsr"]["value"],
-              "fpcr": lambda: fpu["fpcr"]["value"], "pkru": lambda: fpu["pkru"]}
+              "fpcr": lambda: fpu["fpcr"]["value"], "pkru": lambda: fpu["pkru"],
+              "tpidr": lambda: s["arm"]["NT_ARM_TLS"]["tpidr_el0"]}
     if name in simple:
         return simple[name]()
     if name in ("cs", "ss", "ds", "es", "fs", "gs"):
@@ -49,13 +51,13 @@ def expected(name: str, s: dict):
     raise AssertionError(f"gdb shows {name!r}: inspect has no such register")
 
 
-KINDS = ["kvmsnap-smp", "kvmsnap-fpu", "qemu-x86-paging-off", "qemu-x86-paging-on", "qemu-arm64",
+KINDS = ["kvmsnap-smp", "kvmsnap-fpu", "kvmsnap-arm64", "qemu-x86-paging-off", "qemu-x86-paging-on", "qemu-arm64",
          "gcore", "kernel"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_gdb_register_matches_inspect(kind, cores):
-    if kind.startswith(("kvmsnap", "qemu-x86")) and not KVM:
+    if kind.startswith(("kvmsnap-smp", "kvmsnap-fpu", "qemu-x86")) and not KVM:
         pytest.skip("needs /dev/kvm")
     core = core_of(kind, cores)
     summary = inspect_json(core)
@@ -76,7 +78,7 @@ def test_every_gdb_register_matches_inspect(kind, cores):
         avx512 = xcr0 & 0xe0 == 0xe0
         widest = {"zmm31", "k7"} if avx512 else {"ymm15"} if xcr0 & 0x4 else {"xmm15"}
         assert widest | {"st7", "ftag"} <= set(seen[1])
-    if kind == "qemu-arm64":
+    if kind in ("qemu-arm64", "kvmsnap-arm64"):
         assert {"v31", "fpcr", "cpsr", "x30"} <= set(seen[1])
 
 
@@ -116,7 +118,7 @@ def test_every_lldb_register_matches_inspect(kind, cores):
     state from any core (gcore's neither): it reads x87, SSE and the GPRs."""
     if not have("lldb"):
         pytest.skip("lldb is installed by .ci/setup")
-    if kind.startswith(("kvmsnap", "qemu-x86")) and not KVM:
+    if kind.startswith(("kvmsnap-smp", "kvmsnap-fpu", "qemu-x86")) and not KVM:
         pytest.skip("needs /dev/kvm")
     core = core_of(kind, cores)
     by_tid = {v["pid"]: v for v in inspect_json(core)["vcpus"]}

@@ -284,6 +284,7 @@ def test_resume_waits_for_a_save_in_progress(guest, tmp_path):
 def test_uart_input_is_read_in_order_with_data_ready_and_its_interrupt():
     """What Linux's 8250 driver relies on: IIR names received data first, LSR.DR until empty."""
     import io
+    from kvmsnap.notes import UART_INPUT_LIMIT
     from kvmsnap.vmm import uart
     pulses = []
     u = uart.Uart(io.BytesIO(), raise_irq=pulses.append)
@@ -294,7 +295,7 @@ def test_uart_input_is_read_in_order_with_data_ready_and_its_interrupt():
     assert not u.read(uart.LSR) & uart.LSR_DR and u.read(uart.IIR_FCR) & 0x0F == uart.IIR_THRE
     u.receive(b"c")
     assert pulses[-1] == uart.IRQ and u.read(uart.THR_RBR_DLL) == ord("c")
-    assert u.receive(bytes(uart.UART_INPUT_LIMIT + 1)) == uart.UART_INPUT_LIMIT                # bounded
+    assert u.receive(bytes(UART_INPUT_LIMIT + 1)) == UART_INPUT_LIMIT                # bounded
 
 
 def test_uart_input_reloaded_is_read_as_received():

@@ -24,17 +24,21 @@ class RegisterRefused(KvmsnapError):
     """The host's KVM refused to set a saved register; the message names it."""
 
 
+#: What each module of an architecture's live half does, for the message when it has none yet.
+LIVE_ROLES = {"vm": "run", "vcpu": "run", "boot": "run", "host": "restore", "assist": "run"}
+
+
 def live(package, module: str):
-    """A module of the live half of ``package`` (``vm``, ``vcpu``, ``host``, ``boot``, ``assist``): these
-    import the KVM layer, so they are imported only when asked for."""
+    """A module of the live half of ``package`` (``vm``, ``vcpu``, ``boot``, ``host``; x86 also
+    ``assist``): these import the KVM layer, so they are imported only when asked for."""
     name = f"{package.__name__}.{module}"
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name != name:
             raise
-        raise UnsupportedArch(f"{package.NAME}: kvmsnap cannot run or restore {package.NAME} guests yet "
-                              "(its KVM layer is built; its VMM is not)") from None
+        raise UnsupportedArch(f"{package.NAME}: kvmsnap cannot {LIVE_ROLES[module]} {package.NAME} guests "
+                              "yet") from None
 
 
 def _package(name: str):

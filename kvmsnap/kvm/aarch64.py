@@ -107,12 +107,14 @@ class Arm64Vcpu(DeviceAttrs):
     """vCPU-fd ioctls of KVM/arm64."""
 
     def arm_vcpu_init(self, target: int, features: list[int]) -> None:
-        """See KVM_ARM_VCPU_INIT: ``features`` are KVM_ARM_VCPU_* bit numbers."""
+        """See KVM_ARM_VCPU_INIT: ``features`` are KVM_ARM_VCPU_* bit numbers, kept in
+        ``init_features`` (KVM cannot be asked for them later)."""
         words = [0] * 7
         for bit in features:
             words[bit // 32] |= 1 << (bit % 32)
         ioctl_ptr(self.fd, "KVM_ARM_VCPU_INIT", ffi.new("struct kvm_vcpu_init *",
                                                         {"target": target, "features": words}))
+        self.init_features = list(features)
 
     def arm_vcpu_finalize(self, feature: int) -> None:
         """See KVM_ARM_VCPU_FINALIZE (KVM_ARM_VCPU_SVE, after its vector lengths are set)."""

@@ -1,4 +1,6 @@
-"""What the VMM does with each KVM_RUN exit: port I/O, MMIO, and the exits that stop the guest."""
+"""What the VMM does with each KVM_RUN exit: port I/O (x86), MMIO, and the exits that stop the guest."""
+import bisect
+import platform
 import struct
 
 from kvmsnap.kvm import lib
@@ -35,19 +37,21 @@ class GuestStopped(Exception):
 
 
 class ExitHandler:
-    """Dispatches exits of any vCPU of ``machine``; device models are shared and thread-safe."""
+    """Dispatches exits of any vCPU of ``machine``; device models are shared and thread-safe.
+    ``mmio``: (base, size, model) of each MMIO device, whose ``read(offset, size)`` and
+    ``write(offset, size, value)`` take the access."""
 
-    def __init__(self, machine):
+    def __init__(self, machine, mmio: list[tuple[int, int, object]]):
         self.machine = machine
+        self._mmio = sorted(mmio, key=lambda d: d[0])
+        self._mmio_bases = [base for base, _, _ in self._mmio]
 
     def handle(self, vcpu, reason: int) -> None:
         run = vcpu.run_area
         if reason == lib.KVM_EXIT_IO:
             self._io(vcpu, run.io)
         elif reason == lib.KVM_EXIT_MMIO:
-            if not run.mmio.is_write:        # no MMIO devices: reads float high
-                for i in range(run.mmio.len):
-                    run.mmio.data[i] = 0xFF
+            self._mmio_access(run.mmio)
         elif reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_IRQ_WINDOW_OPEN):
             pass
         elif reason == lib.KVM_EXIT_HLT:
@@ -73,6 +77,20 @@ class ExitHandler:
             raise GuestStopped(f"vCPU {vcpu.index}: unhandled exit {EXIT_NAMES.get(reason, reason)} "
                                f"at {_where(vcpu)}")
 
+    def _mmio_access(self, mmio) -> None:
+        """A load or store to an MMIO device; nothing there: loads float high, stores are dropped."""
+        addr, size = mmio.phys_addr, mmio.len
+        i = bisect.bisect_right(self._mmio_bases, addr) - 1
+        device = None
+        if i >= 0 and addr + size <= self._mmio[i][0] + self._mmio[i][1]:
+            base, _, device = self._mmio[i]
+        if mmio.is_write:
+            if device is not None:
+                device.write(addr - base, size, int.from_bytes(bytes(mmio.data[0:size]), "little"))
+            return
+        value = device.read(addr - base, size) if device is not None else (1 << 8 * size) - 1
+        mmio.data[0:size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+
     def _io(self, vcpu, io) -> None:
         buf = vcpu.run_buffer
         size, port = io.size, io.port
@@ -88,15 +106,15 @@ class ExitHandler:
         if port in uart.PORTS:
             m.uart.write(port - uart.BASE, value & 0xFF)
         elif port in cmos.PORTS:
-            m.cmos.write(port - cmos.BASE, value & 0xFF)
+            m.device_models["cmos"].write(port - cmos.BASE, value & 0xFF)
         elif port in pci.PORTS:
-            m.pci.write(port, size, value)
+            m.device_models["pci"].write(port, size, value)
         elif port == POWEROFF_PORT:
             raise GuestStopped("guest powered off", error=False)
         elif port == I8042_COMMAND and value & 0xFF == I8042_RESET:
             raise GuestStopped("guest reset itself (keyboard controller)", error=False)
         elif port in acpi_pm.PORTS:
-            if (asked := m.acpi_pm.write(port, size, value)) is not None:
+            if (asked := m.device_models["acpi_pm"].write(port, size, value)) is not None:
                 raise GuestStopped(f"guest asked for {asked} through ACPI", error=False)
 
     def _in(self, port: int, size: int) -> int:
@@ -104,16 +122,18 @@ class ExitHandler:
         if port in uart.PORTS:
             return m.uart.read(port - uart.BASE)
         if port in cmos.PORTS:
-            return m.cmos.read(port - cmos.BASE)
+            return m.device_models["cmos"].read(port - cmos.BASE)
         if port in pci.PORTS:
-            return m.pci.read(port, size)
+            return m.device_models["pci"].read(port, size)
         if port in acpi_pm.PORTS:
-            return m.acpi_pm.read(port, size)
+            return m.device_models["acpi_pm"].read(port, size)
         return 0xFFFFFFFF                       # nothing there: the bus floats high
 
 
 def _rip_cs(vcpu) -> tuple[int, int] | None:
-    """(RIP, CS base), or None for a vCPU whose state cannot be read."""
+    """(RIP, CS base), or None for a vCPU whose state cannot be read (or is not x86's)."""
+    if platform.machine() != "x86_64":
+        return None
     try:
         return (struct.unpack_from("<Q", vcpu.get_regs(), _RIP_AT)[0],
                 struct.unpack_from("<Q", vcpu.get_sregs(), _CS_BASE_AT)[0])
@@ -122,7 +142,10 @@ def _rip_cs(vcpu) -> tuple[int, int] | None:
 
 
 def _where(vcpu) -> str:
-    """'RIP 0x… (CS base 0x…)' for messages."""
+    """'RIP 0x… (CS base 0x…)' (arm64: 'PC 0x…') for messages."""
+    if platform.machine() == "aarch64":
+        from kvmsnap.arch.aarch64.vcpu import where
+        return where(vcpu)
     if (where := _rip_cs(vcpu)) is None:
         return "an unknown RIP"
     rip, cs_base = where

@@ -16,10 +16,6 @@ from kvmsnap.memory.dirty import DirtyLog
 from kvmsnap.memory.ram import GuestRam
 from kvmsnap.state import MachineConfig
 from kvmsnap.vmm.exits import ExitHandler, GuestStopped, fault_context
-from kvmsnap.vmm.acpi_pm import AcpiPm
-from kvmsnap.vmm.cmos import Cmos
-from kvmsnap.vmm.pci import PciConfig
-from kvmsnap.vmm.uart import Uart, UartInput
 
 KICK_SIGNAL = signal.SIGUSR1
 MIN_MEM = 2 << 20
@@ -30,22 +26,24 @@ class MachineError(KvmsnapError):
 
 
 class HostArch:
-    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``, ``host``, ``assist``."""
+    """The live modules of this host's architecture: ``vm``, ``vcpu``, ``boot``; ``assist`` where
+    the architecture has one (x86: a KVM that emulates guest kernel mode), else None."""
 
     def __init__(self):
         package = arch.host()
         self.name = package.NAME
-        self.vm, self.vcpu, self.boot, self.host, self.assist = (
-            arch.live(package, m) for m in ("vm", "vcpu", "boot", "host", "assist"))
+        self.vm, self.vcpu, self.boot = (arch.live(package, m) for m in ("vm", "vcpu", "boot"))
+        self.assist = arch.live(package, "assist") if package.ASSISTED else None
 
 
 class Machine:
     """A VM built from a ``MachineConfig``; ``boot`` loads an image, ``start`` runs the vCPUs."""
 
     def __init__(self, config: MachineConfig, console, memory: GuestRam | None = None,
-                 saved_msrs: list[int] | None = None):
-        """``memory``: RAM to use (restore), else fresh RAM; ``saved_msrs``: the MSRs a snapshot
-        of this machine holds (restore keeps the core's), else every listed MSR that reads back."""
+                 saved_msrs: list[int] | None = None, saved_vcpus: list | None = None):
+        """``memory``: RAM to use (restore), else fresh RAM; ``saved_msrs`` (x86): the MSRs a snapshot
+        of this machine holds (restore keeps the core's), else every listed MSR that reads back;
+        ``saved_vcpus``: the vCPU states a restore will load (what the vCPUs are created with)."""
         if config.mem_size < MIN_MEM or config.mem_size % 4096:
             raise InputError(f"{config.mem_size} bytes of guest RAM: it must be a multiple of 4 KiB "
                              "and at least 2 MiB", setting="mem_size")
@@ -53,6 +51,7 @@ class Machine:
         self.arch = HostArch()
         self.vm = None
         self.vcpus = []
+        self.irqchip = None         # the in-kernel interrupt controller's device, where it has one (arm64)
         self.assist = None          # what the VMM completes for a KVM that emulates guest kernel mode
         self.memory = memory
         self.memory_check = None    # a restore's check of RAM against the core's digests, while it runs
@@ -60,18 +59,14 @@ class Machine:
         self.first_run_at: float | None = None     # ... and when a vCPU first entered KVM_RUN
         self.kvm = Kvm()
         try:
-            self._build(memory)
+            self._build(memory, saved_vcpus)
         except BaseException:
             self.close()
             raise
-        self.uart = Uart(console, raise_irq=self._pulse_irq)
-        self.cmos = Cmos()
-        self.pci = PciConfig()
-        self.acpi_pm = AcpiPm()
-        #: the VMM's own devices, by their name in Snapshot.devices
-        self.device_models = {"uart": self.uart, "uart_input": UartInput(self.uart), "cmos": self.cmos,
-                              "pci": self.pci, "acpi_pm": self.acpi_pm}
-        self._exits = ExitHandler(self)
+        #: the VMM's own devices, by their name in Snapshot.devices; "uart" is the console
+        self.device_models = self.arch.vm.device_models(self, console)
+        self.uart = self.device_models["uart"]
+        self._exits = ExitHandler(self, self.arch.vm.mmio_devices(self))
         self._cond = threading.Condition()
         self._pause_requested = False
         self._stopping = False
@@ -82,7 +77,7 @@ class Machine:
         self._saved_msrs = saved_msrs
         lib.kvmsnap_install_kick_handler(KICK_SIGNAL)
 
-    def _build(self, memory: GuestRam | None) -> None:
+    def _build(self, memory: GuestRam | None, saved_vcpus: list | None) -> None:
         """The VM, its in-kernel devices, RAM slots and vCPUs."""
         limit = max_vcpus(self.kvm)
         if not 1 <= self.config.vcpus <= limit:
@@ -94,10 +89,12 @@ class Machine:
         for slot, (_, address) in zip(self.memory.slots(), self.memory.buffers()):
             self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address)
         self.dirty = DirtyLog(self.vm, self.memory)
-        self.assist = self.arch.assist.for_vm(self.vm, self.memory)
+        if self.arch.assist:
+            self.assist = self.arch.assist.for_vm(self.vm, self.memory)
+        self.vcpu_caps = self.arch.vcpu.VcpuCaps.of(self.kvm, self.vm)
         for i in range(self.config.vcpus):
             self.vcpus.append(self.vm.create_vcpu(i))
-        self.vcpu_caps = self.arch.vcpu.VcpuCaps.of(self.kvm, self.vm)
+        self.arch.vm.setup_vcpus(self, saved_vcpus)
 
     @property
     def saved_msrs(self) -> list[int]:
@@ -112,26 +109,8 @@ class Machine:
     def boot(self, image: bytes, name: str, flat_addr: int | None = None, cmdline: str = "",
              initrd: bytes | None = None) -> list[str]:
         """Load ``image`` and put the vCPUs in its entry state (docs/boot-protocol.md); a Linux
-        kernel gets ``cmdline`` and ``initrd``, after the parameters an emulating KVM needs.
-        Returns notes for the user: what was added, and why."""
-        kernel = self.arch.boot.KernelArgs(cmdline, initrd)
-        if self.assist:
-            kernel.host_params, kernel.prefer_vmlinux = self.assist.kernel_params, self.assist.needed
-        entry = self.arch.boot.boot(image, name, flat_addr, self.memory, self.vcpus,
-                                    self.arch.host.offered_cpuid(self.kvm), kernel)
-        if entry.mode not in self.arch.boot.LINUX_MODES or not (added := kernel.host_params()):
-            return []
-        notes = [f"this host's KVM emulates guest kernel mode: the kernel command line starts with "
-                 f"\"{added}\" (instructions its emulator cannot run), and kvmsnap completes int3, "
-                 "fwait and system calls (docs/kernel-mode-assist.md)"]
-        if entry.unpacked:
-            notes.append(f"{name}: booting the vmlinux inside this bzImage at its PVH entry (its "
-                         "decompressor would run emulated for many minutes)")
-        return notes
-
-    def _pulse_irq(self, irq: int) -> None:
-        self.vm.irq_line(irq, 1)
-        self.vm.irq_line(irq, 0)
+        kernel gets ``cmdline`` and ``initrd``. Returns notes for the user: what was added, and why."""
+        return self.arch.boot.boot_machine(self, image, name, flat_addr, cmdline, initrd)
 
     # --- running ---------------------------------------------------------------------------------
     def start(self, paused: bool = False) -> None:
@@ -278,6 +257,8 @@ class Machine:
             self.memory_check.close()
         for vcpu in self.vcpus:
             vcpu.close()
+        if self.irqchip is not None:
+            self.irqchip.close()
         if self.vm is not None:
             self.vm.close()
         self.kvm.close()

@@ -1,9 +1,9 @@
 """A 16550 UART at I/O port 0x3f8 (IRQ 4): the guest console. Output goes to a sink a line at a
 time; input (``receive``) waits in a receive buffer the guest reads byte by byte."""
-import collections
 import threading
 
-from kvmsnap.arch.x86_64.layouts import UART_INPUT_LIMIT, UartState
+from kvmsnap.arch.x86_64.layouts import UartState
+from kvmsnap.vmm.console import ConsoleInput, ConsoleOutput
 
 BASE = 0x3F8
 PORTS = range(BASE, BASE + 8)
@@ -24,9 +24,8 @@ class Uart:
     def __init__(self, sink, raise_irq=None):
         self.sink = sink
         self.raise_irq = raise_irq          # callable(irq) pulsing the IRQ line, or None
-        self._line = bytearray()
-        self._last = b""                    # the last line written out, for fault messages
-        self._rx = collections.deque()
+        self._out = ConsoleOutput(sink)
+        self._rx = ConsoleInput()
         self._lock = threading.Lock()       # vCPUs may write concurrently
         self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
         self.lcr, self.mcr, self.lsr, self.msr, self.scr = 0x03, 0x08, LSR_THRE_TEMT, 0xB0, 0
@@ -44,12 +43,12 @@ class Uart:
     def unread_input(self) -> bytes:
         """Input the guest has not read yet (the device blob of KVMSNAP_UART_INPUT)."""
         with self._lock:
-            return bytes(self._rx)
+            return self._rx.unread()
 
     def load_unread_input(self, data: bytes) -> None:
         """Restore the input from :meth:`unread_input`; the guest finds it with LSR.DR set."""
         with self._lock:
-            self._rx = collections.deque(data[:UART_INPUT_LIMIT])
+            self._rx.load(data)
 
     def write(self, offset: int, value: int) -> None:
         """Guest ``out`` to BASE + offset."""
@@ -80,7 +79,7 @@ class Uart:
             if offset == THR_RBR_DLL:
                 if dlab:
                     return self.dll
-                return self._rx.popleft() if self._rx else 0   # the driver reads while LSR.DR
+                return self._rx.take()                  # the driver reads while LSR.DR
             if offset == IER_DLM:
                 return self.dlm if dlab else self.ier
             if offset == IIR_FCR:
@@ -98,16 +97,13 @@ class Uart:
     def receive(self, data: bytes) -> int:
         """Input for the guest (keyboard, ``type`` over --control); returns the bytes taken."""
         with self._lock:
-            taken = data[:max(0, UART_INPUT_LIMIT - len(self._rx))]
-            self._rx.extend(taken)
+            taken = self._rx.receive(data)
             if taken and self.ier & IER_RDA and self.raise_irq:
                 self.raise_irq(IRQ)
-            return len(taken)
+            return taken
 
     def _transmit(self, value: int) -> None:
-        self._line.append(value)
-        if value == 0x0A or len(self._line) >= 4096:
-            self._flush_line()
+        self._out.transmit(value)
         self._update_irq()
 
     def _update_irq(self) -> None:
@@ -115,23 +111,14 @@ class Uart:
         if self.raise_irq and (self.iir == IIR_THRE or self.ier & IER_RDA and self._rx):
             self.raise_irq(IRQ)
 
-    def _flush_line(self) -> None:
-        if self._line:
-            if self._line.strip():
-                self._last = bytes(self._line[-400:])
-            self.sink.write(bytes(self._line))
-            self.sink.flush()
-            self._line.clear()
-
     @property
     def last_line(self) -> str:
-        """The last non-blank line the guest wrote (decoded only when asked: a fault message)."""
-        return self._last.decode(errors="replace").strip()[-200:]
+        return self._out.last_line
 
     def flush(self) -> None:
         """Write out a partial line (on pause, save and exit)."""
         with self._lock:
-            self._flush_line()
+            self._out.flush()
 
 
 class UartInput:

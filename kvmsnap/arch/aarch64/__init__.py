@@ -1,10 +1,19 @@
-"""aarch64: ``layouts`` (byte layouts, KVM one-reg ids) and ``decode`` (inspect). The KVM layer
-runs on arm64 hosts (kvmsnap/kvm/aarch64.py); the live half here (vm, vcpu, host, boot) is not
-written yet, so ``kvmsnap.arch.live`` names it unsupported."""
+"""aarch64: ``layouts`` (byte layouts, KVM one-reg ids, the machine's addresses), ``decode``
+(inspect), and the live half, on arm64 hosts: ``vm`` (with ``vgic``), ``vcpu``, ``boot`` (with
+``fdt``). Restoring (``host``) is not written yet, so ``kvmsnap.arch.live`` names it unsupported."""
+import importlib
+
 from kvmsnap.formats import elf
 
 NAME = "aarch64"
 E_MACHINE = elf.EM_AARCH64
 ARCH_ID = 2                  # KVMSNAP_HEADER.arch
+ASSISTED = False
 paging = None                # guest-virtual translation: not yet for aarch64
-notes = None                 # saving and restoring aarch64 cores: not yet
+
+
+def __getattr__(name):
+    """``notes`` on first use: it imports kvmsnap.notes, which imports layouts."""
+    if name == "notes":
+        return importlib.import_module(f"{__name__}.notes")
+    raise AttributeError(name)

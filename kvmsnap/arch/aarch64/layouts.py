@@ -4,7 +4,7 @@
 ``arch/arm64/include/uapi/asm/ptrace.h`` (QEMU's ``target/arm/arch_dump.c`` writes the same).
 ``KVM_REG_*`` is the one-reg id encoding of ``arch/arm64/include/uapi/asm/kvm.h``.
 """
-from construct import Array, Bytes, Int16ul, Int32ul, Int64ul, Struct
+from construct import Array, Bytes, Int16ul, Int32ul, Int64ul, Rebuild, Struct, len_, this
 
 from kvmsnap.formats.elf import linux_elf_prstatus
 
@@ -53,5 +53,36 @@ KVM_REG_ARM_FW_FEAT_BMAP = 0x0016
 SYSREG_FIELDS = (("op0", 14, 0x3), ("op1", 11, 0x7), ("crn", 7, 0xf), ("crm", 3, 0xf),
                  ("op2", 0, 0x7))
 
+KVM_VCPU_EVENTS_SIZE = 64          # struct kvm_vcpu_events (pending SError, external abort; reserved)
+
 SIZES = {user_pt_regs: 272, elf_prstatus: 392, user_fpsimd_state: 528, user_hwdebug_state: 264,
          user_sve_header: 16}
+
+# ---------------------------------------------------------------------------------------------
+# kvmsnap's devices (the VMM's, not KVM's), as saved in their notes (docs/core-format.md)
+
+#: The PL011 UART model (kvmsnap.vmm.pl011): its programmable registers, u32 each.
+PL011_REGS = ("ibrd", "fbrd", "lcr_h", "cr", "ifls", "imsc", "dmacr", "ilpr", "rsr", "tx_ris")
+Pl011State = Struct(*[name / Int32ul for name in PL011_REGS])
+
+#: The vGIC's saved registers (kvmsnap.arch.aarch64.vgic): each a KVM device attribute, in restore order.
+vgic_reg = Struct(
+    "group" / Int32ul,              # KVM_DEV_ARM_VGIC_GRP_*
+    "size" / Int32ul,               # bytes of the value KVM reads and writes: 4 or 8
+    "attr" / Int64ul,               # KVM_DEV_ARM_VGIC_GRP_* attribute (MPIDR and offset or encoding)
+    "value" / Int64ul,
+)
+VgicState = Struct(
+    "type" / Int32ul,               # KVM_DEV_TYPE_ARM_VGIC_V3 (7)
+    "nr_irqs" / Int32ul,            # KVM_DEV_ARM_VGIC_GRP_NR_IRQS
+    "nregs" / Rebuild(Int32ul, len_(this.regs)),
+    "reserved" / Int32ul,
+    "regs" / Array(this.nregs, vgic_reg),
+)
+
+# ---------------------------------------------------------------------------------------------
+# kvmsnap's arm64 machine (QEMU virt's layout; docs/boot-protocol.md)
+RAM_BASE = 0x4000_0000
+GICD_BASE, GICD_SIZE = 0x0800_0000, 0x1_0000
+GICR_BASE, GICR_STRIDE = 0x080A_0000, 0x2_0000      # per vCPU: RD_base and SGI_base frames
+UART_BASE, UART_SIZE, UART_SPI = 0x0900_0000, 0x1000, 1   # the PL011; its interrupt is SPI 1 (INTID 33)

@@ -8,6 +8,7 @@ from kvmsnap.formats import elf
 NAME = "x86_64"
 E_MACHINE = elf.EM_X86_64
 ARCH_ID = 1                  # KVMSNAP_HEADER.arch
+ASSISTED = True              # live: the VMM completes what a KVM that emulates kernel mode cannot (assist)
 
 
 def __getattr__(name):

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmsnap.arch.x86_64 import acpi, bzimage, cpuid
+from kvmsnap.arch.x86_64.host import offered_cpuid
 from kvmsnap.arch.x86_64.mptable import MPTABLE_ADDR, mptable
 from kvmsnap.arch.x86_64.layouts import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                                          CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME,
                                          EFER_NXE, EFER_SCE, RFLAGS_IOPL3,
                                          RFLAGS_RESERVED)
-from kvmsnap.errors import InputError
 from kvmsnap.formats import elf
 from kvmsnap.kvm import ffi, lib
+from kvmsnap.vmm.loader import LoadError, load_elf, require_ram
 
 # Boot data the loader keeps below 1 MiB (docs/boot-protocol.md)
 GDT_ADDR, START_INFO_ADDR, MEMMAP_ADDR, MODLIST_ADDR, TSS_ADDR = 0x1000, 0x2000, 0x2100, 0x3000, 0x4000
@@ -46,10 +47,6 @@ TSS_LIMIT = IO_BITMAP_OFFSET + 8192
 KVMSNAP_BOOT_NOTE = ("kvmsnap", 1)
 XEN_PVH_NOTE = ("Xen", 18)        # XEN_ELFNOTE_PHYS32_ENTRY: the PVH entry's physical address
 REALMODE_DEFAULT_ADDR = 0x7C00
-
-
-class LoadError(InputError):
-    """The image cannot be loaded: bad format, wrong architecture, or too big for guest RAM."""
 
 
 @dataclass
@@ -93,15 +90,9 @@ def load_image(data: bytes, name: str, memory, flat_addr: int | None = None) -> 
     if addr + len(data) > 0x100000 or addr < 0x500:
         raise LoadError(f"{name}: a real-mode flat binary must lie in 0x500-0xfffff (load address {addr:#x}, "
                         f"{len(data)} bytes)")
-    _require_ram(memory, name, addr, len(data))
+    require_ram(memory, name, addr, len(data))
     memory.write(addr, data)
     return EntryState("real", rip=addr & 0xFFFF, cs_base=addr & 0xF0000)
-
-
-def _require_ram(memory, name: str, addr: int, size: int) -> None:
-    if not memory.contains(addr, size):
-        raise LoadError(f"{name}: needs guest RAM at {addr:#x}-{addr + size:#x}, but the guest has only "
-                        f"{memory.top >> 20} MiB: give it more memory", setting="mem_size")
 
 
 def _load_bzimage(data: bytes, name: str, memory) -> EntryState:
@@ -114,43 +105,16 @@ def _load_bzimage(data: bytes, name: str, memory) -> EntryState:
     if load < ELF_LOAD_MIN or load % 4096:
         raise LoadError(f"{name}: preferred load address {load:#x} is not a page above 1 MiB")
     size = max(setup.init_size, len(setup.kernel))
-    _require_ram(memory, name, load, size)
+    require_ram(memory, name, load, size)
     memory.write(load, setup.kernel)
     return EntryState("bzimage", rip=load + bzimage.ENTRY_64_OFFSET, image_end=load + size, setup=setup)
 
 
-_PHDR = elf.row_parser("Elf64_Phdr", elf.Elf64_Phdr)
-
-
 def _load_elf(data: bytes, name: str, memory) -> EntryState:
-    if len(data) < elf.Elf64_Ehdr.sizeof():
-        raise LoadError(f"{name}: truncated ELF header")
-    ident = elf.e_ident.parse(data)
-    ehdr = elf.Elf64_Ehdr.parse(data)
-    if ident.EI_CLASS != elf.ELFCLASS64 or ident.EI_DATA != elf.ELFDATA2LSB \
-            or ehdr.e_machine != elf.EM_X86_64:
-        raise LoadError(f"{name}: not an x86-64 ELF image (class {ident.EI_CLASS}, machine "
-                        f"{ehdr.e_machine}); kvmsnap runs x86_64 guests")
-    if ehdr.e_type != elf.ET_EXEC:
-        raise LoadError(f"{name}: ELF type {ehdr.e_type} is not an executable (ET_EXEC)")
-    entsize = elf.Elf64_Phdr.sizeof()
-    if ehdr.e_phentsize != entsize or ehdr.e_phoff + ehdr.e_phnum * entsize > len(data):
-        raise LoadError(f"{name}: program header table at {ehdr.e_phoff:#x} lies outside the file")
-    image_end, notes = 0, {}
-    for i in range(ehdr.e_phnum):
-        at = ehdr.e_phoff + i * entsize
-        p = _PHDR(data[at:at + entsize])
-        if p.p_offset + p.p_filesz > len(data) or p.p_filesz > p.p_memsz:
-            raise LoadError(f"{name}: segment {i} at file offset {p.p_offset:#x} lies outside the file")
-        if p.p_type == elf.PT_LOAD and p.p_memsz:
-            if p.p_paddr < ELF_LOAD_MIN:
-                raise LoadError(f"{name}: segment {i} loads at {p.p_paddr:#x}, below 1 MiB (reserved for "
-                                "boot data)")
-            _require_ram(memory, name, p.p_paddr, p.p_memsz)
-            memory.write(p.p_paddr, data[p.p_offset:p.p_offset + p.p_filesz] + bytes(p.p_memsz - p.p_filesz))
-            image_end = max(image_end, p.p_paddr + p.p_memsz)
-        elif p.p_type == elf.PT_NOTE:
-            notes.update(_notes(data[p.p_offset:p.p_offset + p.p_filesz]))
+    ehdr, image_end, tables = load_elf(data, name, memory, elf.EM_X86_64, "x86-64", ELF_LOAD_MIN)
+    notes = {}
+    for table in tables:
+        notes.update(_notes(table))
     boot, pvh = notes.get(KVMSNAP_BOOT_NOTE), notes.get(XEN_PVH_NOTE)
     if boot is not None and len(boot) >= 12:
         rip, cpl = struct.unpack_from("<QI", boot)
@@ -357,3 +321,22 @@ def boot(image: bytes, name: str, flat_addr: int | None, memory, vcpus, supporte
             vcpu.set_xcrs(bytes(ffi.buffer(xcrs)))
         vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
     return entry
+
+
+def boot_machine(machine, image: bytes, name: str, flat_addr: int | None = None, cmdline: str = "",
+                 initrd: bytes | None = None) -> list[str]:
+    """:func:`boot` on ``machine``; a Linux kernel gets ``cmdline`` and ``initrd``, after the
+    parameters an emulating KVM needs. Returns notes for the user: what was added, and why."""
+    kernel = KernelArgs(cmdline, initrd)
+    if machine.assist:
+        kernel.host_params, kernel.prefer_vmlinux = machine.assist.kernel_params, machine.assist.needed
+    entry = boot(image, name, flat_addr, machine.memory, machine.vcpus, offered_cpuid(machine.kvm), kernel)
+    if entry.mode not in LINUX_MODES or not (added := kernel.host_params()):
+        return []
+    notes = [f"this host's KVM emulates guest kernel mode: the kernel command line starts with "
+             f"\"{added}\" (instructions its emulator cannot run), and kvmsnap completes int3, "
+             "fwait and system calls (docs/kernel-mode-assist.md)"]
+    if entry.unpacked:
+        notes.append(f"{name}: booting the vmlinux inside this bzImage at its PVH entry (its "
+                     "decompressor would run emulated for many minutes)")
+    return notes

@@ -300,9 +300,6 @@ CmosState = Struct(
     "ram" / Bytes(128),
 )
 
-#: Most bytes of input kvmsnap's UART holds for the guest (KVMSNAP_UART_INPUT); more is dropped.
-UART_INPUT_LIMIT = 1 << 16
-
 #: kvmsnap's ACPI PM1a registers (kvmsnap.vmm.acpi_pm): what the guest wrote to enable and control.
 AcpiPmState = Struct(
     "pm1_enable" / Int16ul,

@@ -98,8 +98,8 @@ def check_devices(devices: dict[str, bytes]) -> None:
     for name, size in DEVICE_SIZES.items():
         if len(devices.get(name, b"")) != size:
             raise ValueError(f"{name}: {len(devices.get(name, b''))} bytes, expected {size}")
-    if len(devices.get("uart_input", b"")) > x86.UART_INPUT_LIMIT:
-        raise ValueError(f"uart_input: {len(devices['uart_input'])} bytes, at most {x86.UART_INPUT_LIMIT}")
+    if len(devices.get("uart_input", b"")) > N.UART_INPUT_LIMIT:
+        raise ValueError(f"uart_input: {len(devices['uart_input'])} bytes, at most {N.UART_INPUT_LIMIT}")
 
 
 def prstatus(index: int, regs, sregs) -> bytes:
@@ -195,9 +195,9 @@ def read_devices(path: str, vm_notes: dict) -> dict[str, bytes]:
         if n_type not in vm_notes and n_type in OPTIONAL_DEVICE_NOTES:
             continue
         parsed = payload(path, vm_notes[n_type], layout)
-        if n_type == N.KVMSNAP_UART_INPUT and parsed.length > x86.UART_INPUT_LIMIT:
+        if n_type == N.KVMSNAP_UART_INPUT and parsed.length > N.UART_INPUT_LIMIT:
             raise CoreFormatError(path, vm_notes[n_type].desc_offset, f"KVMSNAP_UART_INPUT: {parsed.length}"
-                                  f" bytes of input, at most {x86.UART_INPUT_LIMIT}")
+                                  f" bytes of input, at most {N.UART_INPUT_LIMIT}")
         devices.update({name: bytes(parsed[field]) for name, field in fields.items()})
     for i, (name, chip_id) in enumerate(IRQCHIP_IDS.items()):       # in the note's order
         found = int.from_bytes(devices[name][:4], "little")

@@ -49,8 +49,9 @@ def readable_msrs(vcpu, indices: list[int]) -> list[int]:
             wanted.remove(e.index)
 
 
-def save_state(vcpu, msr_indices: list[int], caps: VcpuCaps) -> VcpuState:
+def save_state(vcpu, machine) -> VcpuState:
     """The vCPU's whole state; it must be out of KVM_RUN."""
+    msr_indices, caps = machine.saved_msrs, machine.vcpu_caps
     # KVM_GET_MP_STATE first: it runs kvm_apic_accept_events, which may change vCPU and LAPIC state.
     mp_state = vcpu.get_mp_state()
     regs = vcpu.get_regs()

@@ -2,6 +2,10 @@
 pages KVM keeps for itself), the RAM layout, and the VM-wide device state, saved and restored."""
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.kvm import Cap, lib
+from kvmsnap.vmm.acpi_pm import AcpiPm
+from kvmsnap.vmm.cmos import Cmos
+from kvmsnap.vmm.pci import PciConfig
+from kvmsnap.vmm.uart import Uart, UartInput
 
 #: Guest-physical pages KVM uses for itself on Intel (real-mode TSS: 3 pages; EPT identity map: 1).
 KVM_TSS_ADDR, KVM_IDENTITY_MAP_ADDR = 0xFFFBD000, 0xFFFBC000
@@ -34,16 +38,38 @@ def setup_vm(kvm, vm) -> None:
     vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
 
 
-def save_devices(vm) -> dict[str, bytes]:
+def setup_vcpus(machine, saved: list | None = None) -> None:
+    """Nothing to do once the vCPUs exist: the irqchip came first, and each vCPU's CPUID is set by
+    its boot or restore."""
+
+
+def device_models(machine, console) -> dict:
+    """The VMM's own devices, by their name in Snapshot.devices: the UART (the console; IRQ 4,
+    edge-triggered: pulsed), CMOS, PCI configuration ports and ACPI PM registers (port I/O)."""
+    def pulse_irq(irq: int) -> None:
+        machine.vm.irq_line(irq, 1)
+        machine.vm.irq_line(irq, 0)
+    uart = Uart(console, raise_irq=pulse_irq)
+    return {"uart": uart, "uart_input": UartInput(uart), "cmos": Cmos(), "pci": PciConfig(), "acpi_pm": AcpiPm()}
+
+
+def mmio_devices(machine) -> list:
+    """(base, size, model) of each MMIO device the VMM emulates: none (its devices are port I/O)."""
+    return []
+
+
+def save_devices(machine) -> dict[str, bytes]:
     """KVM's VM-wide device state; every vCPU must be parked, so none changes it meanwhile."""
+    vm = machine.vm
     devices = {name: vm.get_irqchip(chip) for name, chip in IRQCHIPS.items()}
     devices.update(pit=vm.get_pit2(), clock=vm.get_clock())
     return devices
 
 
-def restore_devices(vm, devices: dict[str, bytes]) -> None:
+def restore_devices(machine, devices: dict[str, bytes]) -> None:
     """Before any vCPU state (Firecracker's Vm::restore_state): PIT, clock, then the irqchip (the
     IOAPIC must hold its redirection table before the LAPICs accept interrupts)."""
+    vm = machine.vm
     vm.set_pit2(devices["pit"])
     vm.set_clock(_clock_for_set(devices["clock"]))
     for name in IRQCHIPS:
