@@ -9,12 +9,13 @@ sources); this module orders the whole:
 2. map (or read) guest RAM from the full core, write each increment's pages over it (a chain of
    increments), check the memory against its digests (before the guest runs when RAM is read
    eagerly, else from a thread while it runs, stopping it on damage), and build the machine;
-3. VM-wide device state, then each vCPU's state, then read every vCPU back;
-4. tell a guest using kvmclock that it was stopped (KVM_KVMCLOCK_CTRL; EINVAL: it does not);
+3. VM-wide device state and each vCPU's state (x86: devices first; arm64: the vGIC after the
+   vCPUs), then read every vCPU back;
+4. what the architecture does before the guest runs on (x86: tell a guest using kvmclock that it
+   was stopped, KVM_KVMCLOCK_CTRL);
 5. log the pages the guest writes from now on, so that a save can be an increment of this core.
 """
 import dataclasses
-import errno
 import time
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from kvmsnap import arch, verify
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.formats.kvmsnap import decode, state_blake3, with_base
 from kvmsnap.formats.reader import parse_elf
-from kvmsnap.kvm import Cap, Kvm, KvmError
+from kvmsnap.kvm import Kvm
 from kvmsnap.memory.ram import GuestRam, LeaseUnavailable
 from kvmsnap.state import Base, Snapshot
 from kvmsnap.verify import MemoryCheck
@@ -36,8 +37,9 @@ class RestoreError(KvmsnapError):
 @dataclass(frozen=True)
 class Policy:
     """What to do instead of refusing (each default: refuse), and how to bring RAM in."""
-    allow_missing_msrs: bool = False       # drop MSRs this host's KVM does not list
-    allow_missing_features: bool = False   # clear CPUID features this host lacks from the guest's table
+    allow_missing_msrs: bool = False       # x86: drop MSRs this host's KVM does not list
+    allow_missing_features: bool = False   # x86: clear CPUID features this host lacks from the guest's table
+    allow_missing_registers: bool = False  # arm64: leave out registers this host's KVM does not list or refuses
     memory: str = "background"             # guest RAM: "lazy" (mapped from the core copy-on-write), "eager"
     #                                        (read now) or "background" (mapped, and copied in by a thread)
     verify: bool = True                    # check the core against its digests (KVMSNAP_DIGEST)
@@ -64,8 +66,7 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
     host = arch.live(arch.by_name(snapshot.arch), "host")
     kvm = Kvm()
     try:
-        plan = host.check_host(snapshot.vcpus, kvm, allow_missing_msrs=policy.allow_missing_msrs,
-                               allow_missing_features=policy.allow_missing_features)
+        plan = host.check_host(snapshot.vcpus, kvm, policy)
     finally:
         kvm.close()
     if plan.problems:
@@ -98,9 +99,7 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
         if damage:
             ram.close()
             raise RestoreError(_damaged(damage))
-    restored = {i for i, _ in plan.msrs[0]}
-    machine = Machine(snapshot.config, console, memory=ram,       # a later save keeps the order
-                      saved_msrs=[i for i, _ in snapshot.vcpus[0].msrs if i in restored])
+    machine = Machine(snapshot.config, console, memory=ram, saved_msrs=plan.saved_msrs, saved_vcpus=snapshot.vcpus)
     try:
         warnings = notes + plan.warnings + _restore_state(machine, snapshot, plan)
         for name, model in machine.device_models.items():
@@ -151,30 +150,26 @@ def _apply(ram: GuestRam, increment) -> None:
 
 
 def _restore_state(machine: Machine, snapshot: Snapshot, plan) -> list[str]:
+    """The VM-wide devices before or after the vCPUs as the architecture needs, every vCPU, every
+    register read back; then what the architecture does before the guest runs on."""
     live = machine.arch
-    live.vm.restore_devices(machine, snapshot.devices)
-    can_scale_tsc = bool(machine.kvm.check_extension(Cap.TSC_CONTROL))
+    if not live.vm.DEVICES_AFTER_VCPUS:
+        live.vm.restore_devices(machine, snapshot.devices)
     warnings, problems = [], []
-    for vcpu, saved, table, msrs in zip(machine.vcpus, snapshot.vcpus, plan.cpuid, plan.msrs):
+    for vcpu, saved in zip(machine.vcpus, snapshot.vcpus):
         try:
-            warnings += live.vcpu.restore_state(vcpu, saved, table, msrs, can_scale_tsc)
+            warnings += live.vcpu.restore_state(vcpu, saved, plan, machine)
         except arch.RegisterRefused as e:
-            raise RestoreError(str(e)) from None
-    for vcpu, saved, msrs in zip(machine.vcpus, snapshot.vcpus, plan.msrs):
-        differ, changed = live.vcpu.verify_state(vcpu, saved, msrs)
+            raise RestoreError(f"{snapshot.info.path}: cannot restore on this host: {e}") from None
+    if live.vm.DEVICES_AFTER_VCPUS:
+        live.vm.restore_devices(machine, snapshot.devices)
+    for vcpu, saved in zip(machine.vcpus, snapshot.vcpus):
+        differ, changed = live.vcpu.verify_state(vcpu, saved, plan)
         problems += differ
         warnings += changed
     if problems:
         raise RestoreError(_listing(snapshot.info.path, problems))
-    if machine.assist:
-        for vcpu, saved in zip(machine.vcpus, snapshot.vcpus):
-            machine.assist.adopt(vcpu, saved)
-    for vcpu in machine.vcpus:
-        try:
-            vcpu.kvmclock_ctrl()
-        except KvmError as e:
-            if e.errno != errno.EINVAL:       # EINVAL: the guest has no kvmclock page
-                raise
+    live.vcpu.before_running(machine, snapshot)
     return warnings
 
 

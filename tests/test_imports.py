@@ -14,7 +14,7 @@ LIVE = ("kvmsnap.kvm", "kvmsnap.vmm", "kvmsnap.save", "kvmsnap.restore", "kvmsna
         "kvmsnap.memory.dirty",
         "kvmsnap.arch.x86_64.boot", "kvmsnap.arch.x86_64.host", "kvmsnap.arch.x86_64.vcpu", "kvmsnap.arch.x86_64.vm",
         "kvmsnap.arch.x86_64.assist", "kvmsnap.arch.aarch64.boot", "kvmsnap.arch.aarch64.vcpu",
-        "kvmsnap.arch.aarch64.vm", "kvmsnap.arch.aarch64.vgic")
+        "kvmsnap.arch.aarch64.host", "kvmsnap.arch.aarch64.vm", "kvmsnap.arch.aarch64.vgic")
 #: What an offline module or command must never load.
 FORBIDDEN = ("cffi", "_cffi_backend", "kvmsnap.kvm", "kvmsnap.vmm")
 

@@ -24,10 +24,13 @@ from .run import GuestFailed, open_console, save_on_fault_option, vmlinux_option
               help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
 @click.option("--allow-missing-features", is_flag=True,
               help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
+@click.option("--allow-missing-registers", is_flag=True,
+              help="arm64: leave out saved registers this host's KVM does not list or refuses, instead of "
+                   "refusing (docs/restore.md).")
 @save_on_fault_option
 @vmlinux_option
 def restore(core, console, control, paused, memory_mode, no_verify, allow_missing_msrs, allow_missing_features,
-            save_on_fault, vmlinux):
+            allow_missing_registers, save_on_fault, vmlinux):
     """Restore the guest saved in CORE and run it on.
 
     The whole file is validated, checked against its digests (see --no-verify) and against this
@@ -39,7 +42,7 @@ def restore(core, console, control, paused, memory_mode, no_verify, allow_missin
     from ..restore import Policy, restore as restore_core
     from ..runner import GuestSession
     policy = Policy(allow_missing_msrs=allow_missing_msrs, allow_missing_features=allow_missing_features,
-                    memory=memory_mode, verify=not no_verify)
+                    allow_missing_registers=allow_missing_registers, memory=memory_mode, verify=not no_verify)
     symbols = KernelSymbols(vmlinux) if vmlinux else None
     with open_console(console) as sink:
         machine, warnings = restore_core(core, sink, policy)

@@ -1,6 +1,6 @@
 """aarch64: ``layouts`` (byte layouts, KVM one-reg ids, the machine's addresses), ``decode``
 (inspect), and the live half, on arm64 hosts: ``vm`` (with ``vgic``), ``vcpu``, ``boot`` (with
-``fdt``). Restoring (``host``) is not written yet, so ``kvmsnap.arch.live`` names it unsupported."""
+``fdt``), ``host`` (restore's checks)."""
 import importlib
 
 from kvmsnap.formats import elf

@@ -128,6 +128,15 @@ def reg_id(reg: int) -> dict:
     return out
 
 
+def reg_name(reg: int) -> str:
+    """A register in words for messages: ``MIDR_EL1 (op0=3 op1=0 CRn=0 CRm=0 op2=0)``, ``x0 (core)``,
+    else its group and id."""
+    d = reg_id(reg)
+    if "op0" in d:
+        return f"{d['name']} (op0={d['op0']} op1={d['op1']} CRn={d['crn']} CRm={d['crm']} op2={d['op2']})"
+    return f"{d['name']} ({d['group']})" if d["name"] else f"{d['group']} register {d['id']}"
+
+
 def one_regs(regs) -> list[dict]:
     """The ``sysregs`` section from a parsed KVMSNAP_ARM64_REGS: each id decoded, with its value
     (an int up to 64 bits, else a hex string)."""

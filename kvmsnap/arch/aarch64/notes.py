@@ -1,9 +1,9 @@
 """aarch64 notes of a kvmsnap core, encoded and decoded side by side (docs/core-format.md).
 
 Per vCPU, NT_PRSTATUS first (gdb attaches the register notes that follow it to that thread), then
-NT_PRFPREG and NT_ARM_TLS for the debuggers (a LINUX note also tells lldb the core is Linux's), then the private notes restore uses: KVMSNAP_ARM64_REGS (every
-register KVM_GET_REG_LIST names, with its value: the standard notes' registers' one home) and
-KVMSNAP_ARM64_VCPU. VM-wide: the vGIC, the PL011 UART and its unread input.
+NT_PRFPREG and NT_ARM_TLS for the debuggers (a LINUX note also tells lldb the core is Linux's),
+then the private notes restore uses: KVMSNAP_ARM64_REGS (every register KVM_GET_REG_LIST names,
+with its value: the standard notes' registers' one home) and KVMSNAP_ARM64_VCPU. VM-wide: the vGIC, the PL011 UART and its unread input.
 """
 from kvmsnap import notes as N
 from kvmsnap.arch.aarch64 import layouts as arm64

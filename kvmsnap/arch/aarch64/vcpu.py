@@ -3,6 +3,8 @@
 ``arch/aarch64/vcpu.rs``)."""
 from dataclasses import dataclass
 
+from kvmsnap.arch import RegisterRefused
+from kvmsnap.arch.aarch64.decode import reg_name
 from kvmsnap.arch.aarch64.state import VcpuState
 from kvmsnap.kvm import lib
 from kvmsnap.kvm.aarch64 import core_reg_id
@@ -30,10 +32,13 @@ class VcpuCaps:
         return cls(target, tuple(features))
 
 
-def init(vcpu, target: int, features: list[int]) -> None:
-    """KVM_ARM_VCPU_INIT, then KVM_ARM_VCPU_FINALIZE for SVE (at the vector lengths KVM offers)."""
+def init(vcpu, target: int, features: list[int], sve_vls: bytes | None = None) -> None:
+    """KVM_ARM_VCPU_INIT, then for SVE the vector lengths (``sve_vls``: a saved KVM_REG_ARM64_SVE_VLS;
+    else those KVM offers) and KVM_ARM_VCPU_FINALIZE, before any other register is set."""
     vcpu.arm_vcpu_init(target, features)
     if lib.KVM_ARM_VCPU_SVE in features:
+        if sve_vls is not None:
+            vcpu.set_one_reg(lib.KVM_REG_ARM64_SVE_VLS, sve_vls)
         vcpu.arm_vcpu_finalize(lib.KVM_ARM_VCPU_SVE)
 
 
@@ -56,3 +61,52 @@ def where(vcpu) -> str:
         return f"PC {int.from_bytes(vcpu.get_one_reg(PC), 'little'):#x}"
     except OSError:
         return "an unknown PC"
+
+
+#: Registers that move on by themselves: the virtual counter (KVM_REG_ARM_TIMER_CNT reads the
+#: count, not what was set), and what KVM_ARM_VCPU_INIT already settled (the SVE vector lengths).
+VOLATILE = {lib.KVM_REG_ARM_TIMER_CNT}
+SET_AT_INIT = {lib.KVM_REG_ARM64_SVE_VLS}
+
+
+def restore_state(vcpu, saved: VcpuState, plan, machine) -> list[str]:
+    """Every register the plan keeps, in the saved (KVM_GET_REG_LIST) order, then the vCPU events
+    and the MP state last (docs/restore.md); the vCPU was initialized with the saved features and
+    vector lengths (vm.setup_vcpus). Every register KVM refuses is named, all in one error; with
+    ``allow_missing_registers`` they are left out with a warning instead."""
+    refused = []
+    for reg_id, value in plan.regs[saved.index]:
+        if reg_id in SET_AT_INIT:
+            continue
+        try:
+            vcpu.set_one_reg(reg_id, value)
+        except OSError as e:
+            plan.refused.add(reg_id)
+            host = vcpu.get_one_reg(reg_id)
+            refused.append(f"vCPU {saved.index}: {reg_name(reg_id)}: host value {int.from_bytes(host, 'little'):#x}, "
+                           f"core has {int.from_bytes(value, 'little'):#x} (KVM_SET_ONE_REG: {e.strerror})")
+    if refused and not plan.allow_refused:
+        raise RegisterRefused("refused by this host's KVM: " + "; ".join(refused))
+    vcpu.set_vcpu_events(saved.events)
+    vcpu.set_mp_state(saved.mp_state)
+    return [r + " (not restored)" for r in refused]
+
+
+def verify_state(vcpu, saved: VcpuState, plan) -> tuple[list[str], list[str]]:
+    """Read every register set back: (problems, warnings). Not compared: what moves on by itself
+    (VOLATILE). A register KVM refused (warned) reads back the host's value: not compared either."""
+    problems = []
+    for reg_id, value in plan.regs[saved.index]:
+        if reg_id in VOLATILE:
+            continue
+        got = vcpu.get_one_reg(reg_id)
+        if got != value and reg_id not in plan.refused:
+            problems.append(f"vCPU {saved.index}: {reg_name(reg_id)} reads back "
+                            f"{int.from_bytes(got, 'little'):#x}, core has {int.from_bytes(value, 'little'):#x}")
+    if vcpu.get_mp_state() != saved.mp_state:
+        problems.append(f"vCPU {saved.index}: MP state reads back {vcpu.get_mp_state()}, core has {saved.mp_state}")
+    return problems, []
+
+
+def before_running(machine, snapshot) -> None:
+    """Nothing more once every vCPU is restored: the counter came back with the timer registers."""

@@ -8,6 +8,7 @@ from kvmsnap.kvm import lib
 from kvmsnap.vmm.pl011 import Pl011
 from kvmsnap.vmm.uart import UartInput
 
+DEVICES_AFTER_VCPUS = True           # restore: the vGIC finds each redistributor by its vCPU's MPIDR
 REQUIRED_CAPS = {"ONE_REG": lib.KVM_CAP_ONE_REG, "DEVICE_CTRL": lib.KVM_CAP_DEVICE_CTRL,
                  "ARM_PSCI_0_2": lib.KVM_CAP_ARM_PSCI_0_2, "IMMEDIATE_EXIT": lib.KVM_CAP_IMMEDIATE_EXIT,
                  "MP_STATE": lib.KVM_CAP_MP_STATE}
@@ -30,9 +31,11 @@ def setup_vcpus(machine, saved: list | None = None) -> None:
     others powered off until the guest starts them with PSCI CPU_ON), then the vGIC."""
     caps = machine.vcpu_caps
     for vcpu in machine.vcpus:
-        features = saved[vcpu.index].features if saved else \
-            list(caps.features) + ([lib.KVM_ARM_VCPU_POWER_OFF] if vcpu.index else [])
-        arm_vcpu.init(vcpu, caps.target, features)
+        if saved:
+            state = saved[vcpu.index]
+            arm_vcpu.init(vcpu, caps.target, state.features, dict(state.regs).get(lib.KVM_REG_ARM64_SVE_VLS))
+        else:
+            arm_vcpu.init(vcpu, caps.target, list(caps.features) + ([lib.KVM_ARM_VCPU_POWER_OFF] if vcpu.index else []))
     machine.irqchip = vgic.create(machine.vm, len(machine.vcpus))
 
 

@@ -17,16 +17,19 @@ HYPERVISOR = (0x1, 0, "ecx", 31)
 @dataclass
 class RestorePlan:
     """Per vCPU (in index order) the CPUID table and the MSRs to set, in restore order; what the
-    host cannot take (``problems``) and what a policy flag let through (``warnings``)."""
+    host cannot take (``problems``) and what a policy flag let through (``warnings``); the MSRs a
+    later save of the restored machine holds (``saved_msrs``: the core's that are restored, in its order)."""
     cpuid: list[bytes] = field(default_factory=list)
     msrs: list[list[tuple[int, int]]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    saved_msrs: list[int] = field(default_factory=list)
 
 
-def check_host(vcpus, kvm, *, allow_missing_msrs: bool, allow_missing_features: bool) -> RestorePlan:
+def check_host(vcpus, kvm, policy) -> RestorePlan:
     """Compare the saved vCPUs with what this host's KVM offers, naming every register or feature
-    it cannot take."""
+    it cannot take; ``policy.allow_missing_msrs`` and ``allow_missing_features`` let them through."""
+    allow_missing_msrs, allow_missing_features = policy.allow_missing_msrs, policy.allow_missing_features
     plan = RestorePlan()
     limit = max_vcpus(kvm)
     if len(vcpus) > limit:
@@ -65,6 +68,8 @@ def check_host(vcpus, kvm, *, allow_missing_msrs: bool, allow_missing_features: 
                               "host's KVM" for i, _ in unlisted]
         plan.msrs.append(restore_order([(i, val) for i, val in v.msrs
                                         if i in host_msrs or not allow_missing_msrs]))
+    restored = {i for i, _ in plan.msrs[0]}
+    plan.saved_msrs = [i for i, _ in vcpus[0].msrs if i in restored]
     return plan
 
 

@@ -1,6 +1,7 @@
 """An x86-64 vCPU's state through KVM: save, restore and read-back, side by side, each in the order
 KVM needs (docs/restore.md gives the sources: Firecracker ``arch/x86_64/vcpu.rs``, QEMU
 ``kvm_arch_get_registers``/``kvm_arch_put_registers``)."""
+import errno
 import struct
 import time
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from kvmsnap.arch import RegisterRefused
 from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS, MSR_IA32_TSC, TRUNCATED_MSRS, msr_name
 from kvmsnap.arch.x86_64.state import VcpuState
 from kvmsnap.arch.x86_64.xsave import without_reserved
-from kvmsnap.kvm import Cap, MsrError, xsave2_size
+from kvmsnap.kvm import Cap, KvmError, MsrError, xsave2_size
 
 #: LAPIC register whose value counts down by itself: Timer Current Count (offset 0x390).
 LAPIC_TMCCT = 0x390
@@ -70,10 +71,11 @@ def save_state(vcpu, machine) -> VcpuState:
                      debugregs=debugregs, cpuid=cpuid, tsc_khz=tsc_khz, events=events)
 
 
-def restore_state(vcpu, saved: VcpuState, cpuid: bytes, msrs: list[tuple[int, int]],
-                  can_scale_tsc: bool) -> list[str]:
-    """Every SET ioctl in the order KVM needs; returns warnings.  ``cpuid`` and ``msrs`` are the
-    host-checked inputs (kvmsnap.arch.x86_64.host), ``msrs`` in restore order."""
+def restore_state(vcpu, saved: VcpuState, plan, machine) -> list[str]:
+    """Every SET ioctl in the order KVM needs; returns warnings.  The plan's CPUID table and MSRs
+    for this vCPU are the host-checked inputs (kvmsnap.arch.x86_64.host), the MSRs in restore order."""
+    cpuid, msrs = plan.cpuid[saved.index], plan.msrs[saved.index]
+    can_scale_tsc = bool(machine.kvm.check_extension(Cap.TSC_CONTROL))
     warnings = []
     # TSC frequency before CPUID: KVM derives the guest's TSC scaling from it.
     if saved.tsc_khz and saved.tsc_khz != vcpu.get_tsc_khz():
@@ -106,12 +108,13 @@ def restore_state(vcpu, saved: VcpuState, cpuid: bytes, msrs: list[tuple[int, in
     return warnings
 
 
-def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> tuple[list[str], list[str]]:
+def verify_state(vcpu, saved: VcpuState, plan) -> tuple[list[str], list[str]]:
     """Read every register set back: (problems, warnings). A difference names the set (and the
     MSR or LAPIC register). Not compared: what moves on by itself (the LAPIC timer's current count;
     a counter MSR that reads back no less than it was set to: the known COUNTER_MSRS, or one that
     reads differently again with the vCPU stopped) and the XSAVE bytes the reading kernel fills in.
     A SYSENTER MSR that kept its low 32 bits only is a warning (TRUNCATED_MSRS)."""
+    msrs = plan.msrs[saved.index]
     problems, warnings = [], []
     checks = [("REGS", vcpu.get_regs(), saved.regs),
               ("SREGS2" if saved.sregs2 else "SREGS",
@@ -153,3 +156,17 @@ def verify_state(vcpu, saved: VcpuState, msrs: list[tuple[int, int]]) -> tuple[l
         problems.append(f"vCPU {saved.index}: MP state reads back {vcpu.get_mp_state()}, core has "
                         f"{saved.mp_state}")
     return problems, warnings
+
+
+def before_running(machine, snapshot) -> None:
+    """Once every vCPU is restored: the assist adopts each (an emulating KVM), and a guest using
+    kvmclock is told it was stopped (KVM_KVMCLOCK_CTRL; EINVAL: it has no kvmclock page)."""
+    if machine.assist:
+        for vcpu, saved in zip(machine.vcpus, snapshot.vcpus):
+            machine.assist.adopt(vcpu, saved)
+    for vcpu in machine.vcpus:
+        try:
+            vcpu.kvmclock_ctrl()
+        except KvmError as e:
+            if e.errno != errno.EINVAL:
+                raise

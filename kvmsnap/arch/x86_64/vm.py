@@ -14,6 +14,7 @@ REQUIRED_CAPS = ("IRQCHIP", "PIT2", "IMMEDIATE_EXIT", "XSAVE", "XCRS", "VCPU_EVE
 #: RAM below the 32-bit hole ends here at the latest; the rest of RAM starts at 4 GiB.
 LOW_RAM_TOP = 3 << 30
 HIGH_RAM_BASE = 4 << 30
+DEVICES_AFTER_VCPUS = False          # restore: the irqchip, PIT and clock come first
 IRQCHIPS = {"pic_master": lib.KVM_IRQCHIP_PIC_MASTER, "pic_slave": lib.KVM_IRQCHIP_PIC_SLAVE,
             "ioapic": lib.KVM_IRQCHIP_IOAPIC}
 

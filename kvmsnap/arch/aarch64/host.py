@@ -1,0 +1,87 @@
+"""Can this host take an aarch64 snapshot? The checks restore makes before creating anything: every
+saved register must be one this host's KVM lists for a vCPU initialized as the saved one was (its
+features, its SVE vector lengths), and the ID registers that name the CPU must agree, but for
+those that may differ between hosts of one CPU model (MAY_DIFFER: the host's value is kept)."""
+from dataclasses import dataclass, field
+
+from kvmsnap.arch.aarch64 import vcpu as arm_vcpu
+from kvmsnap.arch.aarch64.decode import reg_name
+from kvmsnap.kvm import lib, max_vcpus
+
+
+def sysreg_id(op0, op1, crn, crm, op2) -> int:
+    return lib.KVM_REG_ARM64 | lib.KVM_REG_SIZE_U64 | lib.KVM_REG_ARM64_SYSREG | \
+        op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2
+
+
+#: ID registers that describe the CPU (KVM keeps the host's on older kernels and refuses a write
+#: of another value); MAY_DIFFER of them: a revision or implementation-defined detail that
+#: software does not branch on, kept at the host's value with a warning (docs/restore.md).
+ID_REGS = {"MIDR_EL1": sysreg_id(3, 0, 0, 0, 0), "REVIDR_EL1": sysreg_id(3, 0, 0, 0, 6),
+           "AIDR_EL1": sysreg_id(3, 1, 0, 0, 7), "CLIDR_EL1": sysreg_id(3, 1, 0, 0, 1),
+           "CTR_EL0": sysreg_id(3, 3, 0, 0, 1)}
+MAY_DIFFER = {ID_REGS["REVIDR_EL1"], ID_REGS["AIDR_EL1"]}
+
+
+@dataclass
+class RestorePlan:
+    """Per vCPU (in index order) the (id, value) registers to set, in saved order; what the host
+    cannot take (``problems``) and what the policy let through (``warnings``)."""
+    regs: list[list[tuple[int, bytes]]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    allow_refused: bool = False     # a register KVM_SET_ONE_REG refuses is left out (warned), not fatal
+    refused: set[int] = field(default_factory=set)      # ... those it refused (vcpu.restore_state)
+    saved_msrs = None               # (x86's)
+
+
+def check_host(vcpus, kvm, policy) -> RestorePlan:
+    """Compare the saved vCPUs with what this host's KVM lists and holds, naming every register it
+    cannot take; with ``policy.allow_missing_registers`` they are left out (warnings) instead."""
+    plan = RestorePlan(allow_refused=policy.allow_missing_registers)
+    limit = max_vcpus(kvm)
+    if len(vcpus) > limit:
+        plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")
+    try:
+        listed, host_values = _host_registers(kvm, vcpus[0])
+    except OSError as e:
+        plan.problems.append(f"this host's KVM cannot make a vCPU with the saved features "
+                             f"{vcpus[0].features} (KVM_ARM_VCPU_INIT / FINALIZE: {e.strerror})")
+        return plan
+    for v in vcpus:
+        keep, dropped = [], []
+        for reg_id, value in v.regs:
+            if reg_id not in listed:
+                dropped.append(f"vCPU {v.index}: {reg_name(reg_id)}: not listed by this host's KVM")
+            elif reg_id in ID_REGS.values() and host_values.get(reg_id, value) != value:
+                differs = (f"vCPU {v.index}: {reg_name(reg_id)}: host value "
+                           f"{int.from_bytes(host_values[reg_id], 'little'):#x}, core has "
+                           f"{int.from_bytes(value, 'little'):#x}")
+                if reg_id in MAY_DIFFER:
+                    plan.warnings.append(differs + " (the host's kept: it may differ)")
+                else:
+                    keep.append((reg_id, value))            # older KVMs refuse it: restore_state names it
+            else:
+                keep.append((reg_id, value))
+        if dropped and policy.allow_missing_registers:
+            plan.warnings += [d + " (not restored)" for d in dropped]
+        else:
+            plan.problems += dropped
+        plan.regs.append(keep)
+    return plan
+
+
+def _host_registers(kvm, saved) -> tuple[set[int], dict[int, bytes]]:
+    """The register ids this host's KVM lists for a vCPU like ``saved``, and the ID registers' values."""
+    vm = kvm.create_vm()
+    try:
+        vcpu = vm.create_vcpu(0)
+        try:
+            target, _ = vm.arm_preferred_target()
+            arm_vcpu.init(vcpu, target, saved.features, dict(saved.regs).get(lib.KVM_REG_ARM64_SVE_VLS))
+            listed = set(vcpu.get_reg_list())
+            return listed, {r: vcpu.get_one_reg(r) for r in ID_REGS.values() if r in listed}
+        finally:
+            vcpu.close()
+    finally:
+        vm.close()
