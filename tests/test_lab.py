@@ -8,7 +8,9 @@ lab found that a save taken right after an OUT exit held the OUT still to do, so
 again after restore: 4 failures, fixed in 3bd7c1e.)
 The same lab run moves cores both ways between the lab and this host (tests/crosshost_lab.py is
 the lab's half): each continues on the other KVM, or is refused naming what that KVM lacks.
-The arm64 lab (KVM/arm64 on QEMU's emulated EL2) runs the arm64 KVM layer's tests.
+The arm64 lab (KVM/arm64 on QEMU's emulated EL2) runs the arm64 KVM layer's tests and kvmsnap's
+arm64 save and restore tests (tests/test_arm64.py); gdb-multiarch and lldb here read the cores
+they save.
 """
 import os
 import subprocess
@@ -81,14 +83,47 @@ def test_a_lab_core_continues_here_or_is_refused_by_name(lab, tmp_path):
         ticks_continue(xfer / "lab.console", restored)
 
 
-def test_the_arm64_kvm_layer_passes_in_the_arm64_lab(tmp_path):
-    """tests/test_kvm_arm64.py on KVM/arm64 (the aarch64 lab builds kvmsnap's cffi module against its
-    own arm64 <linux/kvm.h> first): every test passes there, SVE's included (QEMU's -cpu max has it)."""
-    log = tmp_path / "lab.log"
+@pytest.fixture(scope="module")
+def arm64_lab(tmp_path_factory):
+    """tests/test_kvm_arm64.py and tests/test_arm64.py in the arm64 lab (which builds kvmsnap's cffi
+    module against its own arm64 <linux/kvm.h> first), the cores they save left in a shared
+    directory: (the lab's exit status, its last lines, that directory)."""
+    xfer = tmp_path_factory.mktemp("arm64")
+    log = xfer / "lab.log"
     with open(log, "wb") as out:
-        r = subprocess.run([os.path.join(ROOT, "scripts", "lab"), "aarch64", "--timeout", "1200", "--",
+        r = subprocess.run([os.path.join(ROOT, "scripts", "lab"), "aarch64", "--timeout", "1500",
+                            "--share", str(xfer), "-e", f"KVMSNAP_XFER={xfer}", "--",
                             "python3", "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
-                            "tests/test_kvm_arm64.py"],
-                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1500)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-    assert r.returncode == 0 and " passed" in tail and "skipped" not in tail, tail
+                            "tests/test_kvm_arm64.py", "tests/test_arm64.py"],
+                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1800)
+    lines = log.read_text(errors="replace").splitlines()
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return r.returncode, "\n".join(failures + ["..."] + lines[-40:]), xfer
+
+
+def test_kvmsnap_passes_in_the_arm64_lab(arm64_lab):
+    """Every test there passes, none skipped (SVE's included: QEMU's -cpu max has it)."""
+    returncode, tail, _ = arm64_lab
+    assert returncode == 0 and " passed" in tail and "skipped" not in tail, tail
+
+
+@pytest.mark.parametrize("sample", ["counter", "smp", "fpu", "timer"])
+def test_debuggers_read_every_register_of_the_arm64_lab_cores(arm64_lab, sample):
+    """gdb-multiarch and lldb here read each register of every vCPU of the arm64 cores saved on
+    KVM/arm64 as ``inspect --json`` decodes it."""
+    from dumptools import gdb_registers, lldb_registers
+    from test_inspect_gdb import expected, expected_lldb, inspect_json
+    _, tail, xfer = arm64_lab
+    core = xfer / f"arm64-{sample}.core"
+    assert core.exists(), f"the arm64 lab saved no {sample} core; its last lines:\n{tail}"
+    by_pid = {v["pid"]: v["sections"] for v in inspect_json(core)["vcpus"]}
+    for read, decoded in ((gdb_registers, expected), (lldb_registers, expected_lldb)):
+        seen = read(core)
+        assert set(seen) == set(by_pid), (read.__name__, set(seen), set(by_pid))
+        compared = 0
+        for pid, regs in seen.items():
+            for name, value in regs.items():
+                if value is not None:
+                    assert decoded(name, by_pid[pid]) == value, (read.__name__, pid, name)
+                    compared += 1
+        assert compared >= 60 * len(seen), (read.__name__, compared)      # x0-x30, v0-v31, sp, pc, cpsr, ...

@@ -37,42 +37,44 @@ class RestorePlan:
 
 def check_host(vcpus, kvm, policy) -> RestorePlan:
     """Compare the saved vCPUs with what this host's KVM lists and holds, naming every register it
-    cannot take; with ``policy.allow_missing_registers`` they are left out (warnings) instead."""
+    does not list and every ID register that differs and that it refuses to take; with
+    ``policy.allow_missing_registers`` they are left out (warnings) instead."""
     plan = RestorePlan(allow_refused=policy.allow_missing_registers)
     limit = max_vcpus(kvm)
     if len(vcpus) > limit:
         plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")
     try:
-        listed, host_values = _host_registers(kvm, vcpus[0])
+        listed, id_check = _host_registers(kvm, vcpus[0])
     except OSError as e:
         plan.problems.append(f"this host's KVM cannot make a vCPU with the saved features "
                              f"{vcpus[0].features} (KVM_ARM_VCPU_INIT / FINALIZE: {e.strerror})")
         return plan
     for v in vcpus:
-        keep, dropped = [], []
+        keep, left_out = [], []
         for reg_id, value in v.regs:
             if reg_id not in listed:
-                dropped.append(f"vCPU {v.index}: {reg_name(reg_id)}: not listed by this host's KVM")
-            elif reg_id in ID_REGS.values() and host_values.get(reg_id, value) != value:
-                differs = (f"vCPU {v.index}: {reg_name(reg_id)}: host value "
-                           f"{int.from_bytes(host_values[reg_id], 'little'):#x}, core has "
-                           f"{int.from_bytes(value, 'little'):#x}")
+                left_out.append(f"vCPU {v.index}: {reg_name(reg_id)}: not listed by this host's KVM")
+                continue
+            if reg_id in ID_REGS.values() and (differs := id_check(reg_id, value)):
                 if reg_id in MAY_DIFFER:
-                    plan.warnings.append(differs + " (the host's kept: it may differ)")
-                else:
-                    keep.append((reg_id, value))            # older KVMs refuse it: restore_state names it
-            else:
-                keep.append((reg_id, value))
-        if dropped and policy.allow_missing_registers:
-            plan.warnings += [d + " (not restored)" for d in dropped]
+                    plan.warnings.append(f"vCPU {v.index}: {differs} (the host's kept: it may differ)")
+                    continue
+                if "refused" in differs:
+                    left_out.append(f"vCPU {v.index}: {differs}")
+                    continue
+            keep.append((reg_id, value))
+        if left_out and policy.allow_missing_registers:
+            plan.warnings += [d + " (not restored)" for d in left_out]
         else:
-            plan.problems += dropped
+            plan.problems += left_out
         plan.regs.append(keep)
     return plan
 
 
-def _host_registers(kvm, saved) -> tuple[set[int], dict[int, bytes]]:
-    """The register ids this host's KVM lists for a vCPU like ``saved``, and the ID registers' values."""
+def _host_registers(kvm, saved):
+    """The register ids this host's KVM lists for a vCPU like ``saved``, and a check of a saved ID
+    register against the host's: None when equal, else in words, with "refused" when this KVM will
+    not take the saved value (KVM_SET_ONE_REG on a scratch vCPU)."""
     vm = kvm.create_vm()
     try:
         vcpu = vm.create_vcpu(0)
@@ -80,7 +82,21 @@ def _host_registers(kvm, saved) -> tuple[set[int], dict[int, bytes]]:
             target, _ = vm.arm_preferred_target()
             arm_vcpu.init(vcpu, target, saved.features, dict(saved.regs).get(lib.KVM_REG_ARM64_SVE_VLS))
             listed = set(vcpu.get_reg_list())
-            return listed, {r: vcpu.get_one_reg(r) for r in ID_REGS.values() if r in listed}
+            results = {}
+            for reg_id in ID_REGS.values():
+                if reg_id not in listed or reg_id not in dict(saved.regs):
+                    continue
+                host, value = vcpu.get_one_reg(reg_id), dict(saved.regs)[reg_id]
+                if host == value:
+                    continue
+                words = (f"{reg_name(reg_id)}: host value {int.from_bytes(host, 'little'):#x}, core has "
+                         f"{int.from_bytes(value, 'little'):#x}")
+                try:
+                    vcpu.set_one_reg(reg_id, value)
+                except OSError as e:
+                    words += f" (refused by this host's KVM: {e.strerror})"
+                results[reg_id, value] = words
+            return listed, lambda reg_id, value: results.get((reg_id, value))
         finally:
             vcpu.close()
     finally:
