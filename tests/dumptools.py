@@ -180,7 +180,7 @@ def have(*tools) -> bool:
 
 
 def core_of(kind, cores):
-    """The core of ``kind`` (kvmsnap-smp, kvmsnap-fpu, kvmsnap-arm64, qemu-x86-paging-off/-on, qemu-arm64,
+    """The core of ``kind`` (kvmsnap-smp, kvmsnap-fpu, kvmsnap-arm64(-sve), qemu-x86-paging-off/-on, qemu-arm64,
     gcore, kernel), built on first use into the session cache of the ``cores`` fixture (conftest);
     skips the test when the tools it needs are missing."""
     cache, factory = cores
@@ -198,9 +198,9 @@ def core_of(kind, cores):
             if not have("qemu-system-aarch64", "aarch64-linux-gnu-as", "gdb-multiarch"):
                 pytest.skip("qemu-system-arm, binutils-aarch64-linux-gnu, gdb-multiarch: .ci/setup")
             cache[kind] = arm64_dump(str(d))
-        elif kind == "kvmsnap-arm64":          # the aarch64 format, offline: a synthetic state (tests/synthetic.py)
+        elif kind.startswith("kvmsnap-arm64"):  # the aarch64 format, offline: a synthetic state (tests/synthetic.py)
             from synthetic import make_arm64_state, write
-            cache[kind] = write(make_arm64_state(), d / "arm64.core").path
+            cache[kind] = write(make_arm64_state(sve=kind.endswith("-sve")), d / "arm64.core").path
         elif kind == "gcore":
             cache[kind] = gcore(str(d))
         elif kind == "kernel":

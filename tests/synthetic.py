@@ -143,29 +143,36 @@ SCTLR_EL1, MPIDR_EL1 = 0x6030_0000_0013_c080, 0x6030_0000_0013_c005    # ARM64_S
 PSCI_VERSION = 0x6030_0000_0014_0000                                   # KVM_REG_ARM_PSCI_VERSION
 
 
-def make_arm64_vcpu(i):
+def make_arm64_vcpu(i, sve=False):
     from kvmsnap.arch.aarch64 import notes as arm_notes
     from kvmsnap.arch.aarch64.state import VcpuState
     u64 = lambda v: v.to_bytes(8, "little")
     core = {name: 0x1000 * i + n for n, name in enumerate(arm64.USER_PT_REGS)}
     core.update(sp=ARM64_RAM + 0x200000 - 0x1000 * i, pc=ARM64_PC + 4 * i, pstate=0x3c5)
     regs = [(arm_notes.PT_REG_IDS[name], u64(value)) for name, value in core.items()]
-    regs += [(v, bytes((n * 16 + j + i) & 0xff for j in range(16))) for n, v in enumerate(arm_notes.V_IDS)]
+    if sve:         # SVE at 1024 bits: KVM then lists Z, P and FFR, not V
+        regs += [(z, bytes((n * 7 + j + i) & 0xff for j in range(256))) for n, z in enumerate(arm_notes.Z_IDS)]
+        regs += [(p, bytes((n * 3 + j) & 0xff for j in range(32))) for n, p in enumerate(arm_notes.P_IDS)]
+        regs += [(arm_notes.FFR_ID, bytes(range(32))), (arm_notes.SVE_VLS_ID, (0xff).to_bytes(64, "little")),
+                 (arm_notes.ZCR_EL1_ID, u64(7))]
+    else:
+        regs += [(v, bytes((n * 16 + j + i) & 0xff for j in range(16))) for n, v in enumerate(arm_notes.V_IDS)]
     regs += [(arm_notes.FPSR_ID, (0x10 + i).to_bytes(4, "little")), (arm_notes.FPCR_ID, (0x3000000).to_bytes(4, "little")),
              (SCTLR_EL1, u64(0x30d00800)), (MPIDR_EL1, u64(0x80000000 | i)), (PSCI_VERSION, u64(0x10001)),
              (arm_notes.TPIDR_EL0_ID, u64(0xffff000012345000 + i))]
     return VcpuState(index=i, features=[2] + ([0] if i else []), mp_state=0, regs=regs, events=bytes(64))
 
 
-def make_arm64_state(nvcpus=2, mem=8 * MiB) -> Snapshot:
-    """An aarch64 Snapshot: RAM at 1 GiB, core, FP/SIMD and a few system and firmware registers."""
+def make_arm64_state(nvcpus=2, mem=8 * MiB, sve=False) -> Snapshot:
+    """An aarch64 Snapshot: RAM at 1 GiB, core, FP/SIMD (or SVE) and a few system and firmware
+    registers."""
     ram = bytearray(mem)
     ram[ARM64_PC - ARM64_RAM:ARM64_PC - ARM64_RAM + 8] = bytes.fromhex("1f2003d5ffffff17")   # nop; b .-4
     vgic = arm64.VgicState.build(dict(type=7, nr_irqs=128, reserved=0, regs=[
         dict(group=1, size=4, attr=0, value=0x12), dict(group=6, size=8, attr=0xc665, value=0xf0)]))
     pl011 = arm64.Pl011State.build({name: 0 for name in arm64.PL011_REGS})
     return Snapshot(arch="aarch64", config=MachineConfig("hello-arm64", mem, nvcpus),
-                    vcpus=[make_arm64_vcpu(i) for i in range(nvcpus)],
+                    vcpus=[make_arm64_vcpu(i, sve) for i in range(nvcpus)],
                     devices=dict(vgic=vgic, uart=pl011, uart_input=b"ls\n"),
                     memory=GuestRam([(Slot(0, ARM64_RAM, mem), ram)]))
 

@@ -1,6 +1,6 @@
 """``inspect --json`` against gdb and lldb on real cores: every register each debugger shows, for
-every thread/vCPU, equals the decoded value.  Cores: kvmsnap saves (smp: 2 vCPUs; fpu: AVX-512; an aarch64 core written
-from a synthetic state), QEMU x86-64 dumps
+every thread/vCPU, equals the decoded value.  Cores: kvmsnap saves (smp: 2 vCPUs; fpu: AVX-512; aarch64 cores written
+from a synthetic state, with and without SVE), QEMU x86-64 dumps
 with paging off and on, a QEMU aarch64 dump (TCG), gdb gcore and a kernel process core."""
 import json
 
@@ -37,6 +37,9 @@ def expected(name: str, s: dict):
         return simple[name]()
     if name in ("cs", "ss", "ds", "es", "fs", "gs"):
         return s["segments"][name]["selector"]
+    sve = s.get("arm", {}).get("NT_ARM_SVE", {})
+    if name in ("vg", "ffr") or name[:1] in "zp" and name[1:].isdigit() and sve:
+        return sve[name] if name in ("vg", "ffr") else sve[name[0]][int(name[1:])]
     for prefix in ("st", "xmm", "ymm", "zmm", "k", "v"):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             n = int(name[len(prefix):])
@@ -51,7 +54,7 @@ def expected(name: str, s: dict):
     raise AssertionError(f"gdb shows {name!r}: inspect has no such register")
 
 
-KINDS = ["kvmsnap-smp", "kvmsnap-fpu", "kvmsnap-arm64", "qemu-x86-paging-off", "qemu-x86-paging-on", "qemu-arm64",
+KINDS = ["kvmsnap-smp", "kvmsnap-fpu", "kvmsnap-arm64", "kvmsnap-arm64-sve", "qemu-x86-paging-off", "qemu-x86-paging-on", "qemu-arm64",
          "gcore", "kernel"]
 
 
@@ -80,6 +83,8 @@ def test_every_gdb_register_matches_inspect(kind, cores):
         assert widest | {"st7", "ftag"} <= set(seen[1])
     if kind in ("qemu-arm64", "kvmsnap-arm64"):
         assert {"v31", "fpcr", "cpsr", "x30"} <= set(seen[1])
+    if kind == "kvmsnap-arm64-sve":
+        assert {"z31", "vg", "fpcr", "cpsr", "x30"} <= set(seen[1])
 
 
 # lldb's views of the x86-64 GPRs: (whole register, bits, shift)
@@ -108,7 +113,10 @@ def expected_lldb(name: str, s: dict):
         return lldb_only[name]()
     if name.startswith("mm") and name[2:].isdigit():       # MMX: the low 64 bits of the x87 register
         return int(x87["st"][int(name[2:])], 16) & ((1 << 64) - 1)
-    return expected(name, s)
+    value = expected(name, s)
+    if isinstance(value, str) and len(value) <= 18:       # lldb gives registers of up to 64 bits as ints
+        return int(value, 16)
+    return value
 
 
 # lldb 14 opens no QEMU dump ("Don't know how to parse core file. Unsupported OS.")

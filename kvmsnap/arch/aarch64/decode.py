@@ -164,9 +164,22 @@ def hwdebug(desc: bytes) -> dict:
 
 
 def sve(desc: bytes) -> dict:
+    """NT_ARM_SVE: its header and, in SVE format, z0–z31, p0–p15 and FFR (hex strings of ``vl``
+    and ``vl / 8`` bytes), with ``vg`` (the vector length in 64-bit granules, as gdb shows it)."""
     h = parse(arm64.user_sve_header, desc, "NT_ARM_SVE")
-    return dict(size=h.size, max_size=h.max_size, vl=h.vl, max_vl=h.max_vl, flags=h.flags,
-                format="SVE" if h.flags & 1 else "FPSIMD")
+    out = dict(size=h.size, max_size=h.max_size, vl=h.vl, max_vl=h.max_vl, flags=h.flags,
+               format="SVE" if h.flags & arm64.SVE_PT_REGS_SVE else "FPSIMD")
+    if not h.flags & arm64.SVE_PT_REGS_SVE or not h.vl or h.vl % arm64.SVE_VQ_BYTES:
+        return out
+    vq = h.vl // arm64.SVE_VQ_BYTES
+    at = arm64.sve_layout(vq)
+    if len(desc) < at["size"]:
+        raise DecodeError(f"NT_ARM_SVE: {len(desc)} bytes, its vector length {h.vl} needs {at['size']}")
+    preg = 2 * vq
+    out.update(vg=h.vl // 8, z=[wide(desc[at["z"] + h.vl * n:at["z"] + h.vl * (n + 1)]) for n in range(32)],
+               p=[wide(desc[at["p"] + preg * n:at["p"] + preg * (n + 1)]) for n in range(16)],
+               ffr=wide(desc[at["ffr"]:at["ffr"] + preg]))
+    return out
 
 
 def arm_note(desc: bytes, name: str) -> dict:

@@ -35,6 +35,21 @@ user_sve_header = Struct(
     "flags" / Int16ul, "__reserved" / Int16ul,
 )
 
+SVE_PT_REGS_SVE = 1                # user_sve_header.flags: the payload is SVE's (else FPSIMD's)
+SVE_VQ_BYTES = 16                  # a vector-length quantum: 128 bits
+
+
+def sve_layout(vq: int) -> dict[str, int]:
+    """Offsets in an NT_ARM_SVE note in SVE format (``arch/arm64/include/uapi/asm/ptrace.h``,
+    SVE_PT_SVE_*) for vector length ``vq`` quanta: 32 Z registers of 16·vq bytes from 16, then
+    16 P registers and FFR of 2·vq bytes, then FPSR and FPCR (u32) at the next 16-byte boundary."""
+    z = user_sve_header.sizeof()
+    p = z + 32 * vq * SVE_VQ_BYTES
+    ffr = p + 16 * 2 * vq
+    fpsr = -(-(ffr + 2 * vq) // SVE_VQ_BYTES) * SVE_VQ_BYTES
+    return dict(z=z, p=p, ffr=ffr, fpsr=fpsr, fpcr=fpsr + 4, size=-(-(fpsr + 8) // SVE_VQ_BYTES) * SVE_VQ_BYTES)
+
+
 # ---------------------------------------------------------------------------------------------
 # KVM one-reg ids (KVM_GET_REG_LIST): arch | size | coprocessor group | group-specific index.
 

@@ -40,6 +40,10 @@ PT_REG_IDS = {name: core_id(2 * i) for i, name in enumerate(arm64.USER_PT_REGS)}
 V_IDS = [core_id(84 + 4 * n, 4) for n in range(32)]            # fp_regs.vregs[n], 128 bits
 FPSR_ID, FPCR_ID = core_id(212, 2), core_id(213, 2)
 Z_IDS = [_id(arm64.KVM_REG_ARM64_SVE, 8, n << 5) for n in range(32)]   # Z<n> slice 0, 2048 bits
+P_IDS = [_id(arm64.KVM_REG_ARM64_SVE, 5, 0x400 | n << 5) for n in range(16)]   # P<n> slice 0, 256 bits
+FFR_ID = _id(arm64.KVM_REG_ARM64_SVE, 5, 0x600)
+SVE_VLS_ID = _id(arm64.KVM_REG_ARM64_SVE, 6, 0xffff)           # the vector lengths: a bitmap of VQs
+ZCR_EL1_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, 3 << 14 | 0 << 11 | 1 << 7 | 2 << 3 | 0)   # (3,0,1,2,0)
 TPIDR_EL0_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, 3 << 14 | 3 << 11 | 13 << 7 | 0 << 3 | 2)   # (3,3,13,0,2)
 
 
@@ -100,6 +104,30 @@ def fpsimd(regs: dict[int, bytes]) -> bytes:
         fpcr=int.from_bytes(regs.get(FPCR_ID, bytes(4)), "little"), __reserved=[0, 0]))
 
 
+def sve(regs: dict[int, bytes]) -> bytes | None:
+    """NT_ARM_SVE in SVE format, as Linux writes it for a task using SVE, from KVM's Z, P and FFR
+    registers (which KVM gives at the vCPU's largest vector length): at the vector length EL1 runs
+    with (ZCR_EL1.LEN, at most the largest); None for a vCPU without SVE."""
+    if Z_IDS[0] not in regs or SVE_VLS_ID not in regs:
+        return None
+    vls = int.from_bytes(regs[SVE_VLS_ID], "little")
+    max_vq = vls.bit_length()
+    vq = min((int.from_bytes(regs.get(ZCR_EL1_ID, bytes(8)), "little") & 0xF) + 1, max_vq)
+    vl, at = vq * arm64.SVE_VQ_BYTES, arm64.sve_layout(vq)
+    out = bytearray(at["size"])
+    out[:at["z"]] = arm64.user_sve_header.build(dict(
+        size=at["size"], max_size=arm64.sve_layout(max_vq)["size"], vl=vl, max_vl=max_vq * arm64.SVE_VQ_BYTES,
+        flags=arm64.SVE_PT_REGS_SVE, __reserved=0))
+    for n, z in enumerate(Z_IDS):
+        out[at["z"] + vl * n:at["z"] + vl * (n + 1)] = regs[z][:vl]
+    for n, p in enumerate(P_IDS):
+        out[at["p"] + 2 * vq * n:at["p"] + 2 * vq * (n + 1)] = regs.get(p, bytes(32))[:2 * vq]
+    out[at["ffr"]:at["ffr"] + 2 * vq] = regs.get(FFR_ID, bytes(32))[:2 * vq]
+    out[at["fpsr"]:at["fpsr"] + 4] = regs.get(FPSR_ID, bytes(4))
+    out[at["fpcr"]:at["fpcr"] + 4] = regs.get(FPCR_ID, bytes(4))
+    return bytes(out)
+
+
 def _features_words(features: list[int]) -> list[int]:
     words = [0] * 7
     for bit in features:
@@ -108,12 +136,15 @@ def _features_words(features: list[int]) -> list[int]:
 
 
 def vcpu_notes(v: VcpuState) -> list[tuple[str, int, bytes]]:
-    """``(owner, type, descriptor)`` of vCPU ``v``'s notes, in :data:`VCPU_NOTES` order."""
+    """``(owner, type, descriptor)`` of vCPU ``v``'s notes, in :data:`VCPU_NOTES` order, with
+    NT_ARM_SVE after NT_ARM_TLS for a vCPU with SVE."""
     regs = dict(v.regs)
+    sve_note = sve(regs)
     return [
         (N.OWNER_CORE, N.NT_PRSTATUS, prstatus(v.index, regs)),
         (N.OWNER_CORE, N.NT_PRFPREG, fpsimd(regs)),
         (N.OWNER_LINUX, N.NT_ARM_TLS, regs.get(TPIDR_EL0_ID, bytes(8))),     # TPIDR_EL0, as Linux cores have it
+        *([(N.OWNER_LINUX, N.NT_ARM_SVE, sve_note)] if sve_note else []),
         (N.OWNER_KVMSNAP, N.KVMSNAP_ARM64_REGS, N.KvmsnapArm64Regs.build(dict(
             reserved=0, regs=[dict(id=reg_id, value=value) for reg_id, value in v.regs]))),
         (N.OWNER_KVMSNAP, N.KVMSNAP_ARM64_VCPU, N.KvmsnapArm64Vcpu.build(dict(
