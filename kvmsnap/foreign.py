@@ -4,7 +4,7 @@ and the register notes that follow it (docs/inspect-json.md)."""
 import struct
 
 from kvmsnap import notes as N
-from kvmsnap.arch.aarch64 import decode as arm64_decode
+from kvmsnap.arch.aarch64 import decode as arm64_decode, devices as arm64_devices, notes as arm64_notes
 from kvmsnap.arch.x86_64 import decode as x86_decode
 from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.arch.x86_64.xsave import XCR0_LEGACY, xcr0_from_linux_xstate
@@ -76,7 +76,7 @@ def summarize(image: ElfCore) -> dict:
     path = image.path
     machine = image.ehdr.e_machine
     arch = elf.MACHINE_NAMES.get(machine, f"e_machine {machine}")
-    threads, qemu, process, vmcoreinfo = [], [], {}, None
+    threads, qemu, process, vmcoreinfo, arm_devices, device_note = [], [], {}, None, {}, None
     for note in image.notes:
         key = (note.owner, note.type)
         if key == KEY_PRSTATUS:
@@ -94,6 +94,11 @@ def summarize(image: ElfCore) -> dict:
             process[PROCESS_NOTES[note.type]] = decode_note(path, note, decoder)
         elif key == (N.OWNER_VMCOREINFO, N.NT_VMCOREINFO):
             vmcoreinfo = linux.vmcoreinfo(note.desc)
+        elif machine == elf.EM_AARCH64 and note.owner == N.OWNER_KVMSNAP and note.type in arm64_notes.DEVICE_NOTES:
+            layout, fields = arm64_notes.DEVICE_NOTES[note.type]
+            parsed = payload(path, note, layout)
+            arm_devices.update({name: bytes(parsed[field]) for name, field in fields.items()})
+            device_note = device_note or note
         elif threads and (note.owner in (N.OWNER_CORE, N.OWNER_LINUX)
                           or key == (N.OWNER_KVMSNAP, N.KVMSNAP_ARM64_REGS)):
             note.vcpu = threads[-1]["id"]      # register notes follow their thread's NT_PRSTATUS
@@ -117,7 +122,8 @@ def summarize(image: ElfCore) -> dict:
         config=None,
         memory_map=None,
         base=None,
-        devices=None,
+        devices=decode_note(path, device_note, lambda _: arm64_devices.summary(arm_devices))
+        if {"vgic", "uart"} <= arm_devices.keys() else None,
         process=process or None,
         vmcoreinfo=vmcoreinfo,
         xsave_layout=xsave_layout(image),

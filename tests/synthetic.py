@@ -157,7 +157,8 @@ def make_arm64_vcpu(i, sve=False):
                  (arm_notes.ZCR_EL1_ID, u64(7))]
     else:
         regs += [(v, bytes((n * 16 + j + i) & 0xff for j in range(16))) for n, v in enumerate(arm_notes.V_IDS)]
-    regs += [(arm_notes.FPSR_ID, (0x10 + i).to_bytes(4, "little")), (arm_notes.FPCR_ID, (0x3000000).to_bytes(4, "little")),
+    regs += [(arm_notes.FPSR_ID, (0x10 + i).to_bytes(4, "little")),
+             (arm_notes.FPCR_ID, (0x3000000).to_bytes(4, "little")),
              (SCTLR_EL1, u64(0x30d00800)), (MPIDR_EL1, u64(0x80000000 | i)), (PSCI_VERSION, u64(0x10001)),
              (arm_notes.TPIDR_EL0_ID, u64(0xffff000012345000 + i))]
     return VcpuState(index=i, features=[2] + ([0] if i else []), mp_state=0, regs=regs, events=bytes(64))

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 from kvmsnap.arch.aarch64 import vcpu as arm_vcpu
 from kvmsnap.arch.aarch64.decode import reg_name
+from kvmsnap.arch.aarch64.layouts import sysreg_index
 from kvmsnap.kvm import lib, max_vcpus
 
 
-def sysreg_id(op0, op1, crn, crm, op2) -> int:
-    return lib.KVM_REG_ARM64 | lib.KVM_REG_SIZE_U64 | lib.KVM_REG_ARM64_SYSREG | \
-        op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2
+def sysreg_id(*encoding: int) -> int:
+    return lib.KVM_REG_ARM64 | lib.KVM_REG_SIZE_U64 | lib.KVM_REG_ARM64_SYSREG | sysreg_index(*encoding)
 
 
 #: ID registers that describe the CPU (KVM keeps the host's on older kernels and refuses a write

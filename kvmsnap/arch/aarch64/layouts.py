@@ -80,6 +80,28 @@ SIZES = {user_pt_regs: 272, elf_prstatus: 392, user_fpsimd_state: 528, user_hwde
 PL011_REGS = ("ibrd", "fbrd", "lcr_h", "cr", "ifls", "imsc", "dmacr", "ilpr", "rsr", "tx_ris")
 Pl011State = Struct(*[name / Int32ul for name in PL011_REGS])
 
+#: KVM_DEV_ARM_VGIC_GRP_* of the attributes kvmsnap saves (arch/arm64/include/uapi/asm/kvm.h).
+VGIC_GROUPS = {1: "dist", 5: "redist", 6: "cpu_sysregs", 7: "level_info"}
+#: (name, offset, bits per INTID) of each vGIC register bank kvmsnap saves: in the distributor
+#: from INTID 32 on, in each redistributor's SGI frame (SGI_BASE past RD_base) for INTIDs 0-31.
+VGIC_BANKS = (("IGROUPR", 0x080, 1), ("ICFGR", 0xC00, 2), ("IPRIORITYR", 0x400, 8),
+              ("ISPENDR", 0x200, 1), ("ISACTIVER", 0x300, 1), ("ISENABLER", 0x100, 1))
+GICD_CTLR, GICD_IROUTER, GICR_SGI_BASE = 0x0000, 0x6000, 0x1_0000
+#: The GICv3 CPU interface's registers (op0, op1, CRn, CRm, op2), in the order they are written back:
+#: SRE and CTLR first (they decide what the others mean), the active priorities last.
+ICC_REGS = {"ICC_SRE_EL1": (3, 0, 12, 12, 5), "ICC_CTLR_EL1": (3, 0, 12, 12, 4),
+            "ICC_IGRPEN0_EL1": (3, 0, 12, 12, 6), "ICC_IGRPEN1_EL1": (3, 0, 12, 12, 7),
+            "ICC_PMR_EL1": (3, 0, 4, 6, 0), "ICC_BPR0_EL1": (3, 0, 12, 8, 3),
+            "ICC_BPR1_EL1": (3, 0, 12, 12, 3),
+            **{f"ICC_AP0R{n}_EL1": (3, 0, 12, 8, 4 + n) for n in range(4)},
+            **{f"ICC_AP1R{n}_EL1": (3, 0, 12, 9, n) for n in range(4)}}
+
+
+def sysreg_index(op0, op1, crn, crm, op2) -> int:
+    """The low 16 bits of an ARM64_SYS_REG id (and of a vGIC CPU_SYSREGS attribute)."""
+    return op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2
+
+
 #: The vGIC's saved registers (kvmsnap.arch.aarch64.vgic): each a KVM device attribute, in restore order.
 vgic_reg = Struct(
     "group" / Int32ul,              # KVM_DEV_ARM_VGIC_GRP_*

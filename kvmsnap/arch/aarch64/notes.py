@@ -3,7 +3,8 @@
 Per vCPU, NT_PRSTATUS first (gdb attaches the register notes that follow it to that thread), then
 NT_PRFPREG and NT_ARM_TLS for the debuggers (a LINUX note also tells lldb the core is Linux's),
 then the private notes restore uses: KVMSNAP_ARM64_REGS (every register KVM_GET_REG_LIST names,
-with its value: the standard notes' registers' one home) and KVMSNAP_ARM64_VCPU. VM-wide: the vGIC, the PL011 UART and its unread input.
+with its value: the standard notes' registers' one home) and KVMSNAP_ARM64_VCPU. VM-wide: the vGIC,
+the PL011 UART and its unread input.
 """
 from kvmsnap import notes as N
 from kvmsnap.arch.aarch64 import layouts as arm64
@@ -43,8 +44,8 @@ Z_IDS = [_id(arm64.KVM_REG_ARM64_SVE, 8, n << 5) for n in range(32)]   # Z<n> sl
 P_IDS = [_id(arm64.KVM_REG_ARM64_SVE, 5, 0x400 | n << 5) for n in range(16)]   # P<n> slice 0, 256 bits
 FFR_ID = _id(arm64.KVM_REG_ARM64_SVE, 5, 0x600)
 SVE_VLS_ID = _id(arm64.KVM_REG_ARM64_SVE, 6, 0xffff)           # the vector lengths: a bitmap of VQs
-ZCR_EL1_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, 3 << 14 | 0 << 11 | 1 << 7 | 2 << 3 | 0)   # (3,0,1,2,0)
-TPIDR_EL0_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, 3 << 14 | 3 << 11 | 13 << 7 | 0 << 3 | 2)   # (3,3,13,0,2)
+ZCR_EL1_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, arm64.sysreg_index(3, 0, 1, 2, 0))
+TPIDR_EL0_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, arm64.sysreg_index(3, 3, 13, 0, 2))
 
 
 def paging_state(v: VcpuState) -> None:

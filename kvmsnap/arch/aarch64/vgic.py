@@ -4,30 +4,11 @@
 CPU interface. A register this KVM does not have is left out at save and so never written."""
 import errno
 
-from kvmsnap.arch.aarch64.layouts import GICD_BASE, GICR_BASE, SYSREG_FIELDS, VgicState
+from kvmsnap.arch.aarch64.layouts import (GICD_BASE, GICD_CTLR, GICD_IROUTER, GICR_BASE, GICR_SGI_BASE, ICC_REGS,
+                                           VGIC_BANKS, VgicState, sysreg_index)
 from kvmsnap.kvm import lib
 
 NR_IRQS = 128                                       # 32 private (SGIs, PPIs) + 96 SPIs
-SGI_BASE = 0x1_0000                                 # SGI_base frame, from RD_base
-# (name, offset) of each 32-bit register array, read as nr/32 words (1 bit per INTID) or nr/4
-# (8 bits: IPRIORITYR) or nr/16 (2 bits: ICFGR); the distributor's from INTID 32 on (ARE: its
-# private-interrupt words are the redistributors').
-_BANKS = (("IGROUPR", 0x080, 1), ("ICFGR", 0xC00, 2), ("IPRIORITYR", 0x400, 8),
-          ("ISPENDR", 0x200, 1), ("ISACTIVER", 0x300, 1), ("ISENABLER", 0x100, 1))
-GICD_CTLR, GICD_IROUTER = 0x0000, 0x6000
-# The CPU interface's registers (op0, op1, CRn, CRm, op2), in the order they are written back:
-# SRE and CTLR first (they decide what the others mean), the active priorities last.
-ICC_REGS = {"ICC_SRE_EL1": (3, 0, 12, 12, 5), "ICC_CTLR_EL1": (3, 0, 12, 12, 4),
-            "ICC_IGRPEN0_EL1": (3, 0, 12, 12, 6), "ICC_IGRPEN1_EL1": (3, 0, 12, 12, 7),
-            "ICC_PMR_EL1": (3, 0, 4, 6, 0), "ICC_BPR0_EL1": (3, 0, 12, 8, 3),
-            "ICC_BPR1_EL1": (3, 0, 12, 12, 3),
-            **{f"ICC_AP0R{n}_EL1": (3, 0, 12, 8, 4 + n) for n in range(4)},
-            **{f"ICC_AP1R{n}_EL1": (3, 0, 12, 9, n) for n in range(4)}}
-
-
-def sysreg_index(op0, op1, crn, crm, op2) -> int:
-    """The low 16 bits of an ARM64_SYS_REG id (and of a CPU_SYSREGS attribute)."""
-    return sum(value << shift for value, (_, shift, _) in zip((op0, op1, crn, crm, op2), SYSREG_FIELDS))
 
 
 def create(vm, nvcpus: int):
@@ -50,15 +31,15 @@ def create(vm, nvcpus: int):
 def _registers(mpidrs: list[int]):
     """(group, attr, size) of every register saved, in restore order."""
     redist, dist = lib.KVM_DEV_ARM_VGIC_GRP_REDIST_REGS, lib.KVM_DEV_ARM_VGIC_GRP_DIST_REGS
-    for mpidr in mpidrs:
-        for _, offset, bits in _BANKS:
-            for word in range(32 * bits // 32):
-                yield redist, mpidr << 32 | SGI_BASE + offset + 4 * word, 4
+    for mpidr in mpidrs:       # each bank holds ``bits`` u32 words per 32 INTIDs
+        for _, offset, bits in VGIC_BANKS:
+            for word in range(bits):
+                yield redist, mpidr << 32 | GICR_SGI_BASE + offset + 4 * word, 4
     yield dist, GICD_CTLR, 4
     for intid in range(32, NR_IRQS):
         yield dist, GICD_IROUTER + 8 * intid, 4             # Aff0-2 in the low half (Aff3: none)
-    for _, offset, bits in _BANKS:
-        for word in range(32 * bits // 32, NR_IRQS * bits // 32):
+    for _, offset, bits in VGIC_BANKS:
+        for word in range(bits, NR_IRQS * bits // 32):
             yield dist, offset + 4 * word, 4
     level, line_levels = (lib.KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO,
                           lib.VGIC_LEVEL_INFO_LINE_LEVEL << lib.KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT)
