@@ -2,8 +2,10 @@
 tests/test_lab.py runs it there): every arm64 sample guest saved at an arbitrary moment and restored
 continues its console with no gap, repeat or MISMATCH; twenty save/restore cycles; a paused restore
 saves the same state again; a register this KVM does not list, and an ID register it will not take,
-are refused by name, then let through with --allow-missing-registers. With KVMSNAP_XFER set, the
-cores are left there for the host's gdb-multiarch (tests/test_lab.py)."""
+are refused by name, then let through with --allow-missing-registers; Debian's arm64 kernel with a
+busybox initramfs (samples/linux/build --arch aarch64, run on the host first: tests/test_lab.py
+does) boots, is saved and restored with its ticks going on. With KVMSNAP_XFER set, the cores are
+left there for the host's gdb-multiarch and lldb (tests/test_lab.py)."""
 import os
 import platform
 import shutil
@@ -24,6 +26,9 @@ pytestmark = pytest.mark.skipif(
 STREAMS = {"counter": [r"tick (\d+)"], "fpu": [r"fpu tick (\d+) ok"], "timer": [r"timer tick (\d+)"],
            "smp": [r"cpu0 tick (\d+)", r"cpu1 tick (\d+)"]}
 BAD = ("MISMATCH", "EXCEPTION", "STALLED")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINUX = os.path.join(ROOT, "samples", "build", "linux-aarch64")
+TICK = r".*?uptime-tick (\d+) ([\d.]+)\r?"      # the guest's tty ends lines with \r\n
 MIDR_EL1 = 0x6030_0000_0013_c000            # ARM64_SYS_REG(3, 0, 0, 0, 0)
 UNLISTED = 0x6030_0000_0013_ffff            # ARM64_SYS_REG(3, 7, 15, 15, 7): IMPLEMENTATION DEFINED, no KVM lists it
 TIMER_CNT = 0x6030_0000_0013_df1a           # KVM_REG_ARM_TIMER_CNT: the virtual count, moving on
@@ -146,3 +151,25 @@ def test_unlisted_and_refused_registers_are_named_then_let_through(tmp_path, cou
     warnings = restored.stderr()
     assert "S3_7_C15_C15_7" in warnings and "MIDR_EL1" in warnings, warnings
     assert not any(b in line for line in restored.lines() for b in BAD)
+
+
+def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path):
+    image, initrd = (os.path.join(LINUX, name) for name in ("Image", "initramfs.cpio"))
+    assert os.path.exists(image) and os.path.exists(initrd), \
+        f"{LINUX}: run samples/linux/build --arch aarch64 on the host first (tests/test_lab.py does)"
+    g = RunningGuest(tmp_path, f"--kernel={image}", "--initrd", initrd, "--append", "console=ttyAMA0",
+                     "--mem", "256M", console=tmp_path / "linux.console")
+    g.wait_lines(1, "^GUEST-READY", timeout=900)
+    g.wait_lines(3, "^uptime-tick", timeout=120)
+    log = "\n".join(g.lines())
+    assert "Machine model: linux,dummy-virt" in log or "GICv3" in log, log[-2000:]
+    core = tmp_path / "linux.core"
+    save_quit(g, core)
+    _xfer(core, "arm64-linux.core")
+    r = Restored(tmp_path, core, console=tmp_path / "restored.console")
+    r.wait_lines(4, "^uptime-tick", timeout=300)
+    assert r.request("type", text="echo typed-$((6 * 7))\n")["taken"] == 22
+    r.wait_lines(1, "typed-42", timeout=120)               # the restored shell ran the command
+    r.request("type", text="poweroff -f\n")                # PSCI SYSTEM_OFF: the run ends, exit 0
+    assert r.proc.wait(seconds(120)) == 0, r.lines()[-3:]
+    assert_continuous(sequence(console_lines(g.console, r.console), TICK))

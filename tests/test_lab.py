@@ -89,13 +89,16 @@ def arm64_lab(tmp_path_factory):
     module against its own arm64 <linux/kvm.h> first), the cores they save left in a shared
     directory: (the lab's exit status, its last lines, that directory)."""
     xfer = tmp_path_factory.mktemp("arm64")
+    built = subprocess.run([os.path.join(ROOT, "samples", "linux", "build"), "--arch", "aarch64"], capture_output=True,
+                           text=True)           # the Linux guest tests/test_arm64.py boots
+    assert built.returncode == 0, built.stderr
     log = xfer / "lab.log"
     with open(log, "wb") as out:
-        r = subprocess.run([os.path.join(ROOT, "scripts", "lab"), "aarch64", "--timeout", "1500",
+        r = subprocess.run([os.path.join(ROOT, "scripts", "lab"), "aarch64", "--timeout", "2400",
                             "--share", str(xfer), "-e", f"KVMSNAP_XFER={xfer}", "--",
                             "python3", "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
                             "tests/test_kvm_arm64.py", "tests/test_arm64.py"],
-                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1800)
+                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=2700)
     lines = log.read_text(errors="replace").splitlines()
     failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
     return r.returncode, "\n".join(failures + ["..."] + lines[-40:]), xfer
