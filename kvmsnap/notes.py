@@ -185,6 +185,15 @@ KvmsnapPci = _fixed("pci" / Bytes(x86.PciState.sizeof()))
 KvmsnapAcpiPm = _fixed("acpi_pm" / Bytes(x86.AcpiPmState.sizeof()))
 #: Most bytes of input kvmsnap's UART holds for the guest (KVMSNAP_UART_INPUT); more is dropped.
 UART_INPUT_LIMIT = 1 << 16
+
+
+def check_device_blobs(devices: dict[str, bytes], sizes: dict[str, int]) -> None:
+    """ValueError unless each fixed-size device blob has its size and the UART's input its limit."""
+    for name, size in sizes.items():
+        if len(devices.get(name, b"")) != size:
+            raise ValueError(f"{name}: {len(devices.get(name, b''))} bytes, expected {size}")
+    if len(devices.get("uart_input", b"")) > UART_INPUT_LIMIT:
+        raise ValueError(f"uart_input: {len(devices['uart_input'])} bytes, at most {UART_INPUT_LIMIT}")
 KvmsnapUartInput = _private(
     "length" / Rebuild(Int32ul, len_(this.input)),
     "reserved" / Default(Int32ul, 0),

@@ -216,6 +216,27 @@ def ticks_continue(before, restored, n=3):
     assert_continuous(sequence(console_lines(before, restored.console), r"tick (\d+)"), start=None)
 
 
+def save_restore_cycles(tmp_path, g, cycles: int, timeout=30) -> list:
+    """Save the running guest ``g`` with --quit, then ``cycles`` times: restore the last core, wait
+    for one more console line, save it again with --quit. Returns the console files in order."""
+    consoles, core = [g.console], tmp_path / "c0.core"
+    save_quit(g, core)
+    for i in range(1, cycles + 1):
+        console = tmp_path / f"cycle{i}.console"
+        r = Restored(tmp_path, core, console=console)
+        want = len(console_lines(*consoles)) + 1
+        deadline = time.monotonic() + seconds(timeout)
+        while len(console_lines(*consoles, console)) < want:
+            assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.why())
+            time.sleep(0.01)
+        consoles.append(console)
+        next_core = tmp_path / f"c{i}.core"
+        save_quit(r, next_core)
+        core.unlink()
+        core = next_core
+    return consoles
+
+
 def save_quit(g, core):
     r = run_kvmsnap("save", "--control", g.sock, core, "--quit", timeout=300)
     assert r.returncode == 0, r.stderr

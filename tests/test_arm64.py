@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import KVM, Restored, RunningGuest, run_kvmsnap, save_quit, seconds
+from conftest import KVM, Restored, RunningGuest, run_kvmsnap, save_quit, save_restore_cycles, seconds
 from coretools import assert_continuous, console_lines, notes_by_key, rewrite_core, sequence
 from kvmsnap import notes as N
 from kvmsnap.formats.kvmsnap import read_core
@@ -69,22 +69,7 @@ def test_console_continues_without_gap_or_repeat(guest, tmp_path, sample):
 def test_twenty_save_restore_cycles(guest, tmp_path):
     g = guest("timer", "--mem", "16M")
     g.wait_lines(1)
-    consoles, core = [g.console], tmp_path / "c0.core"
-    save_quit(g, core)
-    for i in range(1, 21):
-        console = tmp_path / f"cycle{i}.console"
-        r = Restored(tmp_path, core, console=console)
-        want = len(console_lines(*consoles)) + 1
-        deadline = time.monotonic() + seconds(60)
-        while len(console_lines(*consoles, console)) < want:
-            assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.why())
-            time.sleep(0.02)
-        consoles.append(console)
-        next_core = tmp_path / f"c{i}.core"
-        save_quit(r, next_core)
-        core.unlink()
-        core = next_core
-    lines = console_lines(*consoles)
+    lines = console_lines(*save_restore_cycles(tmp_path, g, 20, timeout=60))
     assert not any(b in line for line in lines for b in BAD), lines
     assert len(lines) >= 21
     assert_continuous(sequence(lines, STREAMS["timer"][0]), start=None)

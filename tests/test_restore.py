@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from conftest import (KVM_MODULE, Restored, RunningGuest, needs_kvm, restore_warnings, run_kvmsnap, save_quit, seconds,
-                      ticks_continue)
+from conftest import (KVM_MODULE, Restored, RunningGuest, needs_kvm, restore_warnings, run_kvmsnap, save_quit,
+                      save_restore_cycles, seconds, ticks_continue)
 from coretools import assert_continuous, console_lines, mask_volatile, notes_by_key, rewrite_core, sequence
 from test_verify import reseal
 from kvmsnap import notes
@@ -128,23 +128,7 @@ def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
 def test_fifty_save_restore_cycles(guest, tmp_path, sample):
     g = guest(sample, "--mem", "16M")
     g.wait_lines(1)
-    consoles = [g.console]
-    core = tmp_path / "c0.core"
-    save_quit(g, core)
-    for i in range(1, 51):
-        console = tmp_path / f"cycle{i}.console"
-        r = Restored(tmp_path, core, console=console)
-        want = len(console_lines(*consoles)) + 1
-        deadline = time.monotonic() + seconds(30)
-        while len(console_lines(*consoles, console)) < want:
-            assert r.proc.poll() is None and time.monotonic() < deadline, (i, r.why())
-            time.sleep(0.01)
-        consoles.append(console)
-        next_core = tmp_path / f"c{i}.core"
-        save_quit(r, next_core)
-        core.unlink()
-        core = next_core
-    lines = console_lines(*consoles)
+    lines = console_lines(*save_restore_cycles(tmp_path, g, 50))
     assert_continuous(sequence(lines, STREAMS[sample][0]), start=None)
     assert len(lines) >= 51
 

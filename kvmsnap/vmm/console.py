@@ -1,7 +1,8 @@
 """What a UART transmits, as the console: written to a sink a line at a time, the last line kept for
 fault messages; and what the guest is typed, queued for it to read. Shared by the UART models
-(``uart``: 16550, ``pl011``); the caller holds the model's lock."""
+(``uart``: 16550, ``pl011``) through ``ConsoleUart``; they hold its lock around these."""
 import collections
+import threading
 
 from kvmsnap.notes import UART_INPUT_LIMIT as INPUT_LIMIT
 
@@ -59,3 +60,28 @@ class ConsoleInput:
 
     def load(self, data: bytes) -> None:
         self._rx = collections.deque(data[:INPUT_LIMIT])
+
+
+class ConsoleUart:
+    """What the UART models share: their console output and input, and the lock that guards the
+    model (vCPUs may access it concurrently, and the control socket types into it)."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self._out = ConsoleOutput(sink)
+        self._rx = ConsoleInput()
+        self._lock = threading.Lock()
+
+    def unread_input(self) -> bytes:
+        """Input the guest has not read yet (the device blob of KVMSNAP_UART_INPUT)."""
+        with self._lock:
+            return self._rx.unread()
+
+    @property
+    def last_line(self) -> str:
+        return self._out.last_line
+
+    def flush(self) -> None:
+        """Write out a partial line (on pause, save and exit)."""
+        with self._lock:
+            self._out.flush()

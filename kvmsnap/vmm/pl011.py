@@ -1,10 +1,8 @@
 """An Arm PL011 UART (MMIO, 4 KiB of registers): the arm64 guest console. Output goes to a sink a
 line at a time; input (``receive``) waits in a receive FIFO the guest reads byte by byte. Its
 interrupt is a level: (raw status & mask) != 0, given to ``set_irq`` whenever it may change."""
-import threading
-
 from kvmsnap.arch.aarch64.layouts import PL011_REGS, Pl011State
-from kvmsnap.vmm.console import ConsoleInput, ConsoleOutput
+from kvmsnap.vmm.console import ConsoleUart
 
 # Register offsets (PL011 TRM, table 3-1)
 DR, RSR, FR, ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, RIS, MIS, ICR, DMACR = (
@@ -17,15 +15,12 @@ _WRITABLE = {IBRD: "ibrd", FBRD: "fbrd", LCR_H: "lcr_h", CR: "cr", IFLS: "ifls",
              ILPR: "ilpr"}
 
 
-class Pl011:
+class Pl011(ConsoleUart):
     """Register model of a PL011 whose FIFOs never fill: transmitted bytes go to ``sink`` at once."""
 
     def __init__(self, sink, set_irq=None):
-        self.sink = sink
+        super().__init__(sink)
         self.set_irq = set_irq              # callable(level) for the interrupt line, or None
-        self._out = ConsoleOutput(sink)
-        self._rx = ConsoleInput()
-        self._lock = threading.Lock()       # vCPUs may write concurrently
         self.ibrd, self.fbrd, self.lcr_h, self.cr, self.ifls = 0, 0, 0, 0x300, 0x12
         self.imsc, self.dmacr, self.ilpr, self.rsr = 0, 0, 0, 0
         self.tx_ris = INT_TX                # the transmit interrupt until cleared (ICR) or a byte is sent
@@ -42,11 +37,6 @@ class Pl011:
             for name in PL011_REGS:
                 setattr(self, name, state[name])
             self._update_irq()
-
-    def unread_input(self) -> bytes:
-        """Input the guest has not read yet (the device blob of KVMSNAP_UART_INPUT)."""
-        with self._lock:
-            return self._rx.unread()
 
     def load_unread_input(self, data: bytes) -> None:
         with self._lock:
@@ -105,12 +95,3 @@ class Pl011:
         if level != self._level and self.set_irq:
             self._level = level
             self.set_irq(level)
-
-    @property
-    def last_line(self) -> str:
-        return self._out.last_line
-
-    def flush(self) -> None:
-        """Write out a partial line (on pause, save and exit)."""
-        with self._lock:
-            self._out.flush()

@@ -1,9 +1,7 @@
 """A 16550 UART at I/O port 0x3f8 (IRQ 4): the guest console. Output goes to a sink a line at a
 time; input (``receive``) waits in a receive buffer the guest reads byte by byte."""
-import threading
-
 from kvmsnap.arch.x86_64.layouts import UartState
-from kvmsnap.vmm.console import ConsoleInput, ConsoleOutput
+from kvmsnap.vmm.console import ConsoleUart
 
 BASE = 0x3F8
 PORTS = range(BASE, BASE + 8)
@@ -18,15 +16,12 @@ IIR_NONE, IIR_THRE, IIR_RDA = 0x01, 0x02, 0x04
 IER_RDA, IER_THRE = 0x01, 0x02
 
 
-class Uart:
+class Uart(ConsoleUart):
     """Register model of a 16550; transmitted bytes go to ``sink`` (a binary file), a line at a time."""
 
     def __init__(self, sink, raise_irq=None):
-        self.sink = sink
+        super().__init__(sink)
         self.raise_irq = raise_irq          # callable(irq) pulsing the IRQ line, or None
-        self._out = ConsoleOutput(sink)
-        self._rx = ConsoleInput()
-        self._lock = threading.Lock()       # vCPUs may write concurrently
         self.dll, self.dlm, self.ier, self.iir, self.fcr = 0x0C, 0, 0, IIR_NONE, 0
         self.lcr, self.mcr, self.lsr, self.msr, self.scr = 0x03, 0x08, LSR_THRE_TEMT, 0xB0, 0
 
@@ -39,11 +34,6 @@ class Uart:
         state = UartState.parse(blob)
         for sub in UartState.subcons:
             setattr(self, sub.name, state[sub.name])
-
-    def unread_input(self) -> bytes:
-        """Input the guest has not read yet (the device blob of KVMSNAP_UART_INPUT)."""
-        with self._lock:
-            return self._rx.unread()
 
     def load_unread_input(self, data: bytes) -> None:
         """Restore the input from :meth:`unread_input`; the guest finds it with LSR.DR set."""
@@ -111,14 +101,6 @@ class Uart:
         if self.raise_irq and (self.iir == IIR_THRE or self.ier & IER_RDA and self._rx):
             self.raise_irq(IRQ)
 
-    @property
-    def last_line(self) -> str:
-        return self._out.last_line
-
-    def flush(self) -> None:
-        """Write out a partial line (on pause, save and exit)."""
-        with self._lock:
-            self._out.flush()
 
 
 class UartInput:

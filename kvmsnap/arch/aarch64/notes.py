@@ -77,11 +77,7 @@ def kernel_in_high_half(vcpus: list[VcpuState]) -> bool:
 
 
 def check_devices(devices: dict[str, bytes]) -> None:
-    for name, size in DEVICE_SIZES.items():
-        if len(devices.get(name, b"")) != size:
-            raise ValueError(f"{name}: {len(devices.get(name, b''))} bytes, expected {size}")
-    if len(devices.get("uart_input", b"")) > N.UART_INPUT_LIMIT:
-        raise ValueError(f"uart_input: {len(devices['uart_input'])} bytes, at most {N.UART_INPUT_LIMIT}")
+    N.check_device_blobs(devices, DEVICE_SIZES)
     arm64.VgicState.parse(devices["vgic"])
 
 
