@@ -272,6 +272,15 @@ def core_path(tmp_path):
     return path
 
 
+@pytest.fixture(params=["x86_64", "aarch64"])
+def any_core_path(request, tmp_path):
+    """A synthetic kvmsnap core of each architecture (x86_64: as ``core_path``; aarch64: 2 vCPUs, SVE)."""
+    from synthetic import make_arm64_state, make_state, write
+    path = tmp_path / "vm.core"
+    write(make_state() if request.param == "x86_64" else make_arm64_state(sve=True), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def cores(tmp_path_factory):
     """Real cores, each kind built once per session on first use: ``dumptools.core_of(kind, cores)``."""

@@ -269,7 +269,8 @@ def test_random_corruption_of_foreign_core(tmp_path):
             render_text(s)
 
 
-def test_random_corruption_of_kvmsnap_core(core_path):
+def test_random_corruption_of_kvmsnap_core(any_core_path):
+    core_path = any_core_path
     base = core_path.read_bytes()
     rng = random.Random(7)
     for _ in range(200):
