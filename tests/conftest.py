@@ -176,13 +176,15 @@ class Restored(RunningGuest):
 #: How restore names what a host cannot take, and the flag (if any) that lets each through.
 REFUSALS = [(re.compile(r"vCPU \d+: CPUID\.0x[0-9a-f]+\.\d+:E[ABCD]X\[\d+\] \([\w.]+\): not offered by "
                         r"this host's KVM"), "--allow-missing-features"),
-            (re.compile(r"vCPU \d+: MSR 0x[0-9a-f]+ \([^)]+\): not listed by this host's KVM"),
+            (re.compile(r"vCPU \d+: MSR 0x[0-9a-f]+ \([^)]+\): (not listed by|refused by) this host's KVM"),
              "--allow-missing-msrs"),
             (re.compile(r"vCPU \d+: XCR0 0x[0-9a-f]+ enables XSAVE components 0x[0-9a-f]+ this host cannot "
                         r"hold \(host XCR0 mask 0x[0-9a-f]+\)"), None),
             (re.compile(r"vCPU \d+: XSAVE component \d+ at offset \d+ in the core, at \d+ on this host"),
              None),
             (re.compile(r"vCPU \d+: XSAVE area of \d+ bytes, this host holds \d+"), None),
+            (re.compile(r"vCPU \d+: XSAVE holds state of components 0x[0-9a-f]+ this host cannot hold \(host XCR0 "
+                        r"mask 0x[0-9a-f]+\)"), "--allow-missing-features"),
             (re.compile(r"\d+ vCPUs, this host's KVM allows \d+"), None)]
 
 

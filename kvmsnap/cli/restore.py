@@ -21,7 +21,7 @@ from .run import GuestFailed, open_console, save_on_fault_option, vmlinux_option
                    "before the guest runs with --memory eager, else from a thread while it runs, stopping it "
                    "if damaged).")
 @click.option("--allow-missing-msrs", is_flag=True,
-              help="Skip saved MSRs this host's KVM does not list, instead of refusing.")
+              help="Skip saved MSRs this host's KVM does not list or refuses to set, instead of refusing.")
 @click.option("--allow-missing-features", is_flag=True,
               help="Clear CPUID features this host lacks from the guest's CPUID, instead of refusing.")
 @click.option("--allow-missing-registers", is_flag=True,

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.msrs import msr_name, restore_order
-from kvmsnap.arch.x86_64.xsave import components, xcr0_of
+from kvmsnap.arch.x86_64.xsave import components, without_components, xcr0_of, xstate_bv
 from kvmsnap.kvm import Cap, max_vcpus, xsave2_size
 
 # KVM_GET_SUPPORTED_CPUID leaves this bit out; KVM_CAP_TSC_DEADLINE_TIMER says KVM offers it.
@@ -20,17 +20,19 @@ class RestorePlan:
     host cannot take (``problems``) and what a policy flag let through (``warnings``); the MSRs a
     later save of the restored machine holds (``saved_msrs``: the core's that are restored, in its order)."""
     cpuid: list[bytes] = field(default_factory=list)
+    xsave: list[bytes] = field(default_factory=list)        # the XSAVE area to set (its state may be dropped)
     msrs: list[list[tuple[int, int]]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     saved_msrs: list[int] = field(default_factory=list)
+    allow_refused_msrs: bool = False    # an MSR KVM_SET_MSRS refuses is left out (warned), not fatal
 
 
 def check_host(vcpus, kvm, policy) -> RestorePlan:
     """Compare the saved vCPUs with what this host's KVM offers, naming every register or feature
     it cannot take; ``policy.allow_missing_msrs`` and ``allow_missing_features`` let them through."""
     allow_missing_msrs, allow_missing_features = policy.allow_missing_msrs, policy.allow_missing_features
-    plan = RestorePlan()
+    plan = RestorePlan(allow_refused_msrs=allow_missing_msrs)
     limit = max_vcpus(kvm)
     if len(vcpus) > limit:
         plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")
@@ -56,6 +58,15 @@ def check_host(vcpus, kvm, policy) -> RestorePlan:
         plan.problems += [f"vCPU {v.index}: XSAVE component {bit} at offset {placed[bit][0]} in the "
                           f"core, at {here[bit][0]} on this host" for bit in placed
                           if bit in here and here[bit] != placed[bit]]
+        # The state the area holds must be of components this vCPU may have (KVM_SET_XSAVE: EINVAL)
+        held = xstate_bv(v.xsave) & ~(cpuid.supported_xcr0(plan.cpuid[-1]) & host_xcr0)
+        if held and allow_missing_features:
+            plan.warnings.append(f"vCPU {v.index}: XSAVE state of components {held:#x} dropped (its CPUID "
+                                 "features are not offered here)")
+        elif held:
+            plan.problems.append(f"vCPU {v.index}: XSAVE holds state of components {held:#x} this host "
+                                 f"cannot hold (host XCR0 mask {host_xcr0:#x})")
+        plan.xsave.append(without_components(v.xsave, held) if held and allow_missing_features else v.xsave)
         if len(v.xsave) > host_xsave and any(v.xsave[host_xsave:]):
             plan.problems.append(f"vCPU {v.index}: XSAVE area of {len(v.xsave)} bytes, this host "
                                  f"holds {host_xsave}")

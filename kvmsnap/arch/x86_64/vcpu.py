@@ -93,16 +93,21 @@ def restore_state(vcpu, saved: VcpuState, plan, machine) -> list[str]:
     # SREGS2 before LAPIC: it writes the APIC base MSR, which places the LAPIC.
     (vcpu.set_sregs2 if saved.sregs2 else vcpu.set_sregs)(saved.sregs)
     # XCRS after XSAVE... both after CPUID: XCR0 is checked against it.
-    vcpu.set_xsave(saved.xsave)
+    vcpu.set_xsave(plan.xsave[saved.index])
     vcpu.set_xcrs(saved.xcrs)
     vcpu.set_debugregs(saved.debugregs)
     # LAPIC before MSRS: KVM accepts IA32_TSC_DEADLINE only with an enabled LAPIC in deadline mode.
     vcpu.set_lapic(saved.lapic)
-    try:
-        vcpu.set_msrs(msrs)
-    except MsrError as e:
-        raise RegisterRefused(f"vCPU {saved.index}: MSR {e.index:#x} ({msr_name(e.index)}): "
-                              "refused by this host's KVM") from None
+    while True:
+        try:
+            vcpu.set_msrs(msrs)
+            break
+        except MsrError as e:
+            refused = f"vCPU {saved.index}: MSR {e.index:#x} ({msr_name(e.index)}): refused by this host's KVM"
+            if not plan.allow_refused_msrs:
+                raise RegisterRefused(refused) from None
+            warnings.append(refused + " (not restored)")
+            msrs = plan.msrs[saved.index] = [(i, v) for i, v in msrs if i != e.index]
     # VCPU_EVENTS last: the other SETs may change pending-event state.
     vcpu.set_vcpu_events(saved.events)
     return warnings
@@ -122,7 +127,7 @@ def verify_state(vcpu, saved: VcpuState, plan) -> tuple[list[str], list[str]]:
               ("XCRS", vcpu.get_xcrs(), saved.xcrs),
               ("DEBUGREGS", vcpu.get_debugregs(), saved.debugregs),
               ("XSAVE", without_reserved(vcpu.get_xsave2(len(saved.xsave))),
-               without_reserved(saved.xsave)),
+               without_reserved(plan.xsave[saved.index])),
               ("VCPU_EVENTS", vcpu.get_vcpu_events(), saved.events)]
     for name, got, want in checks:
         if got != want:

@@ -3,8 +3,8 @@ defaults), XCR0 in kvm_xcrs and in Linux's NT_X86_XSTATE, and the standard-forma
 import struct
 
 from kvmsnap.arch.x86_64 import cpuid as cpuid_table
-from kvmsnap.arch.x86_64.layouts import (KVM_MAX_XCRS, XFEATURES, XSAVE_HDR_SIZE, XSAVE_LEGACY_SIZE,
-                                         XSAVE_RESERVED_OFFSET, XSAVE_XCR0_OFFSET, kvm_xcrs)
+from kvmsnap.arch.x86_64.layouts import (KVM_MAX_XCRS, XFEATURES, XSAVE_HDR_OFFSET, XSAVE_HDR_SIZE,
+                                         XSAVE_LEGACY_SIZE, XSAVE_RESERVED_OFFSET, XSAVE_XCR0_OFFSET, kvm_xcrs)
 
 XCR0_LEGACY = 0x3            # x87 | SSE: what every x86-64 CPU has, and a bare FXSAVE image holds
 
@@ -40,6 +40,17 @@ def without_reserved(area: bytes) -> bytes:
     kernel that reads the state (Linux puts its own XSAVE description at 464), so hosts differ."""
     return (area[:XSAVE_RESERVED_OFFSET] + bytes(XSAVE_LEGACY_SIZE - XSAVE_RESERVED_OFFSET)
             + area[XSAVE_LEGACY_SIZE:])
+
+
+def xstate_bv(area: bytes) -> int:
+    """XSTATE_BV of an XSAVE area: the components whose state it holds."""
+    return int.from_bytes(area[XSAVE_HDR_OFFSET:XSAVE_HDR_OFFSET + 8], "little")
+
+
+def without_components(area: bytes, mask: int) -> bytes:
+    """``area`` holding no state of the components in ``mask`` (cleared from XSTATE_BV: their
+    initial state, as if the guest had never used them)."""
+    return area[:XSAVE_HDR_OFFSET] + (xstate_bv(area) & ~mask).to_bytes(8, "little") + area[XSAVE_HDR_OFFSET + 8:]
 
 
 def xcr0_of(xcrs: bytes) -> int | None:
