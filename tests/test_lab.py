@@ -3,7 +3,7 @@ on QEMU's emulated SVM, the KVM users run, where this host's /dev/kvm is kvm_pvm
 test command so runs everything CI runs; inside the lab this test does not run again.
 
 CI runs the subset below in the lab: every KVM-layer, sample-guest, save, restore and VMM test
-but the two fifty-cycle runs (36 min 29 s with the lab's single-threaded TCG, 2026-12-01). (The
+but the two fifty-cycle runs (19 min 57 s to 36 min 29 s with the lab's single-threaded TCG, 2026-12-01/02). (The
 lab found that a save taken right after an OUT exit held the OUT still to do, so kvm_amd ran it
 again after restore: 4 failures, fixed in 3bd7c1e.)
 The same lab run moves cores both ways between the lab and this host (tests/crosshost_lab.py is
