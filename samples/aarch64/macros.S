@@ -54,17 +54,17 @@
 
 /* Print a register in decimal / hex (no prefix); preserves all registers, flags excepted.
  * \reg must not be sp. */
-.macro PUTDEC reg
+.macro PUTNUM reg, print
 	stp	x0, x30, [sp, #-16]!
 	mov	x0, \reg
-	bl	print_dec
+	bl	\print
 	ldp	x0, x30, [sp], #16
 .endm
+.macro PUTDEC reg
+	PUTNUM	\reg, print_dec
+.endm
 .macro PUTHEX reg
-	stp	x0, x30, [sp, #-16]!
-	mov	x0, \reg
-	bl	print_hex
-	ldp	x0, x30, [sp], #16
+	PUTNUM	\reg, print_hex
 .endm
 
 /* No executable stack (silences ld). */
