@@ -6,12 +6,8 @@ from dataclasses import dataclass, field
 
 from kvmsnap.arch.aarch64 import vcpu as arm_vcpu
 from kvmsnap.arch.aarch64.decode import reg_name
-from kvmsnap.arch.aarch64.layouts import sysreg_index
+from kvmsnap.arch.aarch64.vcpu import sysreg_id
 from kvmsnap.kvm import lib, max_vcpus
-
-
-def sysreg_id(*encoding: int) -> int:
-    return lib.KVM_REG_ARM64 | lib.KVM_REG_SIZE_U64 | lib.KVM_REG_ARM64_SYSREG | sysreg_index(*encoding)
 
 
 #: ID registers that describe the CPU (KVM keeps the host's on older kernels and refuses a write
@@ -44,7 +40,7 @@ def check_host(vcpus, kvm, policy) -> RestorePlan:
     if len(vcpus) > limit:
         plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")
     try:
-        listed, id_check = _host_registers(kvm, vcpus[0])
+        listed, differing = _host_registers(kvm, vcpus[0])
     except OSError as e:
         plan.problems.append(f"this host's KVM cannot make a vCPU with the saved features "
                              f"{vcpus[0].features} (KVM_ARM_VCPU_INIT / FINALIZE: {e.strerror})")
@@ -55,12 +51,13 @@ def check_host(vcpus, kvm, policy) -> RestorePlan:
             if reg_id not in listed:
                 left_out.append(f"vCPU {v.index}: {reg_name(reg_id)}: not listed by this host's KVM")
                 continue
-            if reg_id in ID_REGS.values() and (differs := id_check(reg_id, value)):
+            if (checked := differing.get((reg_id, value))) is not None:
+                words, refused = checked
                 if reg_id in MAY_DIFFER:
-                    plan.warnings.append(f"vCPU {v.index}: {differs} (the host's kept: it may differ)")
+                    plan.warnings.append(f"vCPU {v.index}: {words} (the host's kept: it may differ)")
                     continue
-                if "refused" in differs:
-                    left_out.append(f"vCPU {v.index}: {differs}")
+                if refused:
+                    left_out.append(f"vCPU {v.index}: {words}")
                     continue
             keep.append((reg_id, value))
         if left_out and policy.allow_missing_registers:
@@ -72,31 +69,28 @@ def check_host(vcpus, kvm, policy) -> RestorePlan:
 
 
 def _host_registers(kvm, saved):
-    """The register ids this host's KVM lists for a vCPU like ``saved``, and a check of a saved ID
-    register against the host's: None when equal, else in words, with "refused" when this KVM will
-    not take the saved value (KVM_SET_ONE_REG on a scratch vCPU)."""
+    """The register ids this host's KVM lists for a vCPU like ``saved``, and for each of its ID
+    registers that differs from the host's, {(id, saved value): (the difference in words, whether
+    this KVM refuses the saved value: KVM_SET_ONE_REG on a scratch vCPU)}."""
     vm = kvm.create_vm()
     try:
         vcpu = vm.create_vcpu(0)
         try:
             target, _ = vm.arm_preferred_target()
-            arm_vcpu.init(vcpu, target, saved.features, dict(saved.regs).get(lib.KVM_REG_ARM64_SVE_VLS))
+            regs = dict(saved.regs)
+            arm_vcpu.init(vcpu, target, saved.features, regs.get(lib.KVM_REG_ARM64_SVE_VLS))
             listed = set(vcpu.get_reg_list())
-            results = {}
+            differing = {}
             for reg_id in ID_REGS.values():
-                if reg_id not in listed or reg_id not in dict(saved.regs):
+                if reg_id not in listed or reg_id not in regs or vcpu.get_one_reg(reg_id) == regs[reg_id]:
                     continue
-                host, value = vcpu.get_one_reg(reg_id), dict(saved.regs)[reg_id]
-                if host == value:
-                    continue
-                words = (f"{reg_name(reg_id)}: host value {int.from_bytes(host, 'little'):#x}, core has "
-                         f"{int.from_bytes(value, 'little'):#x}")
+                words = arm_vcpu.differs(reg_id, vcpu.get_one_reg(reg_id), regs[reg_id])
                 try:
-                    vcpu.set_one_reg(reg_id, value)
+                    vcpu.set_one_reg(reg_id, regs[reg_id])
+                    differing[reg_id, regs[reg_id]] = (words, False)
                 except OSError as e:
-                    words += f" (refused by this host's KVM: {e.strerror})"
-                results[reg_id, value] = words
-            return listed, lambda reg_id, value: results.get((reg_id, value))
+                    differing[reg_id, regs[reg_id]] = (f"{words} (refused by this host's KVM: {e.strerror})", True)
+            return listed, differing
         finally:
             vcpu.close()
     finally:

@@ -5,12 +5,20 @@ from dataclasses import dataclass
 
 from kvmsnap.arch import RegisterRefused
 from kvmsnap.arch.aarch64.decode import reg_name
+from kvmsnap.arch.aarch64.layouts import sysreg_index
 from kvmsnap.arch.aarch64.state import VcpuState
 from kvmsnap.kvm import lib
 from kvmsnap.kvm.aarch64 import core_reg_id
 
+
+
+def sysreg_id(*encoding: int) -> int:
+    """The ONE_REG id of the 64-bit system register (op0, op1, CRn, CRm, op2)."""
+    return lib.KVM_REG_ARM64 | lib.KVM_REG_SIZE_U64 | lib.KVM_REG_ARM64_SYSREG | sysreg_index(*encoding)
+
+
 PC = core_reg_id("regs", "pc")
-MPIDR_EL1 = 0x6030_0000_0013_c005          # ARM64_SYS_REG(3, 0, 0, 0, 5)
+MPIDR_EL1 = sysreg_id(3, 0, 0, 0, 5)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,12 @@ def mpidr(vcpu) -> int:
     return int.from_bytes(vcpu.get_one_reg(MPIDR_EL1), "little")
 
 
+def differs(reg_id: int, host: bytes, core: bytes) -> str:
+    """A register whose host value is not the core's, in words (for refusals)."""
+    return (f"{reg_name(reg_id)}: host value {int.from_bytes(host, 'little'):#x}, core has "
+            f"{int.from_bytes(core, 'little'):#x}")
+
+
 def where(vcpu) -> str:
     """'PC 0x…' for messages."""
     try:
@@ -67,7 +81,7 @@ def where(vcpu) -> str:
 #: count, not what was set); and bits: the timers' CTL ISTATUS (bit 2, read-only: set once the
 #: compare value is reached, which the restored count may already be past).
 VOLATILE = {lib.KVM_REG_ARM_TIMER_CNT}
-VOLATILE_BITS = {lib.KVM_REG_ARM_TIMER_CTL: 1 << 2, 0x6030_0000_0013_df11: 1 << 2}   # CNTV_CTL, CNTP_CTL_EL0
+VOLATILE_BITS = {lib.KVM_REG_ARM_TIMER_CTL: 1 << 2, sysreg_id(3, 3, 14, 2, 1): 1 << 2}    # CNTV_CTL, CNTP_CTL
 #: What KVM_ARM_VCPU_INIT already settled: the SVE vector lengths.
 SET_AT_INIT = {lib.KVM_REG_ARM64_SVE_VLS}
 
@@ -85,9 +99,8 @@ def restore_state(vcpu, saved: VcpuState, plan, machine) -> list[str]:
             vcpu.set_one_reg(reg_id, value)
         except OSError as e:
             plan.refused.add(reg_id)
-            host = vcpu.get_one_reg(reg_id)
-            refused.append(f"vCPU {saved.index}: {reg_name(reg_id)}: host value {int.from_bytes(host, 'little'):#x}, "
-                           f"core has {int.from_bytes(value, 'little'):#x} (KVM_SET_ONE_REG: {e.strerror})")
+            refused.append(f"vCPU {saved.index}: {differs(reg_id, vcpu.get_one_reg(reg_id), value)} "
+                           f"(KVM_SET_ONE_REG: {e.strerror})")
     if refused and not plan.allow_refused:
         raise RegisterRefused("refused by this host's KVM: " + "; ".join(refused))
     vcpu.set_vcpu_events(saved.events)
@@ -102,20 +115,13 @@ def verify_state(vcpu, saved: VcpuState, plan) -> tuple[list[str], list[str]]:
     for reg_id, value in plan.regs[saved.index]:
         if reg_id in VOLATILE:
             continue
-        got = vcpu.get_one_reg(reg_id)
-        if reg_id in VOLATILE_BITS:
-            mask = ~VOLATILE_BITS[reg_id]
-            got, value = (int.from_bytes(b, "little") & mask for b in (got, value))
-        if got != value and reg_id not in plan.refused:
-            problems.append(f"vCPU {saved.index}: {reg_name(reg_id)} reads back {_int(got):#x}, core has "
-                            f"{_int(value):#x}")
+        got, want = (int.from_bytes(b, "little") for b in (vcpu.get_one_reg(reg_id), value))
+        moving = VOLATILE_BITS.get(reg_id, 0)
+        if got & ~moving != want & ~moving and reg_id not in plan.refused:
+            problems.append(f"vCPU {saved.index}: {reg_name(reg_id)} reads back {got:#x}, core has {want:#x}")
     if vcpu.get_mp_state() != saved.mp_state:
         problems.append(f"vCPU {saved.index}: MP state reads back {vcpu.get_mp_state()}, core has {saved.mp_state}")
     return problems, []
-
-
-def _int(value: bytes | int) -> int:
-    return value if isinstance(value, int) else int.from_bytes(value, "little")
 
 
 def before_running(machine, snapshot) -> None:

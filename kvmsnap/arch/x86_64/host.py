@@ -26,13 +26,15 @@ class RestorePlan:
     warnings: list[str] = field(default_factory=list)
     saved_msrs: list[int] = field(default_factory=list)
     allow_refused_msrs: bool = False    # an MSR KVM_SET_MSRS refuses is left out (warned), not fatal
+    can_scale_tsc: bool = False         # KVM_CAP_TSC_CONTROL: KVM_SET_TSC_KHZ takes the saved frequency
 
 
 def check_host(vcpus, kvm, policy) -> RestorePlan:
     """Compare the saved vCPUs with what this host's KVM offers, naming every register or feature
     it cannot take; ``policy.allow_missing_msrs`` and ``allow_missing_features`` let them through."""
     allow_missing_msrs, allow_missing_features = policy.allow_missing_msrs, policy.allow_missing_features
-    plan = RestorePlan(allow_refused_msrs=allow_missing_msrs)
+    plan = RestorePlan(allow_refused_msrs=allow_missing_msrs,
+                       can_scale_tsc=bool(kvm.check_extension(Cap.TSC_CONTROL)))
     limit = max_vcpus(kvm)
     if len(vcpus) > limit:
         plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")

@@ -75,11 +75,10 @@ def restore_state(vcpu, saved: VcpuState, plan, machine) -> list[str]:
     """Every SET ioctl in the order KVM needs; returns warnings.  The plan's CPUID table and MSRs
     for this vCPU are the host-checked inputs (kvmsnap.arch.x86_64.host), the MSRs in restore order."""
     cpuid, msrs = plan.cpuid[saved.index], plan.msrs[saved.index]
-    can_scale_tsc = bool(machine.kvm.check_extension(Cap.TSC_CONTROL))
     warnings = []
     # TSC frequency before CPUID: KVM derives the guest's TSC scaling from it.
     if saved.tsc_khz and saved.tsc_khz != vcpu.get_tsc_khz():
-        if can_scale_tsc:
+        if plan.can_scale_tsc:
             vcpu.set_tsc_khz(saved.tsc_khz)
         else:
             warnings.append(f"vCPU {saved.index}: the saved TSC ran at {saved.tsc_khz} kHz, this "
