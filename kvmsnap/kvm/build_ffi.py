@@ -176,7 +176,7 @@ KVM_REG_ARCH_MASK KVM_REG_ARM64 KVM_REG_SIZE_MASK KVM_REG_SIZE_SHIFT KVM_REG_SIZ
 KVM_REG_SIZE_U128 KVM_REG_SIZE_U2048 KVM_REG_ARM_COPROC_MASK
 KVM_REG_ARM_COPROC_SHIFT KVM_REG_ARM_CORE KVM_REG_ARM_DEMUX KVM_REG_ARM64_SYSREG KVM_REG_ARM_FW
 KVM_REG_ARM64_SVE KVM_REG_ARM64_SVE_VLS KVM_REG_ARM_PSCI_VERSION
-KVM_REG_ARM_TIMER_CTL KVM_REG_ARM_TIMER_CNT KVM_REG_ARM_TIMER_CVAL
+KVM_REG_ARM_TIMER_CTL KVM_REG_ARM_TIMER_CNT KVM_REG_ARM_TIMER_CVAL KVM_REG_ARM_PTIMER_CNT
 KVM_DEV_TYPE_ARM_VGIC_V2 KVM_DEV_TYPE_ARM_VGIC_V3 KVM_DEV_TYPE_ARM_VGIC_ITS
 KVM_DEV_ARM_VGIC_GRP_ADDR KVM_DEV_ARM_VGIC_GRP_DIST_REGS KVM_DEV_ARM_VGIC_GRP_CPU_REGS
 KVM_DEV_ARM_VGIC_GRP_NR_IRQS KVM_DEV_ARM_VGIC_GRP_CTRL KVM_DEV_ARM_VGIC_GRP_REDIST_REGS
@@ -184,6 +184,7 @@ KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO KVM_DEV_ARM_VGI
 KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT KVM_DEV_ARM_VGIC_CPUID_SHIFT
 VGIC_LEVEL_INFO_LINE_LEVEL KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT
 KVM_VGIC_V2_ADDR_TYPE_DIST KVM_VGIC_V2_ADDR_TYPE_CPU KVM_VGIC_V3_ADDR_TYPE_DIST KVM_VGIC_V3_ADDR_TYPE_REDIST
+KVM_VGIC_V2_DIST_SIZE KVM_VGIC_V2_CPU_SIZE KVM_CREATE_DEVICE_TEST
 KVM_ARM_VCPU_PMU_V3_CTRL KVM_ARM_VCPU_PMU_V3_IRQ KVM_ARM_VCPU_PMU_V3_INIT KVM_ARM_VCPU_TIMER_CTRL
 KVM_ARM_VCPU_TIMER_IRQ_VTIMER KVM_ARM_VCPU_TIMER_IRQ_PTIMER
 KVM_ARM_IRQ_TYPE_SHIFT KVM_ARM_IRQ_TYPE_SPI KVM_ARM_IRQ_TYPE_PPI KVM_ARM_IRQ_VCPU_SHIFT
@@ -271,21 +272,41 @@ def ffibuilder() -> FFI:
     return builder
 
 
+def _inputs_digest() -> str:
+    """SHA-256 of what the module is built from: this file, <linux/kvm.h> and this machine's
+    <asm/kvm.h> (a lab with a newer kernel's headers shares the tree, with older file times)."""
+    import hashlib
+    import sysconfig
+    asm = os.path.join("/usr/include", sysconfig.get_config_var("MULTIARCH") or "", "asm", "kvm.h")
+    digest = hashlib.sha256()
+    for path in (__file__, HEADER, asm):
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
 def build_in_tree() -> str:
     """Compile in a temporary directory and put the module beside this file under this
     interpreter's own extension suffix (``_kvm.cpython-311-aarch64-linux-gnu.so``), which Python
     tries before ``.abi3.so``: builds for several architectures share one tree (the arm64 lab
-    shares the host's).  Skipped while the module is newer than this file and the header."""
+    shares the host's). Skipped while the module was built from the same inputs (the digest in
+    ``<module>.inputs``)."""
     import importlib.machinery
     import tempfile
     here = os.path.dirname(os.path.abspath(__file__))
     target = os.path.join(here, "_kvm" + importlib.machinery.EXTENSION_SUFFIXES[0])
-    if os.path.exists(target) and os.path.getmtime(target) > max(map(os.path.getmtime, (__file__, HEADER))):
-        return target
+    digest, stamp = _inputs_digest(), target + ".inputs"
+    if os.path.exists(target) and os.path.exists(stamp):
+        with open(stamp) as f:
+            if f.read().strip() == digest:
+                return target
     with tempfile.TemporaryDirectory() as tmp:
         built = ffibuilder().compile(tmpdir=tmp, verbose=False)
         shutil.copy(built, target + ".tmp")
         os.replace(target + ".tmp", target)
+    with open(stamp, "w") as f:
+        f.write(digest + "\n")
     return target
 
 
