@@ -66,7 +66,7 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
     host = arch.live(arch.by_name(snapshot.arch), "host")
     kvm = Kvm()
     try:
-        plan = host.check_host(snapshot.vcpus, kvm, policy)
+        plan = host.check_host(snapshot, kvm, policy)
     finally:
         kvm.close()
     if plan.problems:

@@ -2,13 +2,16 @@
 tests/test_lab.py runs it there): every arm64 sample guest saved at an arbitrary moment and restored
 continues its console with no gap, repeat or MISMATCH; twenty save/restore cycles; a paused restore
 saves the same state again; a register this KVM does not list, and an ID register it will not take,
-are refused by name, then let through with --allow-missing-registers; Debian's arm64 kernel with a
+are refused by name, then let through with --allow-missing-registers; a core whose vGIC (v3 or v2)
+this KVM cannot make is refused by name; Debian's arm64 kernel with a
 busybox initramfs (samples/linux/build --arch aarch64, run on the host first: tests/test_lab.py
 does) boots, is saved and restored with its ticks going on. With KVMSNAP_XFER set, the cores are
 left there for the host's gdb-multiarch and lldb (tests/test_lab.py)."""
 import os
 import platform
+import re
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -16,7 +19,9 @@ import pytest
 from conftest import KVM, Restored, RunningGuest, run_kvmsnap, save_quit, save_restore_cycles, seconds
 from coretools import assert_continuous, console_lines, notes_by_key, rewrite_core, sequence
 from kvmsnap import notes as N
+from kvmsnap.arch.aarch64.layouts import VGIC_V2, VGIC_V3, VgicState
 from kvmsnap.formats.kvmsnap import read_core
+from kvmsnap.kvm import Kvm, lib
 
 pytestmark = pytest.mark.skipif(
     platform.machine() != "aarch64" or not KVM,
@@ -32,6 +37,7 @@ TICK = r".*?uptime-tick (\d+) ([\d.]+)\r?"      # the guest's tty ends lines wit
 MIDR_EL1 = 0x6030_0000_0013_c000            # ARM64_SYS_REG(3, 0, 0, 0, 0)
 UNLISTED = 0x6030_0000_0013_ffff            # ARM64_SYS_REG(3, 7, 15, 15, 7): IMPLEMENTATION DEFINED, no KVM lists it
 TIMER_CNT = 0x6030_0000_0013_df1a           # KVM_REG_ARM_TIMER_CNT: the virtual count, moving on
+PTIMER_CNT = 0x6030_0000_0013_df01          # KVM_REG_ARM_PTIMER_CNT: the physical count (listed from Linux 6.4)
 
 
 def _xfer(core, name):
@@ -75,16 +81,37 @@ def test_twenty_save_restore_cycles(guest, tmp_path):
     assert_continuous(sequence(lines, STREAMS["timer"][0]), start=None)
 
 
+def _counter_hz() -> int:
+    """The generic timer's frequency, as the lab's kernel logged it."""
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+    return round(float(re.search(r"arch_timer: cp15 timer\(s\) running at ([\d.]+)MHz", log).group(1)) * 1e6)
+
+
+def _kvm_has(cap: int) -> bool:
+    """Whether this KVM offers ``cap`` (0: a capability the <linux/kvm.h> kvmsnap was built with lacks)."""
+    if not cap:
+        return False
+    kvm = Kvm()
+    try:
+        return bool(kvm.check_extension(cap))
+    finally:
+        kvm.close()
+
+
 def test_restore_paused_then_save_again_gives_the_same_state(guest, tmp_path):
-    """Every note and every page the same, but the virtual count (it runs on while paused) and the
-    digests of the notes that hold it."""
+    """Every note and every page the same, but the counts (they run on while paused) and the digests
+    of the notes that hold them. The virtual count goes on from its saved value (by no more than
+    the time between the two saves); where KVM takes a VM-wide counter offset (Linux 6.4) that
+    offset moves the physical count too, so the two read alike."""
     g = guest("smp", "--mem", "16M")
     g.wait_lines(4, "^cpu")
     first = tmp_path / "first.core"
+    began = time.monotonic()
     save_quit(g, first)
     r = Restored(tmp_path, first, "--paused", console=tmp_path / "r.console")
     second = tmp_path / "second.core"
     assert r.request("save", path=str(second), quit=True)["path"] == str(second)
+    between = time.monotonic() - began
     assert r.proc.wait(seconds(60)) == 0
     a, _ = notes_by_key(first)
     b, _ = notes_by_key(second)
@@ -94,8 +121,14 @@ def test_restore_paused_then_save_again_gives_the_same_state(guest, tmp_path):
     assert differing == []
     with read_core(first) as ca, read_core(second) as cb:
         for va, vb in zip(ca.vcpus, cb.vcpus):
-            moved = [hex(i) for (i, x), (j, y) in zip(va.regs, vb.regs) if i != j or x != y and i != TIMER_CNT]
+            moved = [hex(i) for (i, x), (j, y) in zip(va.regs, vb.regs)
+                     if i != j or x != y and i not in (TIMER_CNT, PTIMER_CNT)]
             assert moved == [], f"vCPU {va.index}"
+            before, after = ({i: int.from_bytes(x, "little") for i, x in v.regs} for v in (va, vb))
+            hz = _counter_hz()
+            assert 0 <= after[TIMER_CNT] - before[TIMER_CNT] <= (between + 1) * hz, (va.index, before, after)
+            if PTIMER_CNT in after and _kvm_has(lib.KVM_CAP_COUNTER_OFFSET):
+                assert abs(after[PTIMER_CNT] - after[TIMER_CNT]) < hz // 2, (va.index, after)
         slot = ca.memory.slots()[0]
         assert ca.memory.read(slot.gpa, slot.size) == cb.memory.read(slot.gpa, slot.size)
 
@@ -136,6 +169,26 @@ def test_unlisted_and_refused_registers_are_named_then_let_through(tmp_path, cou
     warnings = restored.stderr()
     assert "S3_7_C15_C15_7" in warnings and "MIDR_EL1" in warnings, warnings
     assert not any(b in line for line in restored.lines() for b in BAD)
+
+
+def test_a_vgic_this_host_cannot_make_is_refused_by_name(tmp_path, counter_core):
+    """The lab's KVM makes one vGIC type (v3 on QEMU's GICv3, v2 with --gic-version 2): a core
+    claiming the other is refused before anything is created."""
+    core, _ = counter_core
+    with read_core(core) as c:
+        saved = VgicState.parse(c.devices["vgic"]).type
+    other = {VGIC_V3: VGIC_V2, VGIC_V2: VGIC_V3}[saved]
+    assert saved == (VGIC_V2 if os.environ.get("KVMSNAP_LAB_GIC") == "2" else VGIC_V3)
+
+    def claim(state):
+        vgic = VgicState.parse(state.devices["vgic"])
+        state.devices["vgic"] = VgicState.build(dict(vgic, type=other))
+    bad = tmp_path / "bad.core"
+    rewrite_core(core, bad, claim)
+    r = run_kvmsnap("restore", bad, "--console", tmp_path / "refused.console", "--control", tmp_path / "r.sock")
+    names = {VGIC_V2: "vGICv2", VGIC_V3: "vGICv3"}
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"the core's {names[other]}: this host's KVM cannot make one (it makes {names[saved]})" in r.stderr
 
 
 def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path):

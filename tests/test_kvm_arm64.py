@@ -1,9 +1,10 @@
 """The arm64 KVM layer on real KVM/arm64 (in the lab: scripts/lab aarch64 -- python3 -m pytest
 tests/test_kvm_arm64.py; tests/test_lab.py runs it there): the IPA size, vCPU init, the register
 list and ONE_REG at 32, 64, 128 and (with SVE) 2048 bits, the firmware pseudo-registers, vCPU
-events, the vGIC v3 through the device API, the timer interrupts, and a guest's first MMIO write."""
+events, the host's vGIC (v3, or v2 on a GICv2 host) through the device API, the timer interrupts, and a guest's first MMIO write."""
 import errno
 import mmap
+import os
 import platform
 import shutil
 import struct
@@ -12,6 +13,8 @@ import subprocess
 import pytest
 
 from conftest import KVM
+from kvmsnap.arch.aarch64 import vgic
+from kvmsnap.arch.aarch64.layouts import GICC_BASE, VGIC_V2, VGIC_V3
 from kvmsnap.kvm import Kvm, KvmError, ffi, lib
 from kvmsnap.kvm.aarch64 import core_reg_id, reg_size
 
@@ -23,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 RAM = 0x40000000                # where the virt board and kvmsnap's arm64 machine put RAM
 RAM_SIZE = 2 << 20
 UART = 0x09000000               # a PL011's data register: no memslot there, so an MMIO exit
-GICD, GICR = 0x08000000, 0x080A0000
+GICD = 0x08000000
 
 
 def sysreg(op0, op1, crn, crm, op2) -> int:
@@ -126,16 +129,18 @@ def test_vcpu_events_and_timer_interrupts_round_trip(machine):
     assert struct.unpack("<I", cpu.get_device_attr(group, vtimer, 4))[0] == 27    # the virt board's PPI
 
 
-def test_vgic_v3_is_created_placed_initialised_and_read(machine):
-    _, vm, cpu, _ = machine
-    gic = vm.create_device(lib.KVM_DEV_TYPE_ARM_VGIC_V3)
+def test_the_hosts_vgic_is_created_placed_initialised_and_read(machine):
+    """A vGICv3; on a GICv2 host (the lab with --gic-version 2) a vGICv2, whose CPU interface is
+    placed too."""
+    _, vm, _, _ = machine
+    expected = VGIC_V2 if os.environ.get("KVMSNAP_LAB_GIC") == "2" else VGIC_V3
+    assert vgic.host_type(vm) == expected
+    frames = ({lib.KVM_VGIC_V2_ADDR_TYPE_DIST: GICD, lib.KVM_VGIC_V2_ADDR_TYPE_CPU: GICC_BASE}
+              if expected == VGIC_V2 else {lib.KVM_VGIC_V3_ADDR_TYPE_DIST: GICD})
+    gic = vgic.create(vm, expected)
     try:
-        gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, lib.KVM_VGIC_V3_ADDR_TYPE_DIST, struct.pack("<Q", GICD))
-        gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, lib.KVM_VGIC_V3_ADDR_TYPE_REDIST, struct.pack("<Q", GICR))
-        assert struct.unpack("<Q", gic.get_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR,
-                                                       lib.KVM_VGIC_V3_ADDR_TYPE_DIST))[0] == GICD
-        gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, struct.pack("<I", 128))
-        gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_CTRL, lib.KVM_DEV_ARM_VGIC_CTRL_INIT)
+        for frame, address in frames.items():
+            assert struct.unpack("<Q", gic.get_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, frame))[0] == address
         typer = struct.unpack("<I", gic.get_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_DIST_REGS, 0x4, 4))[0]
         assert (typer & 0x1F) + 1 == 128 // 32, hex(typer)    # GICD_TYPER.ITLinesNumber: 128 interrupts
     finally:

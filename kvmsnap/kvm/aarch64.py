@@ -60,10 +60,11 @@ class DeviceAttrs:
 
 
 class Device(DeviceAttrs):
-    """A device made by KVM_CREATE_DEVICE (the vGIC)."""
+    """A device made by KVM_CREATE_DEVICE (the vGIC), with its KVM_DEV_TYPE_*."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, type_: int):
         self.fd = fd
+        self.type = type_
 
     def close(self):
         if self.fd >= 0:
@@ -91,7 +92,18 @@ class Arm64Vm(DeviceAttrs):
         """See KVM_CREATE_DEVICE."""
         dev = ffi.new("struct kvm_create_device *", {"type": type_})
         ioctl_ptr(self.fd, "KVM_CREATE_DEVICE", dev)
-        return Device(dev.fd)
+        return Device(dev.fd, type_)
+
+    def can_create_device(self, type_: int) -> bool:
+        """KVM_CREATE_DEVICE with KVM_CREATE_DEVICE_TEST: whether this VM could have such a device."""
+        dev = ffi.new("struct kvm_create_device *", {"type": type_, "flags": lib.KVM_CREATE_DEVICE_TEST})
+        try:
+            ioctl_ptr(self.fd, "KVM_CREATE_DEVICE", dev)
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.EINVAL, errno.ENXIO):
+                return False
+            raise
+        return True
 
     def arm_set_counter_offset(self, offset: int) -> None:
         """See KVM_ARM_SET_COUNTER_OFFSET (KVM_CAP_COUNTER_OFFSET, Linux 6.4): the VM's counter

@@ -20,6 +20,7 @@
 	.equ	GICD_BASE, 0x08000000
 	.equ	GICR_BASE, 0x080a0000           /* RD_base of vCPU i at GICR_BASE + i * GICR_STRIDE */
 	.equ	GICR_STRIDE, 0x20000            /* RD_base frame, then SGI_base frame (+0x10000) */
+	.equ	GICC_BASE, 0x08010000           /* GICv2 only: the CPU interface */
 	.equ	TIMER_INTID, 27                 /* virtual timer PPI */
 
 	.equ	PSCI_VERSION, 0x84000000

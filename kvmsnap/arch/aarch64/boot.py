@@ -5,7 +5,7 @@ with the MMU off and x0 holding the device tree's address; the others are powere
 guest starts them with PSCI CPU_ON."""
 import struct
 
-from kvmsnap.arch.aarch64 import fdt, vcpu as arm_vcpu
+from kvmsnap.arch.aarch64 import fdt, vcpu as arm_vcpu, vgic
 from kvmsnap.arch.aarch64.layouts import RAM_BASE
 from kvmsnap.formats import elf
 from kvmsnap.kvm.aarch64 import core_reg_id
@@ -40,7 +40,8 @@ def boot_machine(machine, image: bytes, name: str, flat_addr: int | None = None,
     else:
         entry = load_elf(image, name, memory, elf.EM_AARCH64, "arm64", RAM_BASE)[0].e_entry
     mpidrs = [arm_vcpu.mpidr(v) & fdt.MPIDR_AFFINITY for v in machine.vcpus]
-    blob = fdt.build(fdt.machine_tree(len(machine.vcpus), mpidrs, mem_size, cmdline, initrd_range))
+    blob = fdt.build(fdt.machine_tree(len(machine.vcpus), mpidrs, mem_size, vgic.describe(machine.irqchip, len(mpidrs)),
+                                      cmdline, initrd_range))
     if len(blob) > FDT_ALIGN:
         raise LoadError(f"{name}: the device tree is {len(blob)} bytes (the command line is too long)")
     memory.write(dtb_at, blob)

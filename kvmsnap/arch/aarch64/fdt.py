@@ -1,10 +1,9 @@
 """A flattened device tree (DTB, devicetree specification v0.4, chapter 5) describing kvmsnap's
-arm64 machine: memory, the vCPUs (enabled through PSCI), the GICv3, the generic timer and the
-PL011 console, and /chosen with the kernel's command line and initrd."""
+arm64 machine: memory, the vCPUs (enabled through PSCI), the GICv3 or GICv2, the generic timer and
+the PL011 console, and /chosen with the kernel's command line and initrd."""
 import struct
 
-from kvmsnap.arch.aarch64.layouts import (GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, RAM_BASE, UART_BASE,
-                                           UART_SIZE, UART_SPI)
+from kvmsnap.arch.aarch64.layouts import GICD_BASE, RAM_BASE, UART_BASE, UART_SIZE, UART_SPI, VGIC_V3
 
 FDT_MAGIC, FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_END = 0xD00DFEED, 1, 2, 3, 9
 MPIDR_AFFINITY = 0xFF_00FF_FFFF          # MPIDR_EL1's Aff3 and Aff2-0: a cpu node's reg
@@ -33,27 +32,36 @@ def _value(v) -> bytes:
     return _cells(v)
 
 
-def machine_tree(nvcpus: int, mpidrs: list[int], mem_size: int, cmdline: str = "",
-                 initrd: tuple[int, int] | None = None) -> tuple:
-    """(name, properties, children) of the root node."""
+def _gic(gic_type: int, frames: list[tuple[int, int]], nvcpus: int) -> tuple[dict, int]:
+    """The interrupt controller's node properties, and the flag bits of a PPI routed to every vCPU."""
+    node = {"#interrupt-cells": 3, "interrupt-controller": b"", "phandle": GIC_PHANDLE,
+            "reg": b"".join(_pairs(base, size) for base, size in frames)}
+    if gic_type == VGIC_V3:
+        node.update({"compatible": "arm,gic-v3", "#address-cells": 2, "#size-cells": 2, "ranges": b""})
+        return node, 0
+    node["compatible"] = "arm,cortex-a15-gic"
+    return node, ((1 << nvcpus) - 1) << 8          # GICv2: a PPI's CPU mask in the flags' bits 15:8
+
+
+def machine_tree(nvcpus: int, mpidrs: list[int], mem_size: int, gic: tuple[int, list[tuple[int, int]]],
+                 cmdline: str = "", initrd: tuple[int, int] | None = None) -> tuple:
+    """(name, properties, children) of the root node; ``gic``: its type (VGIC_V3 or VGIC_V2) and
+    its frames' (base, size) (vgic.frames)."""
     cpus = [(f"cpu@{m:x}", {"device_type": "cpu", "compatible": "arm,arm-v8", "reg": _pairs(m),
                             "enable-method": "psci"}, []) for m in mpidrs[:nvcpus]]
     chosen = {"bootargs": cmdline, "stdout-path": f"/pl011@{UART_BASE:x}"}
     if initrd:
         chosen.update({"linux,initrd-start": _pairs(initrd[0]), "linux,initrd-end": _pairs(initrd[1])})
-    gic_regs = _pairs(GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE * nvcpus)
+    gic, ppi_cpus = _gic(*gic, nvcpus)
     return ("", {"#address-cells": 2, "#size-cells": 2, "compatible": "linux,dummy-virt",
                  "interrupt-parent": GIC_PHANDLE}, [
         ("chosen", chosen, []),
         (f"memory@{RAM_BASE:x}", {"device_type": "memory", "reg": _pairs(RAM_BASE, mem_size)}, []),
         ("cpus", {"#address-cells": 2, "#size-cells": 0}, cpus),
         ("psci", {"compatible": ["arm,psci-1.0", "arm,psci-0.2"], "method": "hvc"}, []),
-        (f"intc@{GICD_BASE:x}", {"compatible": "arm,gic-v3", "#interrupt-cells": 3,
-                                      "#address-cells": 2, "#size-cells": 2, "ranges": b"",
-                                      "interrupt-controller": b"", "reg": gic_regs,
-                                      "phandle": GIC_PHANDLE}, []),
+        (f"intc@{GICD_BASE:x}", gic, []),
         ("timer", {"compatible": "arm,armv8-timer", "always-on": b"", "interrupts": b"".join(
-            _cells(GIC_PPI, ppi, IRQ_LEVEL_LOW) for ppi in TIMER_PPIS)}, []),
+            _cells(GIC_PPI, ppi, ppi_cpus | IRQ_LEVEL_LOW) for ppi in TIMER_PPIS)}, []),
         ("apb-pclk", {"compatible": "fixed-clock", "#clock-cells": 0, "clock-frequency": 24_000_000,
                       "phandle": CLOCK_PHANDLE}, []),
         (f"pl011@{UART_BASE:x}", {"compatible": ["arm,pl011", "arm,primecell"],

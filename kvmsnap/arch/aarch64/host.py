@@ -1,10 +1,11 @@
 """Can this host take an aarch64 snapshot? The checks restore makes before creating anything: every
 saved register must be one this host's KVM lists for a vCPU initialized as the saved one was (its
 features, its SVE vector lengths), and the ID registers that name the CPU must agree, but for
-those that may differ between hosts of one CPU model (MAY_DIFFER: the host's value is kept)."""
+those that may differ between hosts of one CPU model (MAY_DIFFER: the host's value is kept); the
+saved vGIC's type must be one this KVM makes."""
 from dataclasses import dataclass, field
 
-from kvmsnap.arch.aarch64 import vcpu as arm_vcpu
+from kvmsnap.arch.aarch64 import vcpu as arm_vcpu, vgic
 from kvmsnap.arch.aarch64.decode import reg_name
 from kvmsnap.arch.aarch64.vcpu import sysreg_id
 from kvmsnap.kvm import lib, max_vcpus
@@ -31,20 +32,25 @@ class RestorePlan:
     saved_msrs = None               # (x86's)
 
 
-def check_host(vcpus, kvm, policy) -> RestorePlan:
-    """Compare the saved vCPUs with what this host's KVM lists and holds, naming every register it
-    does not list and every ID register that differs and that it refuses to take; with
+def check_host(snapshot, kvm, policy) -> RestorePlan:
+    """Compare the saved vCPUs and vGIC with what this host's KVM lists and makes, naming every
+    register it does not list and every ID register that differs and that it refuses to take; with
     ``policy.allow_missing_registers`` they are left out (warnings) instead."""
+    vcpus = snapshot.vcpus
     plan = RestorePlan(allow_refused=policy.allow_missing_registers)
     limit = max_vcpus(kvm)
     if len(vcpus) > limit:
         plan.problems.append(f"{len(vcpus)} vCPUs, this host's KVM allows {limit}")
     try:
-        listed, differing = _host_registers(kvm, vcpus[0])
+        listed, differing, gic_types = _host_registers(kvm, vcpus[0])
     except OSError as e:
         plan.problems.append(f"this host's KVM cannot make a vCPU with the saved features "
                              f"{vcpus[0].features} (KVM_ARM_VCPU_INIT / FINALIZE: {e.strerror})")
         return plan
+    gic = vgic.saved_type(snapshot.devices["vgic"])
+    if gic not in gic_types:
+        plan.problems.append(f"the core's {vgic.NAMES.get(gic, f'vGIC type {gic}')}: this host's KVM cannot make "
+                             f"one (it makes {', '.join(vgic.NAMES[t] for t in gic_types) or 'no vGIC'})")
     for v in vcpus:
         keep, left_out = [], []
         for reg_id, value in v.regs:
@@ -69,11 +75,12 @@ def check_host(vcpus, kvm, policy) -> RestorePlan:
 
 
 def _host_registers(kvm, saved):
-    """The register ids this host's KVM lists for a vCPU like ``saved``, and for each of its ID
+    """The register ids this host's KVM lists for a vCPU like ``saved``; for each of its ID
     registers that differs from the host's, {(id, saved value): (the difference in words, whether
-    this KVM refuses the saved value: KVM_SET_ONE_REG on a scratch vCPU)}."""
+    this KVM refuses the saved value: KVM_SET_ONE_REG on a scratch vCPU)}; the vGIC types it makes."""
     vm = kvm.create_vm()
     try:
+        gic_types = [t for t in vgic.NAMES if vm.can_create_device(t)]
         vcpu = vm.create_vcpu(0)
         try:
             target, _ = vm.arm_preferred_target()
@@ -90,7 +97,7 @@ def _host_registers(kvm, saved):
                     differing[reg_id, regs[reg_id]] = (words, False)
                 except OSError as e:
                     differing[reg_id, regs[reg_id]] = (f"{words} (refused by this host's KVM: {e.strerror})", True)
-            return listed, differing
+            return listed, differing, gic_types
         finally:
             vcpu.close()
     finally:

@@ -81,12 +81,20 @@ PL011_REGS = ("ibrd", "fbrd", "lcr_h", "cr", "ifls", "imsc", "dmacr", "ilpr", "r
 Pl011State = Struct(*[name / Int32ul for name in PL011_REGS])
 
 #: KVM_DEV_ARM_VGIC_GRP_* of the attributes kvmsnap saves (arch/arm64/include/uapi/asm/kvm.h).
-VGIC_GROUPS = {1: "dist", 5: "redist", 6: "cpu_sysregs", 7: "level_info"}
+VGIC_GROUPS = {1: "dist", 2: "cpu_regs", 5: "redist", 6: "cpu_sysregs", 7: "level_info"}
+VGIC_V2, VGIC_V3 = 5, 7             # KVM_DEV_TYPE_ARM_VGIC_V2, _V3: VgicState.type
 #: (name, offset, bits per INTID) of each vGIC register bank kvmsnap saves: in the distributor
-#: from INTID 32 on, in each redistributor's SGI frame (SGI_BASE past RD_base) for INTIDs 0-31.
+#: from INTID 32 on; for INTIDs 0-31 in each redistributor's SGI frame (SGI_BASE past RD_base) on a
+#: GICv3, in the distributor banked per vCPU on a GICv2. GICv2 only: its SPIs' target CPUs.
 VGIC_BANKS = (("IGROUPR", 0x080, 1), ("ICFGR", 0xC00, 2), ("IPRIORITYR", 0x400, 8),
               ("ISPENDR", 0x200, 1), ("ISACTIVER", 0x300, 1), ("ISENABLER", 0x100, 1))
-GICD_CTLR, GICD_IROUTER, GICR_SGI_BASE = 0x0000, 0x6000, 0x1_0000
+GICV2_BANKS = (("ITARGETSR", 0x800, 8),)
+GICD_CTLR, GICD_IIDR, GICD_IROUTER, GICR_SGI_BASE = 0x0000, 0x0008, 0x6000, 0x1_0000
+#: GICv2: the SGIs' pending bits by source vCPU (8 bits per SGI, 16 SGIs: 4 words, banked per vCPU).
+GICD_SPENDSGIR, GICV2_SGIS = 0x0F20, 16
+#: The GICv2 CPU interface's registers (offsets in its MMIO frame), in the order they are written back.
+GICC_REGS = {"GICC_CTLR": 0x00, "GICC_PMR": 0x04, "GICC_BPR": 0x08, "GICC_ABPR": 0x1C,
+             **{f"GICC_APR{n}": 0xD0 + 4 * n for n in range(4)}}
 #: The GICv3 CPU interface's registers (op0, op1, CRn, CRm, op2), in the order they are written back:
 #: SRE and CTLR first (they decide what the others mean), the active priorities last.
 ICC_REGS = {"ICC_SRE_EL1": (3, 0, 12, 12, 5), "ICC_CTLR_EL1": (3, 0, 12, 12, 4),
@@ -106,11 +114,11 @@ def sysreg_index(op0, op1, crn, crm, op2) -> int:
 vgic_reg = Struct(
     "group" / Int32ul,              # KVM_DEV_ARM_VGIC_GRP_*
     "size" / Int32ul,               # bytes of the value KVM reads and writes: 4 or 8
-    "attr" / Int64ul,               # KVM_DEV_ARM_VGIC_GRP_* attribute (MPIDR and offset or encoding)
+    "attr" / Int64ul,               # KVM_DEV_ARM_VGIC_GRP_* attribute (MPIDR or vCPU index; offset or encoding)
     "value" / Int64ul,
 )
 VgicState = Struct(
-    "type" / Int32ul,               # KVM_DEV_TYPE_ARM_VGIC_V3 (7)
+    "type" / Int32ul,               # KVM_DEV_TYPE_ARM_VGIC_V2 (5) or _V3 (7)
     "nr_irqs" / Int32ul,            # KVM_DEV_ARM_VGIC_GRP_NR_IRQS
     "nregs" / Rebuild(Int32ul, len_(this.regs)),
     "reserved" / Int32ul,
@@ -122,4 +130,5 @@ VgicState = Struct(
 RAM_BASE = 0x4000_0000
 GICD_BASE, GICD_SIZE = 0x0800_0000, 0x1_0000
 GICR_BASE, GICR_STRIDE = 0x080A_0000, 0x2_0000      # per vCPU: RD_base and SGI_base frames
+GICC_BASE = 0x0801_0000                             # GICv2 only: the CPU interface
 UART_BASE, UART_SIZE, UART_SPI = 0x0900_0000, 0x1000, 1   # the PL011; its interrupt is SPI 1 (INTID 33)

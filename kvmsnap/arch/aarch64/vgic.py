@@ -1,25 +1,39 @@
-"""The vGICv3 through KVM's device API: created with its frames placed, its state read as a list of
-(group, attribute, value) in the order it is written back (docs/restore.md; after QEMU's
-``kvm_arm_gicv3_put``): each vCPU's redistributor, the distributor, the line levels, each vCPU's
-CPU interface. A register this KVM does not have is left out at save and so never written."""
+"""The vGIC through KVM's device API: a GICv3 where the host's KVM offers one, else a GICv2, created
+with its frames placed, its state read as a list of (group, attribute, value) in the order it is
+written back (docs/restore.md; after QEMU's ``kvm_arm_gicv3_put`` and ``kvm_arm_gic_put``). GICv3:
+each vCPU's redistributor, the distributor, the line levels, each vCPU's CPU interface (system
+registers). GICv2: the distributor (its first INTIDs banked per vCPU), each vCPU's CPU interface
+(MMIO registers). A register this KVM does not have is left out at save and so never written."""
 import errno
 
-from kvmsnap.arch.aarch64.layouts import (GICD_BASE, GICD_CTLR, GICD_IROUTER, GICR_BASE, GICR_SGI_BASE, ICC_REGS,
-                                           VGIC_BANKS, VgicState, sysreg_index)
+from kvmsnap.arch.aarch64 import vcpu as arm_vcpu
+from kvmsnap.arch.aarch64.layouts import (GICC_BASE, GICC_REGS, GICD_BASE, GICD_CTLR, GICD_IIDR, GICD_IROUTER,
+                                           GICD_SIZE, GICD_SPENDSGIR, GICR_BASE, GICR_SGI_BASE, GICR_STRIDE,
+                                           GICV2_BANKS, GICV2_SGIS, ICC_REGS, VGIC_BANKS, VGIC_V2, VGIC_V3, VgicState,
+                                           sysreg_index)
 from kvmsnap.kvm import lib
 
 NR_IRQS = 128                                       # 32 private (SGIs, PPIs) + 96 SPIs
+NAMES = {VGIC_V2: "vGICv2", VGIC_V3: "vGICv3"}
 
 
-def create(vm, nvcpus: int):
-    """A vGICv3 with its distributor and redistributors placed and initialized (after every vCPU
-    is created and initialized, before any runs)."""
-    gic = vm.create_device(lib.KVM_DEV_TYPE_ARM_VGIC_V3)
+def host_type(vm) -> int | None:
+    """The vGIC this host's KVM makes for ``vm``: v3 where it can, else v2 (None: neither)."""
+    return next((t for t in (VGIC_V3, VGIC_V2) if vm.can_create_device(t)), None)
+
+
+def create(vm, type_: int):
+    """A vGIC of ``type_`` (VGIC_V2 or VGIC_V3) with its frames placed and initialized (after every
+    vCPU is created and initialized, before any runs)."""
+    gic = vm.create_device(type_)
+    addr = lib.KVM_DEV_ARM_VGIC_GRP_ADDR
     try:
-        gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, lib.KVM_VGIC_V3_ADDR_TYPE_DIST,
-                            GICD_BASE.to_bytes(8, "little"))
-        gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, lib.KVM_VGIC_V3_ADDR_TYPE_REDIST,
-                            GICR_BASE.to_bytes(8, "little"))
+        if type_ == VGIC_V3:
+            gic.set_device_attr(addr, lib.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE.to_bytes(8, "little"))
+            gic.set_device_attr(addr, lib.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE.to_bytes(8, "little"))
+        else:
+            gic.set_device_attr(addr, lib.KVM_VGIC_V2_ADDR_TYPE_DIST, GICD_BASE.to_bytes(8, "little"))
+            gic.set_device_attr(addr, lib.KVM_VGIC_V2_ADDR_TYPE_CPU, GICC_BASE.to_bytes(8, "little"))
         gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, NR_IRQS.to_bytes(4, "little"))
         gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_CTRL, lib.KVM_DEV_ARM_VGIC_CTRL_INIT)
     except BaseException:
@@ -28,19 +42,32 @@ def create(vm, nvcpus: int):
     return gic
 
 
-def _registers(mpidrs: list[int]):
-    """(group, attr, size) of every register saved, in restore order."""
+def describe(gic, nvcpus: int) -> tuple[int, list[tuple[int, int]]]:
+    """``gic``'s type and its frames' (base, size), for the device tree."""
+    if gic.type == VGIC_V3:
+        return gic.type, [(GICD_BASE, GICD_SIZE), (GICR_BASE, GICR_STRIDE * nvcpus)]
+    return gic.type, [(GICD_BASE, lib.KVM_VGIC_V2_DIST_SIZE), (GICC_BASE, lib.KVM_VGIC_V2_CPU_SIZE)]
+
+
+def _words(offset: int, bits: int, private: bool):
+    """The register offsets of a bank's words: for INTIDs 0-31 (``private``) or for the SPIs."""
+    first, end = (0, bits) if private else (bits, NR_IRQS * bits // 32)
+    return (offset + 4 * word for word in range(first, end))
+
+
+def _v3_registers(mpidrs: list[int]):
+    """(group, attr, size) of every GICv3 register saved, in restore order; ``mpidrs``: each vCPU's
+    affinity as KVM's attributes take it."""
     redist, dist = lib.KVM_DEV_ARM_VGIC_GRP_REDIST_REGS, lib.KVM_DEV_ARM_VGIC_GRP_DIST_REGS
-    for mpidr in mpidrs:       # each bank holds ``bits`` u32 words per 32 INTIDs
+    for mpidr in mpidrs:
         for _, offset, bits in VGIC_BANKS:
-            for word in range(bits):
-                yield redist, mpidr << 32 | GICR_SGI_BASE + offset + 4 * word, 4
+            for reg in _words(GICR_SGI_BASE + offset, bits, private=True):
+                yield redist, mpidr << 32 | reg, 4
     yield dist, GICD_CTLR, 4
     for intid in range(32, NR_IRQS):
         yield dist, GICD_IROUTER + 8 * intid, 4             # Aff0-2 in the low half (Aff3: none)
     for _, offset, bits in VGIC_BANKS:
-        for word in range(bits, NR_IRQS * bits // 32):
-            yield dist, offset + 4 * word, 4
+        yield from ((dist, reg, 4) for reg in _words(offset, bits, private=False))
     level, line_levels = (lib.KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO,
                           lib.VGIC_LEVEL_INFO_LINE_LEVEL << lib.KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT)
     for mpidr in mpidrs:                                   # each vCPU's PPIs, then the SPIs
@@ -52,11 +79,32 @@ def _registers(mpidrs: list[int]):
             yield lib.KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, mpidr << 32 | sysreg_index(*encoding), 8
 
 
-def save(gic, mpidrs: list[int]) -> bytes:
-    """The vGIC's state (layouts.VgicState); ``mpidrs``: each vCPU's affinity (MPIDR_EL1 Aff3-0 as
-    KVM's attributes take it). Every vCPU must be out of KVM_RUN."""
+def _v2_registers(nvcpus: int):
+    """(group, attr, size) of every GICv2 register saved, in restore order (attributes name a vCPU
+    by its index). The IIDR comes first: its revision is what lets KVM take the interrupt groups."""
+    dist, banks = lib.KVM_DEV_ARM_VGIC_GRP_DIST_REGS, VGIC_BANKS + GICV2_BANKS
+    yield dist, GICD_IIDR, 4
+    yield dist, GICD_CTLR, 4
+    for cpu in range(nvcpus):
+        for _, offset, bits in banks:
+            yield from ((dist, cpu << 32 | reg, 4) for reg in _words(offset, bits, private=True))
+        for word in range(GICV2_SGIS * 8 // 32):
+            yield dist, cpu << 32 | GICD_SPENDSGIR + 4 * word, 4
+    for _, offset, bits in banks:
+        yield from ((dist, reg, 4) for reg in _words(offset, bits, private=False))
+    for cpu in range(nvcpus):
+        for offset in GICC_REGS.values():
+            yield lib.KVM_DEV_ARM_VGIC_GRP_CPU_REGS, cpu << 32 | offset, 4
+
+
+def save(gic, vcpus) -> bytes:
+    """The vGIC's state (layouts.VgicState). Every vCPU must be out of KVM_RUN."""
+    if gic.type == VGIC_V3:
+        wanted = _v3_registers([affinity(arm_vcpu.mpidr(v)) for v in vcpus])
+    else:
+        wanted = _v2_registers(len(vcpus))
     regs = []
-    for group, attr, size in _registers(mpidrs):
+    for group, attr, size in wanted:
         try:
             value = int.from_bytes(gic.get_device_attr(group, attr, size), "little")
         except OSError as e:
@@ -64,7 +112,12 @@ def save(gic, mpidrs: list[int]) -> bytes:
                 continue
             raise
         regs.append(dict(group=group, size=size, attr=attr, value=value))
-    return VgicState.build(dict(type=lib.KVM_DEV_TYPE_ARM_VGIC_V3, nr_irqs=NR_IRQS, reserved=0, regs=regs))
+    return VgicState.build(dict(type=gic.type, nr_irqs=NR_IRQS, reserved=0, regs=regs))
+
+
+def saved_type(blob: bytes) -> int:
+    """The vGIC type (VGIC_V2 or VGIC_V3) of saved state."""
+    return VgicState.parse(blob).type
 
 
 def restore(gic, blob: bytes) -> None:

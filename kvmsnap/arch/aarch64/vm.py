@@ -1,5 +1,5 @@
-"""An aarch64 VM through KVM: the machine's layout (QEMU ``virt``'s: RAM at 1 GiB, the GICv3, a
-PL011 UART), what the VMM creates once the vCPUs exist (their VCPU_INIT, the vGIC), and the VM-wide
+"""An aarch64 VM through KVM: the machine's layout (QEMU ``virt``'s: RAM at 1 GiB, the GICv3 or
+GICv2, a PL011 UART), what the VMM creates once the vCPUs exist (their VCPU_INIT, the vGIC), and the VM-wide
 device state, saved and restored."""
 from kvmsnap.arch.aarch64 import vcpu as arm_vcpu, vgic
 from kvmsnap.arch.aarch64.layouts import RAM_BASE, UART_BASE, UART_SIZE, UART_SPI
@@ -8,7 +8,7 @@ from kvmsnap.kvm import lib
 from kvmsnap.vmm.pl011 import Pl011
 from kvmsnap.vmm.uart import UartInput
 
-DEVICES_AFTER_VCPUS = True           # restore: the vGIC finds each redistributor by its vCPU's MPIDR
+DEVICES_AFTER_VCPUS = True           # restore: a GICv3 finds each redistributor by its vCPU's MPIDR
 REQUIRED_CAPS = {"ONE_REG": lib.KVM_CAP_ONE_REG, "DEVICE_CTRL": lib.KVM_CAP_DEVICE_CTRL,
                  "ARM_PSCI_0_2": lib.KVM_CAP_ARM_PSCI_0_2, "IMMEDIATE_EXIT": lib.KVM_CAP_IMMEDIATE_EXIT,
                  "MP_STATE": lib.KVM_CAP_MP_STATE}
@@ -27,8 +27,9 @@ def setup_vm(kvm, vm) -> None:
 
 
 def setup_vcpus(machine, saved: list | None = None) -> None:
-    """Every vCPU initialized (with the saved features on restore; else vCPU 0 runnable and the
-    others powered off until the guest starts them with PSCI CPU_ON), then the vGIC."""
+    """Every vCPU initialized: with the saved features on restore (whose vGIC, of the saved type,
+    comes with the devices); else vCPU 0 runnable and the others powered off until the guest starts
+    them with PSCI CPU_ON, then the host's vGIC."""
     caps = machine.vcpu_caps
     for vcpu in machine.vcpus:
         if saved:
@@ -36,7 +37,11 @@ def setup_vcpus(machine, saved: list | None = None) -> None:
             arm_vcpu.init(vcpu, caps.target, state.features, dict(state.regs).get(lib.KVM_REG_ARM64_SVE_VLS))
         else:
             arm_vcpu.init(vcpu, caps.target, list(caps.features) + ([lib.KVM_ARM_VCPU_POWER_OFF] if vcpu.index else []))
-    machine.irqchip = vgic.create(machine.vm, len(machine.vcpus))
+    if not saved:
+        type_ = vgic.host_type(machine.vm)
+        if type_ is None:
+            raise KvmsnapError("this host's KVM makes neither a vGICv3 nor a vGICv2 (KVM_CREATE_DEVICE)")
+        machine.irqchip = vgic.create(machine.vm, type_)
 
 
 def device_models(machine, console) -> dict:
@@ -52,15 +57,13 @@ def mmio_devices(machine) -> list[tuple[int, int, object]]:
     return [(UART_BASE, UART_SIZE, machine.device_models["uart"])]
 
 
-def _affinities(machine) -> list[int]:
-    return [vgic.affinity(arm_vcpu.mpidr(v)) for v in machine.vcpus]
-
-
 def save_devices(machine) -> dict[str, bytes]:
     """KVM's VM-wide device state (the vGIC); every vCPU must be parked."""
-    return {"vgic": vgic.save(machine.irqchip, _affinities(machine))}
+    return {"vgic": vgic.save(machine.irqchip, machine.vcpus)}
 
 
 def restore_devices(machine, devices: dict[str, bytes]) -> None:
-    """After every vCPU's registers (the vGIC's redistributors are found by the vCPUs' MPIDR)."""
+    """The vGIC of the saved type, created and loaded after every vCPU's registers (a GICv3's
+    redistributors are found by the vCPUs' MPIDR), before any vCPU runs."""
+    machine.irqchip = vgic.create(machine.vm, vgic.saved_type(devices["vgic"]))
     vgic.restore(machine.irqchip, devices["vgic"])

@@ -29,9 +29,10 @@ class RestorePlan:
     can_scale_tsc: bool = False         # KVM_CAP_TSC_CONTROL: KVM_SET_TSC_KHZ takes the saved frequency
 
 
-def check_host(vcpus, kvm, policy) -> RestorePlan:
+def check_host(snapshot, kvm, policy) -> RestorePlan:
     """Compare the saved vCPUs with what this host's KVM offers, naming every register or feature
     it cannot take; ``policy.allow_missing_msrs`` and ``allow_missing_features`` let them through."""
+    vcpus = snapshot.vcpus
     allow_missing_msrs, allow_missing_features = policy.allow_missing_msrs, policy.allow_missing_features
     plan = RestorePlan(allow_refused_msrs=allow_missing_msrs,
                        can_scale_tsc=bool(kvm.check_extension(Cap.TSC_CONTROL)))
