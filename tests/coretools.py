@@ -9,9 +9,14 @@ from kvmsnap.formats.kvmsnap import read_core
 from kvmsnap.formats.writer import write_core
 
 
+def gdb_for(core) -> str:
+    """The gdb that reads ``core``: gdb-multiarch for an aarch64 one (e_machine 183)."""
+    return "gdb-multiarch" if b"\xb7\x00" == open(core, "rb").read(20)[18:20] else "gdb"
+
+
 def gdb(core, *commands, timeout=60, program=None) -> str:
     """gdb's batch output for ``commands`` run against ``core`` (and the ELF ``program``: a vmlinux)."""
-    args = ["gdb", "-batch", "-nx"] + ([str(program)] if program else []) + ["-c", str(core)]
+    args = [gdb_for(core), "-batch", "-nx"] + ([str(program)] if program else []) + ["-c", str(core)]
     for c in commands:
         args += ["-ex", c]
     r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)

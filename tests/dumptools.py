@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import RunningGuest, run_kvmsnap, seconds
+from coretools import gdb_for
 from kvmsnap.samples import SAMPLES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -139,10 +140,6 @@ def kernel_core(directory) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # gdb's view
-
-def gdb_for(core) -> str:
-    return "gdb-multiarch" if b"\xb7\x00" == open(core, "rb").read(20)[18:20] else "gdb"
-
 
 def gdb_registers(core) -> dict[int, dict]:
     """{lwp: {register: value}} as gdb reads the core (tests/gdb_registers.py)."""

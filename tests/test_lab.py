@@ -14,6 +14,7 @@ again on its backports suite's Linux 6.12 with a GICv2 (the counter offset API, 
 host's KVM makes); gdb-multiarch and lldb here read the cores they save.
 """
 import os
+import re
 import subprocess
 
 import pytest
@@ -123,6 +124,17 @@ def test_kvmsnap_passes_in_the_arm64_lab_on_a_newer_kernel_with_a_gicv2(tmp_path
     returncode, tail = _in_the_arm64_lab(tmp_path, "--kernel", "backports", "--gic-version", "2",
                                          tests=("tests/test_kvm_arm64.py", "tests/test_arm64.py", "-k", "not twenty"))
     assert returncode == 0 and " passed" in tail and "skipped" not in tail, tail
+
+
+def test_gdb_disassembles_at_the_pc_of_the_arm64_linux_core(arm64_lab):
+    """The Linux guest's core maps its kernel (and the running process) at their virtual addresses
+    (PT_LOADs from its page tables): gdb-multiarch disassembles the instruction at the PC."""
+    from coretools import gdb
+    _, tail, xfer = arm64_lab
+    core = xfer / "arm64-linux.core"
+    assert core.exists(), f"the arm64 lab saved no Linux core; its last lines:\n{tail}"
+    out = gdb(core, "x/2i $pc")
+    assert "Cannot access memory" not in out and re.search(r"=> 0x[0-9a-f]+:\s+\w+", out), out
 
 
 @pytest.mark.parametrize("sample", ["counter", "smp", "fpu", "timer"])

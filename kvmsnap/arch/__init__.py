@@ -84,4 +84,4 @@ def foreign_paging(image) -> list:
         package = for_machine(image.ehdr.e_machine)
     except UnsupportedArch:
         return []
-    return package.paging.from_notes(image) if package.paging else []
+    return package.paging.from_notes(image)

@@ -118,9 +118,9 @@ def _digest_note(nr_notes: int, memory_offset: int, memory_size: int) -> bytes:
 
 
 def _virtual_ranges(snapshot: Snapshot, slots: list[Slot], limit: int):
-    """vCPU 0's guest-virtual mappings of RAM, where the architecture walks page tables."""
+    """vCPU 0's guest-virtual mappings of RAM."""
     package = arch.by_name(snapshot.arch)
-    if not limit or package.paging is None:
+    if not limit:
         return [], False
     return package.paging.virtual_ranges(snapshot.memory.read,
                                          package.notes.paging_state(snapshot.vcpus[0]),

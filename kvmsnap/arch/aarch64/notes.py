@@ -8,6 +8,7 @@ the PL011 UART and its unread input.
 """
 from kvmsnap import notes as N
 from kvmsnap.arch.aarch64 import layouts as arm64
+from kvmsnap.arch.aarch64.paging import PagingState
 from kvmsnap.arch.aarch64.state import VcpuState
 from kvmsnap.formats import elf
 from kvmsnap.formats.reader import CoreFormatError, payload
@@ -46,11 +47,15 @@ FFR_ID = _id(arm64.KVM_REG_ARM64_SVE, 5, 0x600)
 SVE_VLS_ID = _id(arm64.KVM_REG_ARM64_SVE, 6, 0xffff)           # the vector lengths: a bitmap of VQs
 ZCR_EL1_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, arm64.sysreg_index(3, 0, 1, 2, 0))
 TPIDR_EL0_ID = _id(arm64.KVM_REG_ARM64_SYSREG, 3, arm64.sysreg_index(3, 3, 13, 0, 2))
+#: SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1: what stage-1 translation depends on (PagingState's order).
+PAGING_IDS = [_id(arm64.KVM_REG_ARM64_SYSREG, 3, arm64.sysreg_index(*enc))
+              for enc in ((3, 0, 1, 0, 0), (3, 0, 2, 0, 2), (3, 0, 2, 0, 0), (3, 0, 2, 0, 1))]
 
 
-def paging_state(v: VcpuState) -> None:
-    """No guest-virtual translation for aarch64 yet (kvmsnap.arch.aarch64.paging is None)."""
-    return None
+def paging_state(v: VcpuState) -> PagingState:
+    """What vCPU ``v``'s stage-1 translation depends on (a register not saved reads 0: MMU off)."""
+    regs = dict(v.regs)
+    return PagingState(*(int.from_bytes(regs.get(reg_id, bytes(8)), "little") for reg_id in PAGING_IDS))
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -3,17 +3,15 @@ and 1 GiB pages.
 
 ``read_phys(addr, length) -> bytes`` reads guest-physical memory and raises ``LookupError`` (for
 example :class:`kvmsnap.memory.AddressError`) when the range is not RAM; tables it cannot
-read are skipped.  :func:`walk` is bounded: every table it visits charges its 512 entries to one
-budget, also when the same table is reached again through other entries (the guest controls CR3:
-shared or recursive tables would otherwise be revisited up to 512^4 times), and the leaf entries it
-emits are capped; when either runs out the walk stops and says it was truncated.
+read are skipped.  :func:`walk` is bounded as kvmsnap.arch.pagetables says (shared or recursive
+tables would otherwise be revisited up to 512^4 times).
 """
-import bisect
-import collections
 import struct
 from typing import NamedTuple
 
 from kvmsnap import notes as N
+from kvmsnap.arch.pagetables import (MAX_ENTRIES, MAX_LEAVES, PageWalkError, TranslationError, Walk,
+                                     ranges_in_ram)
 from kvmsnap.arch.x86_64.layouts import (CR0_PG, CR4_LA57, EFER_LMA, QEMUCPUSTATE_SIZE_V1_MIN,
                                          QEMUCPUState)
 from kvmsnap.formats import elf
@@ -28,9 +26,6 @@ _TABLE = struct.Struct("<512Q")
 # Leaf sizes by level (1 = PT, 2 = PD, 3 = PDPT); PS is only meaningful at levels 2 and 3.
 _LEVEL_SHIFT = {1: 12, 2: 21, 3: 30, 4: 39, 5: 48}
 
-MAX_ENTRIES = 1 << 24         # entries examined per walk: 32768 table visits (64 GiB of 4 KiB pages)
-MAX_LEAVES = 1 << 22          # 4 Mi leaf entries (16 GiB of 4 KiB pages)
-
 
 class PagingState(NamedTuple):
     """What a vCPU's address translation depends on."""
@@ -38,14 +33,6 @@ class PagingState(NamedTuple):
     cr3: int
     cr4: int
     efer: int
-
-
-class PageWalkError(ValueError):
-    """The walk cannot be done (paging mode not supported)."""
-
-
-class TranslationError(LookupError):
-    """A guest-virtual address has no mapping."""
 
 
 def paging_enabled(cr0: int, efer: int) -> bool:
@@ -88,21 +75,11 @@ def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_entries: int = MAX_ENT
     ``max_entries`` entries in all, or at the ``max_leaves``-th leaf entry.
     """
     levels = _levels(cr4, efer)
-    out: list[list[int]] = []
-    entries_left, leaves_left, truncated = max_entries, max_leaves, False
-
-    def emit(vaddr, paddr, size):
-        if out and out[-1][0] + out[-1][2] == vaddr and out[-1][1] + out[-1][2] == paddr:
-            out[-1][2] += size
-        else:
-            out.append([vaddr, paddr, size])
+    found = Walk(max_entries, max_leaves)
 
     def visit(addr, level, base):
-        nonlocal entries_left, leaves_left, truncated
-        if entries_left < ENTRIES:
-            truncated = True
+        if not found.visit(ENTRIES):
             return
-        entries_left -= ENTRIES
         try:
             data = read_phys(addr, PAGE_SIZE)
         except LookupError:
@@ -113,22 +90,19 @@ def walk(read_phys, cr3: int, cr4: int, efer: int, *, max_entries: int = MAX_ENT
         for i, pte in enumerate(_TABLE.unpack(data)):
             if not pte & PTE_P:
                 continue
-            if truncated:
+            if found.truncated:
                 return
             vaddr = base | (i << shift)
             if level == 1 or (level in (2, 3) and pte & PTE_PS):
-                if leaves_left <= 0:
-                    truncated = True
+                if not found.leaf(_canonical(vaddr, levels), pte & _leaf_mask(level), 1 << shift):
                     return
-                leaves_left -= 1
-                emit(_canonical(vaddr, levels), pte & _leaf_mask(level), 1 << shift)
             elif level > 3 and pte & PTE_PS:
                 continue            # PS is reserved in PML4E/PML5E: such an entry faults
             else:
                 visit(pte & ADDR_MASK, level - 1, vaddr)
 
     visit(cr3 & ADDR_MASK, levels, 0)
-    return [tuple(r) for r in out], truncated
+    return found.result()
 
 
 LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
@@ -189,37 +163,9 @@ def from_notes(image) -> list[PagingState]:
     return states
 
 
-MAX_ALIASES = 8        # virtual ranges kept for one physical range
-
-
 def virtual_ranges(read_phys, state: PagingState, slots, limit: int):
-    """Guest-virtual ranges the tables of ``state`` map onto RAM that need a PT_LOAD of their own:
-    ``([(vaddr, paddr, size)], truncated)``.
-
-    Identity-mapped ranges are left out (the physical PT_LOADs have p_vaddr = p_paddr), and so
-    are mappings of anything that is not RAM (MMIO); ranges are split at slot boundaries. A
-    physical range mapped over and over gets MAX_ALIASES ranges only: Linux's ESPFIX area maps one
-    page thousands of times, below the kernel's text, which a debugger needs far more.
-    ``truncated`` is True past ``limit`` ranges, or when the walk ran out of its budget.
-    """
+    """Guest-virtual ranges the tables of ``state`` map onto RAM that need a PT_LOAD of their own
+    (pagetables.ranges_in_ram): ``([(vaddr, paddr, size)], truncated)``."""
     if not paging_enabled(state.cr0, state.efer):
         return [], False
-    mappings, truncated = walk(read_phys, state.cr3, state.cr4, state.efer)
-    slots = sorted((s.gpa, s.size) for s in slots)
-    starts = [gpa for gpa, _ in slots]
-    out, aliases = [], collections.Counter()
-    for vaddr, paddr, size in mappings:
-        if vaddr == paddr:
-            continue
-        aliases[paddr, size] += 1
-        if aliases[paddr, size] > MAX_ALIASES:
-            continue
-        first = max(0, bisect.bisect_right(starts, paddr) - 1)
-        for gpa, slot_size in slots[first:bisect.bisect_left(starts, paddr + size)]:
-            start, end = max(paddr, gpa), min(paddr + size, gpa + slot_size)
-            if start >= end:
-                continue
-            if len(out) == limit:
-                return out, True
-            out.append((vaddr + (start - paddr), start, end - start))
-    return out, truncated
+    return ranges_in_ram(*walk(read_phys, state.cr3, state.cr4, state.efer), slots, limit)
