@@ -247,6 +247,79 @@ def test_fault_names_the_function_at_rip_and_the_last_console_line(guest, tmp_pa
     assert err.endswith("last console line: 'hi'"), err
 
 
+def test_cmpxchg16b_in_kernel_mode_compares_and_exchanges(guest, tmp_path):
+    """CMPXCHG16B at CPL0, locked and RIP-relative and GS-relative, equal and not: on a KVM that
+    emulates kernel mode its emulator stops at it and kvmsnap's assist completes it (an atomic
+    compare-exchange on guest RAM); elsewhere the CPU runs it. Either way the guest checks ZF,
+    RDX:RAX and memory and prints what it found."""
+    import subprocess
+    src = tmp_path / "cx16.S"
+    src.write_text(""".text
+.globl start64
+start64:
+    mov $0x3f8, %dx
+    lea slot(%rip), %rsi
+    mov $1, %eax; mov $2, %edx; mov $3, %ebx; mov $4, %ecx
+    lock cmpxchg16b (%rsi)             # equal: the slot takes {3, 4}
+    jnz bad
+    mov $1, %eax; mov $2, %edx
+    lock cmpxchg16b slot(%rip)         # differs: RDX:RAX take {3, 4}
+    jz bad
+    cmp $3, %rax; jne bad
+    cmp $4, %rdx; jne bad
+    mov $0xc0000101, %ecx              # GS.base = slot - 16
+    lea slot-16(%rip), %rax
+    mov %rax, %rdx; shr $32, %rdx
+    wrmsr
+    mov $3, %eax; mov $4, %edx; mov $5, %ebx; mov $6, %ecx
+    cmpxchg16b %gs:16                  # equal, not locked, GS-relative: the slot takes {5, 6}
+    jnz bad
+    cmpq $5, slot(%rip); jne bad
+    cmpq $6, slot+8(%rip); jne bad
+    lea ok(%rip), %rsi
+    jmp print
+bad:
+    lea no(%rip), %rsi
+print:
+    mov $0x3f8, %dx
+1:  lodsb
+    test %al, %al; jz 2f
+    out %al, %dx
+    jmp 1b
+2:  hlt
+    jmp 2b
+ok: .asciz "cmpxchg16b ok\\n"
+no: .asciz "cmpxchg16b MISMATCH\\n"
+.data
+.balign 16
+slot: .quad 1, 2
+""")
+    img = tmp_path / "cx16.elf"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["gcc", "-c", "-o", tmp_path / "cx16.o", src], check=True)
+    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
+                    os.path.join(root, "samples", "guest.ld"), "-o", img, tmp_path / "cx16.o"], check=True)
+    g = guest(str(img), "--mem", "16M")
+    g.wait_lines(1, timeout=30)
+    assert g.lines() == ["cmpxchg16b ok"], (g.lines(), g.stderr())
+    assert g.quit() == 0
+
+
+@pytest.mark.parametrize("code, decoded", [
+    ("f0480fc70e", (5, None, 6, None, 1, 0)),                       # lock cmpxchg16b (%rsi)
+    ("65480fc70e", (5, "gs", 6, None, 1, 0)),                       # cmpxchg16b %gs:(%rsi)
+    ("f0490fc74c2410", (7, None, 12, None, 1, 0x10)),               # lock cmpxchg16b 0x10(%r12)
+    ("f04a0fc74cc8f0", (7, None, 0, 9, 8, -0x10)),                  # lock cmpxchg16b -0x10(%rax,%r9,8)
+    ("f0480fc70d10000000", (9, None, "rip", None, 1, 0x10)),        # lock cmpxchg16b 0x10(%rip)
+    ("f0480fc70c8500100000", (10, None, None, 0, 4, 0x1000)),       # lock cmpxchg16b 0x1000(,%rax,4)
+    ("f0480fc7ce", None), ("480fc70e", (4, None, 6, None, 1, 0)), ("f0480fc716", None), ("cc", None)])
+def test_cmpxchg16b_operand_forms_are_decoded(code, decoded):
+    """The assist's decoder: (length, segment, base, index, scale, displacement) of the memory
+    operand; None for what is not CMPXCHG16B m128 (a register operand, /2, another opcode)."""
+    from kvmsnap.arch.x86_64.assist import _decode_cmpxchg16b
+    assert _decode_cmpxchg16b(bytes.fromhex(code) + bytes(8)) == decoded
+
+
 def test_oversized_request_gets_one_reply_and_the_connection_closes(guest):
     g = guest("counter", "--mem", "32M")
     with socket.socket(socket.AF_UNIX) as s:

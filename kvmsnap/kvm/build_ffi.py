@@ -160,6 +160,7 @@ struct kvm_msr_filter { __u32 flags; struct kvm_msr_filter_range ranges[16]; };
 struct kvm_clock_data {
     __u64 clock; __u32 flags; __u32 pad0; __u64 realtime; __u64 host_tsc; __u32 pad[4];
 };
+int kvmsnap_cmpxchg16b(void *at, __u64 *expected, const __u64 *desired);
 """
 
 AARCH64_CONSTANTS = """
@@ -220,9 +221,22 @@ struct kvm_arm_counter_offset { __u64 counter_offset; __u64 reserved; };
 #endif
 """
 
+#: The kernel-mode assist's atomic 16-byte compare-exchange on guest RAM (kvmsnap/arch/x86_64/assist.py):
+#: ``expected`` (RAX, RDX) takes the memory's value when they differ; returns ZF.
+X86_64_SOURCE = r"""
+static int kvmsnap_cmpxchg16b(void *at, __u64 *expected, const __u64 *desired)
+{
+    unsigned char zf;
+    __asm__ __volatile__("lock cmpxchg16b %1\n\tsetz %0"
+                         : "=q"(zf), "+m"(*(volatile unsigned __int128 *)at), "+a"(expected[0]), "+d"(expected[1])
+                         : "b"(desired[0]), "c"(desired[1]) : "memory", "cc");
+    return zf;
+}
+"""
+
 #: ``platform.machine()`` → (constants, declarations, C source) of that architecture's
 #: ``<asm/kvm.h>`` part.
-ARCHES = {"x86_64": (X86_64_CONSTANTS, X86_64_CDEF, ""),
+ARCHES = {"x86_64": (X86_64_CONSTANTS, X86_64_CDEF, X86_64_SOURCE),
           "aarch64": (AARCH64_CONSTANTS, AARCH64_CDEF, AARCH64_SOURCE)}
 
 SOURCE = r"""

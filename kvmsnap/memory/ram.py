@@ -184,7 +184,11 @@ class GuestRam(GuestMemory):
         extent = self._inside(gpa, len(data))
         buffer = extent.backing[0]
         buffer[gpa - extent.start:gpa - extent.start + len(data)] = data
-        self._written.update(range(gpa // PAGE_SIZE, -(-(gpa + len(data)) // PAGE_SIZE)))
+        self.wrote(gpa, len(data))
+
+    def wrote(self, gpa: int, length: int) -> None:
+        """The VMM wrote ``length`` bytes at ``gpa`` itself (see :meth:`take_written`)."""
+        self._written.update(range(gpa // PAGE_SIZE, -(-(gpa + length) // PAGE_SIZE)))
 
     def take_written(self) -> set[int]:
         """The guest-physical page numbers :meth:`write` wrote since the last call (KVM's dirty

@@ -9,6 +9,9 @@ Assisted, as the CPU would do them:
 
 - ``int3``: RIP past it, #BP injected (Linux's int3 self-test, text patching);
 - ``fwait``: #MF when an unmasked x87 exception is pending, else RIP past it;
+- ``cmpxchg16b`` (with or without ``lock``, FS/GS-relative or not): the compare-exchange done
+  atomically on guest RAM by the host CPU's own ``lock cmpxchg16b``, ZF and RDX:RAX as the CPU
+  sets them, RIP past it (Linux is told not to use it, clearcpuid=cx16: each one would be an exit);
 - the 64-bit system call from user mode, which the emulating KVM sends to the guest's syscall
   entry without leaving user mode.  The VMM keeps the guest's LSTAR itself (an MSR filter brings
   every guest RDMSR and WRMSR of it here) and gives the vCPU :data:`SYSCALL_TRAP` instead: a
@@ -37,12 +40,18 @@ PTE_U, PTE_A = 1 << 2, 1 << 5
 INT3, FWAIT = 0xCC, 0x9B
 VECTOR_BP, VECTOR_MF = 3, 16
 FSW_ES = 1 << 7           # x87 status word: an unmasked exception is pending
+RFLAGS_ZF = 1 << 6
+#: ModRM/SIB register numbers -> struct kvm_regs fields.
+GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", *(f"r{n}" for n in range(8, 16)))
+PREFIX_LOCK, PREFIX_FS, PREFIX_GS = 0xF0, 0x64, 0x65
+IGNORED_PREFIXES = {0x26, 0x2E, 0x36, 0x3E}     # ES, CS, SS, DS overrides: no effect in 64-bit mode
 
 #: Parameters appended to a Linux kernel's command line on an emulating KVM, each with its reason.
 KERNEL_PARAMS = (
     ("noxsave", "the emulator cannot run XSAVE/XRSTOR, and KVM cannot hide them from CPUID"),
     ("clearcpuid=cx16,popcnt,rdtscp,rdpid,smap,invpcid,pcid,fsgsbase,ssse3,sse4_1,sse4_2,monitor",
-     "instructions the emulator cannot run in kernel mode, which KVM cannot hide from CPUID"),
+     "instructions the emulator cannot run in kernel mode, which KVM cannot hide from CPUID (cmpxchg16b "
+     "is assisted, but the slab allocator's fast path would exit to the VMM on every allocation)"),
     ("noinvpcid nopcid nofsgsbase", "the same features, for code that tests the parameters"),
     ("vsyscall=emulate", "the system-call assist maps its trap page beside the vsyscall page"),
     ("nopti", "user mode must run on the page tables that hold the trap page"),
@@ -161,6 +170,8 @@ class KernelModeAssist:
         if not (fail.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and fail.insn_size):
             return False
         opcode = fail.insn_bytes[0]
+        if (cmpxchg := _decode_cmpxchg16b(bytes(fail.insn_bytes)[:fail.insn_size])) is not None:
+            return self._cmpxchg16b(vcpu, regs, *cmpxchg)
         if opcode == INT3:
             regs.rip += 1
             vcpu.set_regs(_bytes(regs))
@@ -174,6 +185,34 @@ class KernelModeAssist:
                 vcpu.set_regs(_bytes(regs))
         else:
             return False
+        return True
+
+    def _cmpxchg16b(self, vcpu, regs, length: int, segment: str | None, base: int | str | None,
+                    index: int | None, scale: int, disp: int) -> bool:
+        """Complete a decoded CMPXCHG16B m128 (False: its operand is not aligned guest RAM, which
+        the CPU would fault on: left to the caller's message)."""
+        sregs = _struct(vcpu.get_sregs(), "struct kvm_sregs")
+        address = disp + (regs.rip + length if base == "rip" else getattr(regs, GPRS[base]) if base is not None else 0)
+        address += getattr(regs, GPRS[index]) * scale if index is not None else 0
+        address += getattr(sregs, segment).base if segment else 0
+        address &= (1 << 64) - 1
+        if address % 16:
+            return False
+        try:
+            gpa = paging.translate(self.memory.read, sregs.cr3, sregs.cr4, sregs.efer, address)
+        except (paging.PageWalkError, LookupError):
+            return False
+        found = self.memory.buffer_at(gpa, 16)
+        if found is None:
+            return False
+        buffer, offset = found
+        expected = ffi.new("__u64[2]", [regs.rax, regs.rdx])
+        zf = lib.kvmsnap_cmpxchg16b(ffi.from_buffer(buffer) + offset, expected, ffi.new("__u64[2]", [regs.rbx, regs.rcx]))
+        self.memory.wrote(gpa, 16)
+        regs.rax, regs.rdx = expected
+        regs.rflags = regs.rflags | RFLAGS_ZF if zf else regs.rflags & ~RFLAGS_ZF
+        regs.rip += length
+        vcpu.set_regs(_bytes(regs))
         return True
 
     def msr_access(self, vcpu, reason: int) -> None:
@@ -244,6 +283,40 @@ class KernelModeAssist:
         events.exception.injected, events.exception.nr = 1, vector
         events.exception.has_error_code, events.exception.pending = 0, 0
         vcpu.set_vcpu_events(_bytes(events))
+
+
+def _decode_cmpxchg16b(code: bytes):
+    """``(length, segment, base, index, scale, disp)`` of a CMPXCHG16B m128 at the start of
+    ``code`` ([prefixes] REX.W 0F C7 /1; segment "fs", "gs" or None; base a register number, "rip"
+    or None), else None."""
+    at, segment = 0, None
+    while at < len(code) and code[at] in (PREFIX_LOCK, PREFIX_FS, PREFIX_GS, *IGNORED_PREFIXES):
+        segment = {PREFIX_FS: "fs", PREFIX_GS: "gs"}.get(code[at], segment)
+        at += 1
+    if len(code) < at + 4 or code[at] & 0xF8 != 0x48 or code[at + 1:at + 3] != b"\x0f\xc7":
+        return None
+    rex, modrm = code[at], code[at + 3]
+    mod, reg, rm = modrm >> 6, modrm >> 3 & 7, modrm & 7
+    if mod == 3 or reg != 1:
+        return None
+    at += 4
+    base, index, scale = rm | (rex & 1) << 3, None, 1
+    if rm == 4:                                     # SIB
+        if len(code) <= at:
+            return None
+        sib = code[at]
+        at += 1
+        scale, index, base = 1 << (sib >> 6), sib >> 3 & 7 | (rex >> 1 & 1) << 3, sib & 7 | (rex & 1) << 3
+        index = None if index == 4 else index
+        if mod == 0 and sib & 7 == 5:
+            base = None                             # disp32, no base
+    elif mod == 0 and rm == 5:
+        base = "rip"                                # RIP-relative: disp32 from the next instruction
+    size = 4 if mod == 2 or base in (None, "rip") else 1 if mod == 1 else 0
+    if len(code) < at + size:
+        return None
+    disp = int.from_bytes(code[at:at + size], "little", signed=True) if size else 0
+    return at + size, segment, base, index, scale, disp
 
 
 def for_vm(vm, memory) -> KernelModeAssist | None:
