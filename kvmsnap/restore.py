@@ -106,7 +106,7 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
             if name in snapshot.devices:        # a format 1.0 core has no cmos or pci: reset state
                 model.load_state_bytes(snapshot.devices[name])
         info = snapshot.info
-        machine.dirty.start(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
+        machine.dirty.saved(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
         if policy.memory == "background":
             ram.populate_in_background()
         if policy.memory != "eager":

@@ -1,7 +1,8 @@
 """Saving a running machine: capture its state into a :class:`~kvmsnap.state.Snapshot` while every
 vCPU is parked, then write the core file, at once (:func:`save`) or from a forked child that keeps a
 copy-on-write view of guest RAM while the guest runs on (:class:`BackgroundSave`); whole, or as an
-increment of the last core the machine saved or restored (its dirty log since)."""
+increment of the last core the machine saved or restored (what the guest wrote since:
+kvmsnap.memory.dirty)."""
 import contextlib
 import dataclasses
 import json
@@ -11,10 +12,11 @@ import stat
 
 from kvmsnap import __version__
 from kvmsnap.errors import InputError, KvmsnapError
-from kvmsnap.formats.kvmsnap import state_blake3
+from kvmsnap.formats.kvmsnap import read_core, state_blake3
 from kvmsnap.formats.layout import MAX_VIRTUAL_SEGMENTS
 from kvmsnap.formats.reader import CoreFormatError, parse_elf
 from kvmsnap.formats.writer import WriteResult, temp_path, write_core
+from kvmsnap.memory.dirty import compare
 from kvmsnap.state import Base, Snapshot
 
 
@@ -44,12 +46,14 @@ def save(machine, path: str, progress=None, max_virtual_segments: int = MAX_VIRT
 def capture_for_save(machine, incremental_from: str | None) -> Snapshot:
     """:func:`capture`, the dirty log taken in the same pause; an increment of the core at
     ``incremental_from``, which must be the last this VMM saved or restored (InputError, with
-    nothing changed, otherwise)."""
+    nothing changed, otherwise). Its changed pages are KVM's log where it was on since the base,
+    else None: the writer compares RAM with the base (:func:`_write`)."""
     base = _base_named(machine, incremental_from) if incremental_from is not None else None
     machine.dirty.take()
     snapshot = capture(machine)
     if base is not None:
         snapshot.base, snapshot.changed = base, machine.dirty.changed()
+    machine.dirty.saving(incremental=base is not None)
     return snapshot
 
 
@@ -79,6 +83,13 @@ def _saved(machine, result: WriteResult) -> None:
 
 
 def _write(snapshot: Snapshot, path: str, progress, max_virtual_segments: int) -> WriteResult:
+    if snapshot.base is not None and snapshot.changed is None:
+        try:
+            with read_core(snapshot.base.path) as base:
+                snapshot.changed = compare(snapshot.memory, base.memory, snapshot.memory.slots())
+        except (OSError, CoreFormatError) as e:
+            raise KvmsnapError(f"cannot write {path}: its base {snapshot.base.path} cannot be read to "
+                               f"compare with: {getattr(e, 'strerror', None) or e}") from None
     return write_core(snapshot, path, producer=f"kvmsnap {__version__}", host_kernel=os.uname().release,
                       progress=progress, max_virtual_segments=max_virtual_segments)
 
@@ -119,6 +130,7 @@ class BackgroundSave:
                 result = WriteResult(**message["result"]) if "result" in message else result
                 error = message.get("error", error)
         _, status = os.waitpid(self.pid, 0)
+        self._machine.memory.collapse_in_background()
         if result is not None and status == 0:
             _saved(self._machine, result)
             return result

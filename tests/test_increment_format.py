@@ -165,3 +165,28 @@ def test_dirty_bitmaps_become_runs_and_runs_are_bounded():
     merged = coalesce(runs, 3)
     assert len(merged) == 3 and merged[-1] == (100, 101, 1)        # never across a slot
     assert sum(b - a for a, b, _ in merged) >= 11
+
+
+def test_ram_compared_with_a_core_gives_the_pages_that_differ(tmp_path):
+    """Where KVM did not log since the base, an increment holds the pages where RAM and the base
+    core differ: written, zeroed (data in the base, none in RAM) and both written alike (no)."""
+    from kvmsnap.memory.dirty import compare
+    from kvmsnap.memory.ram import GuestRam
+    state = make_state(mem=8 * MiB)
+    base_ram = state.memory
+    slot = base_ram.slots()[0]
+    page = lambda n: slot.gpa + n * PAGE_SIZE
+    base_ram.write(page(5), b"same")
+    base_ram.write(page(9), b"only in the base")
+    result = write(state, tmp_path / "base.core")
+    ram = GuestRam.anonymous([(slot.gpa, slot.size)])
+    try:
+        ram.write(slot.gpa, base_ram.read(slot.gpa, slot.size))
+        ram.zero(page(9), PAGE_SIZE)
+        ram.write(page(7), b"new")
+        ram.write(page(1500), b"two" + bytes(PAGE_SIZE) + b"pages")
+        with read_core(result.path) as base:
+            assert compare(ram, base.memory, ram.slots()) == [(page(7), page(8)), (page(9), page(10)),
+                                                              (page(1500), page(1502))]
+    finally:
+        ram.close()

@@ -152,3 +152,14 @@ def file_data_runs(fileno: int, start: int, end: int):
         hole = min(os.lseek(fileno, data, os.SEEK_HOLE), end)
         yield data, hole
         pos = hole
+
+
+def union(*lists: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The sorted, merged union of lists of ``(start, end)`` runs."""
+    merged: list[list[int]] = []
+    for start, end in sorted(run for runs in lists for run in runs):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]

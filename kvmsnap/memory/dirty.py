@@ -1,15 +1,19 @@
-"""What the guest wrote since the last core this VMM saved or restored (its *base*): KVM's dirty
-log (KVM_MEM_LOG_DIRTY_PAGES, KVM_GET_DIRTY_LOG) on every RAM slot, plus the VMM's own writes
-to guest RAM, which KVM does not see.  An increment holds exactly these pages.
+"""What the guest wrote since the last core this VMM saved or restored (its *base*), for an
+increment: KVM's dirty log (KVM_MEM_LOG_DIRTY_PAGES, KVM_GET_DIRTY_LOG) on every RAM slot plus the
+VMM's own writes to guest RAM, which KVM does not see; or, where the log was not on since the
+base, RAM compared with the base's memory (:func:`compare`).
 
-Logging starts at the first save (in its pause, before the guest runs again) or at restore;
-saves are one at a time, so one running union since the base suffices."""
+KVM logs only while increments are being made: from an incremental save's pause until the next
+full save. Logging maps the guest with 4 KiB pages and write-protects every page it reports, which
+a background save's pause pays for (docs/performance.md); a VMM that never makes increments never
+logs. Saves are one at a time, so one running union since the base suffices."""
 from kvmsnap.formats.layout import MAX_CHANGED_RUNS
 from kvmsnap.kvm import lib
-from kvmsnap.memory import PAGE_SIZE
+from kvmsnap.memory import PAGE_SIZE, union
 from kvmsnap.state import Base
 
 FULL_WORD = (1 << 64) - 1
+COMPARE_CHUNK = 2 << 20
 
 
 class DirtyLog:
@@ -17,20 +21,19 @@ class DirtyLog:
         self.vm, self.ram = vm, ram
         self.base: Base | None = None
         self._logging = False
-        self._since_base: dict[int, int] = {}     # slot -> bitmap (bit n: page n) up to the last take
+        self._since_base: dict[int, int] | None = None     # slot -> bitmap (bit n: page n); None: unknown
 
-    def start(self, base: Base | None = None) -> None:
-        """Log every slot from now on (vCPUs parked or not yet run); ``base``: the core RAM equals now."""
+    def _log(self, on: bool) -> None:
+        """KVM's logging on or off for every slot (vCPUs parked or not yet run)."""
         for slot, (_, address) in zip(self.ram.slots(), self.ram.buffers()):
-            self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address, lib.KVM_MEM_LOG_DIRTY_PAGES)
-        self.ram.take_written()
-        self._logging, self.base, self._since_base = True, base, {}
+            self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address,
+                                           lib.KVM_MEM_LOG_DIRTY_PAGES if on else 0)
+        self._logging = on
 
     def take(self) -> None:
         """With every vCPU parked: empty KVM's log into the running union since the base (then
-        :meth:`changed` says what it holds).  The first call starts logging."""
-        if not self._logging:
-            self.start()
+        :meth:`changed` says what it holds)."""
+        if not self._logging or self._since_base is None:
             return
         for slot in self.ram.slots():
             fresh = int.from_bytes(self.vm.get_dirty_log(slot.slot, slot.size // PAGE_SIZE), "little")
@@ -39,8 +42,11 @@ class DirtyLog:
             slot = self.ram.extent_at(page * PAGE_SIZE).origin
             self._since_base[slot.slot] = self._since_base.get(slot.slot, 0) | 1 << (page - slot.gpa // PAGE_SIZE)
 
-    def changed(self) -> list[tuple[int, int]]:
-        """The guest-physical page runs written from the base to the last :meth:`take`."""
+    def changed(self) -> list[tuple[int, int]] | None:
+        """The guest-physical page runs written from the base to the last :meth:`take`; None when
+        KVM did not log all that time (the save compares RAM with the base instead)."""
+        if self._since_base is None:
+            return None
         runs = []
         for slot in sorted(self.ram.slots(), key=lambda s: s.gpa):
             gpa = slot.gpa
@@ -48,9 +54,41 @@ class DirtyLog:
                      for a, b in bit_runs(self._since_base.get(slot.slot, 0), slot.size // PAGE_SIZE)]
         return [(a, b) for a, b, _ in coalesce(runs, MAX_CHANGED_RUNS)]
 
+    def saving(self, incremental: bool) -> None:
+        """In a save's pause, after :meth:`changed`: an increment starts (or keeps) KVM logging, so
+        that the next increment need not compare; a full save ends it."""
+        if incremental != self._logging:
+            self._log(incremental)
+        if incremental:
+            self.ram.take_written()
+
     def saved(self, base: Base) -> None:
-        """The save of the last :meth:`take` is complete at ``base``: count from it."""
-        self.base, self._since_base = base, {}
+        """A save (of the state in its pause) or a restore is complete at ``base``: count from it."""
+        self.base, self._since_base = base, {} if self._logging else None
+
+
+def compare(ram, base, slots) -> list[tuple[int, int]]:
+    """The guest-physical page runs where ``ram`` differs from ``base`` (another memory of the
+    same ``slots``: a core's), read 2 MiB at a time where either may hold data (``data_runs``);
+    elsewhere both are zero."""
+    runs = []
+    for slot in sorted(slots, key=lambda s: s.gpa):
+        lo, hi = slot.gpa, slot.gpa + slot.size
+        spans = union(*([(a - a % PAGE_SIZE, -(-b // PAGE_SIZE) * PAGE_SIZE) for a, b in memory.data_runs(lo, hi)]
+                        for memory in (ram, base)))
+        for a, b in spans:
+            for at in range(a, b, COMPARE_CHUNK):
+                n = min(COMPARE_CHUNK, b - at)
+                mine, theirs = ram.read(at, n), base.read(at, n)
+                if mine == theirs:
+                    continue
+                for page in range(0, n, PAGE_SIZE):
+                    if mine[page:page + PAGE_SIZE] != theirs[page:page + PAGE_SIZE]:
+                        if runs and runs[-1][1] == at + page:
+                            runs[-1][1] += PAGE_SIZE
+                        else:
+                            runs.append([at + page, at + page + PAGE_SIZE, slot.slot])
+    return [(a, b) for a, b, _ in coalesce([tuple(r) for r in runs], MAX_CHANGED_RUNS)]
 
 
 def bit_runs(bitmap: int, nbits: int) -> list[tuple[int, int]]:

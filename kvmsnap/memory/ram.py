@@ -10,7 +10,7 @@ import threading
 
 from kvmsnap.kvm import ffi, lib
 from kvmsnap.errors import KvmsnapError
-from kvmsnap.memory import PAGE_SIZE, AddressError, Extent, GuestMemory, Slot, file_data_runs
+from kvmsnap.memory import PAGE_SIZE, AddressError, Extent, GuestMemory, Slot, file_data_runs, union
 from kvmsnap.memory.pagemap import touched_runs, written_runs
 
 
@@ -31,6 +31,7 @@ class GuestRam(GuestMemory):
         self.on_lease_break = None
         self._detaching: threading.Thread | None = None
         self._populating: threading.Thread | None = None
+        self._collapsing: threading.Thread | None = None
         self._closing = threading.Event()
 
     @classmethod
@@ -95,7 +96,7 @@ class GuestRam(GuestMemory):
                 continue
             size = extent.end - extent.start
             written = written_runs(address, size)
-            keep = [(0, size)] if written is None else _union(
+            keep = [(0, size)] if written is None else union(
                 [(a - offset, b - offset) for a, b in file_data_runs(source, offset, offset + size)], written)
             for start, end in _gaps(keep, size):
                 _anonymous(address + start, end - start)
@@ -167,6 +168,24 @@ class GuestRam(GuestMemory):
         self._populating = threading.Thread(target=run, name="populate RAM", daemon=True)
         self._populating.start()
 
+    def collapse_in_background(self, chunk: int = 64 << 20) -> None:
+        """Put anonymous RAM back into transparent huge pages from a thread (MADV_COLLAPSE, Linux
+        6.1; elsewhere nothing): a background save's writer held it copy-on-write, and each page
+        the guest wrote meanwhile split its huge page. Split, they would make the next save's fork
+        copy 512 page-table entries per 2 MiB instead of one, and KVM map the guest with 4 KiB
+        pages, which the fork's write-protection then takes down one by one."""
+        def run():
+            for extent in self._extents:
+                _, address, offset = extent.backing
+                for at in range(0, extent.end - extent.start if offset is None else 0, chunk):
+                    if self._closing.is_set() or lib.madvise(ffi.cast("void *", address + at),
+                                                             min(chunk, extent.end - extent.start - at),
+                                                             lib.MADV_COLLAPSE):
+                        return
+        if self._collapsing is None or not self._collapsing.is_alive():
+            self._collapsing = threading.Thread(target=run, name="collapse RAM", daemon=True)
+            self._collapsing.start()
+
     def slots(self) -> list[Slot]:
         return [e.origin for e in self._extents]
 
@@ -219,7 +238,7 @@ class GuestRam(GuestMemory):
             else:
                 touched = written_runs(address, size)
                 if touched is not None:
-                    touched = _union(touched, [(a - offset, b - offset)
+                    touched = union(touched, [(a - offset, b - offset)
                                                for a, b in file_data_runs(self._source, offset, offset + size)])
             if touched is None:
                 yield lo, hi
@@ -292,15 +311,4 @@ def _gaps(runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     if at < size:
         gaps.append((at, size))
     return gaps
-
-
-def _union(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The sorted, merged union of two lists of ``(start, end)`` runs."""
-    merged: list[list[int]] = []
-    for start, end in sorted(a + b):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(start, end) for start, end in merged]
 
