@@ -84,11 +84,15 @@ def _saved(machine, result: WriteResult) -> None:
 
 def _write(snapshot: Snapshot, path: str, progress, max_virtual_segments: int) -> WriteResult:
     if snapshot.base is not None and snapshot.changed is None:
+        base_path = snapshot.base.path
         try:
-            with read_core(snapshot.base.path) as base:
+            with read_core(base_path) as base:
+                if (base.info.elf.file_size, state_blake3(base_path, base.info.elf)) != \
+                        (snapshot.base.size, snapshot.base.state_blake3):
+                    raise KvmsnapError(f"cannot write {path}: its base {base_path} changed since the save began")
                 snapshot.changed = compare(snapshot.memory, base.memory, snapshot.memory.slots())
         except (OSError, CoreFormatError) as e:
-            raise KvmsnapError(f"cannot write {path}: its base {snapshot.base.path} cannot be read to "
+            raise KvmsnapError(f"cannot write {path}: its base {base_path} cannot be read to "
                                f"compare with: {getattr(e, 'strerror', None) or e}") from None
     return write_core(snapshot, path, producer=f"kvmsnap {__version__}", host_kernel=os.uname().release,
                       progress=progress, max_virtual_segments=max_virtual_segments)

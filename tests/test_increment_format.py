@@ -190,3 +190,32 @@ def test_ram_compared_with_a_core_gives_the_pages_that_differ(tmp_path):
                                                               (page(1500), page(1502))]
     finally:
         ram.close()
+
+
+def test_changes_are_unknown_once_logging_stops_even_if_that_save_fails():
+    """A whole save turns KVM's log off in its pause; if it then fails, the base stays the last
+    increment, and what the guest writes from then on is not logged: the next increment must
+    compare (changed() None), not trust the stale log. (A stand-in VM: only its log is asked.)"""
+    from kvmsnap.memory.dirty import DirtyLog
+    from kvmsnap.memory.ram import GuestRam
+
+    class Vm:
+        def set_user_memory_region(self, *args):
+            pass
+
+        def get_dirty_log(self, slot, npages):
+            return bytes(-(-npages // 64) * 8)
+
+    ram = GuestRam.anonymous([(0, 4 * MiB)])
+    try:
+        log = DirtyLog(Vm(), ram)
+        log.saved(Base("/base", 1, bytes(32)))
+        assert log.changed() is None                      # restored or saved without the log: compare
+        log.saving(incremental=True)
+        log.saved(Base("/inc1", 1, bytes(32)))
+        log.take()
+        assert log.changed() == []                        # logged since inc1: nothing written
+        log.saving(incremental=False)                     # a whole save, which then fails: no saved()
+        assert log.changed() is None
+    finally:
+        ram.close()

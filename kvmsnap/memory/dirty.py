@@ -24,11 +24,15 @@ class DirtyLog:
         self._since_base: dict[int, int] | None = None     # slot -> bitmap (bit n: page n); None: unknown
 
     def _log(self, on: bool) -> None:
-        """KVM's logging on or off for every slot (vCPUs parked or not yet run)."""
+        """KVM's logging on or off for every slot (vCPUs parked or not yet run); off, what the
+        guest writes from now on is known only by comparing (even if the save that turned it off
+        fails and the base stays)."""
         for slot, (_, address) in zip(self.ram.slots(), self.ram.buffers()):
             self.vm.set_user_memory_region(slot.slot, slot.gpa, slot.size, address,
                                            lib.KVM_MEM_LOG_DIRTY_PAGES if on else 0)
         self._logging = on
+        if not on:
+            self._since_base = None
 
     def take(self) -> None:
         """With every vCPU parked: empty KVM's log into the running union since the base (then

@@ -88,8 +88,9 @@ class GuestRam(GuestMemory):
         if source is None:
             return
         self._closing.set()
-        if self._populating is not None:
-            self._populating.join()
+        for thread in (self._populating, self._collapsing):
+            if thread is not None:
+                thread.join()
         for i, extent in enumerate(self._extents):
             buffer, address, offset = extent.backing
             if offset is None:
@@ -178,10 +179,12 @@ class GuestRam(GuestMemory):
             for extent in self._extents:
                 _, address, offset = extent.backing
                 for at in range(0, extent.end - extent.start if offset is None else 0, chunk):
-                    if self._closing.is_set() or lib.madvise(ffi.cast("void *", address + at),
-                                                             min(chunk, extent.end - extent.start - at),
-                                                             lib.MADV_COLLAPSE):
+                    if self._closing.is_set():
                         return
+                    # EINVAL where part of the chunk was never touched (the rest is collapsed
+                    # all the same), or where the kernel has no MADV_COLLAPSE: go on either way
+                    lib.madvise(ffi.cast("void *", address + at), min(chunk, extent.end - extent.start - at),
+                                lib.MADV_COLLAPSE)
         if self._collapsing is None or not self._collapsing.is_alive():
             self._collapsing = threading.Thread(target=run, name="collapse RAM", daemon=True)
             self._collapsing.start()
@@ -250,8 +253,9 @@ class GuestRam(GuestMemory):
 
     def close(self) -> None:
         self._closing.set()
-        if self._populating is not None:
-            self._populating.join()
+        for thread in (self._populating, self._collapsing):
+            if thread is not None:
+                thread.join()
         if self._detaching is not None:
             self._detaching.join()
         for buffer, _ in self.buffers():

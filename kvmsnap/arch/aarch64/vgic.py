@@ -11,6 +11,8 @@ from kvmsnap.arch.aarch64.layouts import (GICC_BASE, GICC_REGS, GICD_BASE, GICD_
                                            GICD_SIZE, GICD_SPENDSGIR, GICR_BASE, GICR_SGI_BASE, GICR_STRIDE,
                                            GICV2_BANKS, GICV2_SGIS, ICC_REGS, VGIC_BANKS, VGIC_V2, VGIC_V3, VgicState,
                                            sysreg_index)
+
+GICD_ISPENDR0 = next(offset for name, offset, _ in VGIC_BANKS if name == "ISPENDR")
 from kvmsnap.kvm import lib
 
 NR_IRQS = 128                                       # 32 private (SGIs, PPIs) + 96 SPIs
@@ -111,6 +113,8 @@ def save(gic, vcpus) -> bytes:
             if e.errno in (errno.ENXIO, errno.EINVAL):      # not a register this vGIC has
                 continue
             raise
+        if gic.type == VGIC_V2 and group == lib.KVM_DEV_ARM_VGIC_GRP_DIST_REGS and attr & 0xFFFF_FFFF == GICD_ISPENDR0:
+            value &= ~0xFFFF     # SGIs: SPENDSGIR holds them by source (KVM takes an ISPENDR0 bit as from the vCPU itself)
         regs.append(dict(group=group, size=size, attr=attr, value=value))
     return VgicState.build(dict(type=gic.type, nr_irqs=NR_IRQS, reserved=0, regs=regs))
 

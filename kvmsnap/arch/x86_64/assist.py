@@ -26,7 +26,7 @@ import struct
 import threading
 
 from kvmsnap.arch.x86_64 import paging
-from kvmsnap.arch.x86_64.layouts import CR0_ET, CR0_PE, RFLAGS_IOPL3, RFLAGS_RESERVED
+from kvmsnap.arch.x86_64.layouts import CR0_ET, CR0_PE, CR0_WP, RFLAGS_IOPL3, RFLAGS_RESERVED
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.kvm import Cap, Kvm, KvmError, ffi, lib
 
@@ -36,7 +36,7 @@ MSR_STAR, MSR_LSTAR, MSR_SYSCALL_MASK = 0xC0000081, 0xC0000082, 0xC0000084
 SYSCALL_TRAP = 0xFFFFFFFFFF601000
 #: The guest-physical page behind SYSCALL_TRAP: in the 32-bit hole, below the IOAPIC, never RAM.
 SYSCALL_TRAP_GPA = 0xFEBFF000
-PTE_U, PTE_A = 1 << 2, 1 << 5
+PTE_RW, PTE_U, PTE_A, PTE_D = 1 << 1, 1 << 2, 1 << 5, 1 << 6
 INT3, FWAIT = 0xCC, 0x9B
 VECTOR_BP, VECTOR_MF = 3, 16
 FSW_ES = 1 << 7           # x87 status word: an unmasked exception is pending
@@ -189,9 +189,14 @@ class KernelModeAssist:
 
     def _cmpxchg16b(self, vcpu, regs, length: int, segment: str | None, base: int | str | None,
                     index: int | None, scale: int, disp: int) -> bool:
-        """Complete a decoded CMPXCHG16B m128 (False: its operand is not aligned guest RAM, which
-        the CPU would fault on: left to the caller's message)."""
+        """Complete a decoded CMPXCHG16B m128 of kernel code (CPL0, 64-bit mode): the page-table
+        entries on its way get Accessed, the last one Dirty, as the CPU sets them (a plain store:
+        another vCPU setting a bit in the same entry at that instant could lose it). False where
+        the CPU would fault instead (not aligned, not mapped, not writable with CR0.WP, not RAM)
+        or for other code: left to the caller's message."""
         sregs = _struct(vcpu.get_sregs(), "struct kvm_sregs")
+        if sregs.cs.selector & 3 or not sregs.cs.l:
+            return False
         address = disp + (regs.rip + length if base == "rip" else getattr(regs, GPRS[base]) if base is not None else 0)
         address += getattr(regs, GPRS[index]) * scale if index is not None else 0
         address += getattr(sregs, segment).base if segment else 0
@@ -199,9 +204,16 @@ class KernelModeAssist:
         if address % 16:
             return False
         try:
+            chain = list(paging.entries(self.memory.read, sregs.cr3, sregs.cr4, sregs.efer, address))
+            if not all(e & paging.PTE_P and (e & PTE_RW or not sregs.cr0 & CR0_WP) for _, _, e in chain):
+                return False
             gpa = paging.translate(self.memory.read, sregs.cr3, sregs.cr4, sregs.efer, address)
         except (paging.PageWalkError, LookupError):
             return False
+        for i, (_, at, entry) in enumerate(chain):
+            wanted = entry | PTE_A | (PTE_D if i == len(chain) - 1 else 0)
+            if wanted != entry:
+                self.memory.write(at, struct.pack("<Q", wanted))
         found = self.memory.buffer_at(gpa, 16)
         if found is None:
             return False
