@@ -19,6 +19,7 @@ base paths of an increment that no mutation of bytes can make.
 import gc
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -631,7 +632,8 @@ def test_the_coverage_guided_fuzzer_runs_each_reader(tmp_path, reader, real_seed
     for seed in real_seeds:
         shutil.copy(seed, corpus)
     r = fuzz_readers(reader, corpus, tmp_path, 200, "--real")
-    assert "Done 200 runs" in r.stderr and r.stderr.count("seed seed-real-") == 3, r.stderr[-3000:]
+    done = re.search(r"Done (\d+) runs", r.stderr)     # libFuzzer may count a few re-runs of the seeds too
+    assert done and int(done.group(1)) >= 200 and r.stderr.count("seed seed-real-") == 3, r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "fuzz_found"))))
