@@ -178,13 +178,15 @@ class GuestRam(GuestMemory):
         def run():
             for extent in self._extents:
                 _, address, offset = extent.backing
-                for at in range(0, extent.end - extent.start if offset is None else 0, chunk):
+                size = extent.end - extent.start
+                if offset is not None:          # mapped from a file: no anonymous huge pages
+                    continue
+                for at in range(0, size, chunk):
                     if self._closing.is_set():
                         return
                     # EINVAL where part of the chunk was never touched (the rest is collapsed
                     # all the same), or where the kernel has no MADV_COLLAPSE: go on either way
-                    lib.madvise(ffi.cast("void *", address + at), min(chunk, extent.end - extent.start - at),
-                                lib.MADV_COLLAPSE)
+                    lib.madvise(ffi.cast("void *", address + at), min(chunk, size - at), lib.MADV_COLLAPSE)
         if self._collapsing is None or not self._collapsing.is_alive():
             self._collapsing = threading.Thread(target=run, name="collapse RAM", daemon=True)
             self._collapsing.start()

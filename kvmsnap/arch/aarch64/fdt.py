@@ -46,7 +46,7 @@ def _gic(gic_type: int, frames: list[tuple[int, int]], nvcpus: int) -> tuple[dic
 def machine_tree(nvcpus: int, mpidrs: list[int], mem_size: int, gic: tuple[int, list[tuple[int, int]]],
                  cmdline: str = "", initrd: tuple[int, int] | None = None) -> tuple:
     """(name, properties, children) of the root node; ``gic``: its type (VGIC_V3 or VGIC_V2) and
-    its frames' (base, size) (vgic.frames)."""
+    its frames' (base, size) (vgic.describe)."""
     cpus = [(f"cpu@{m:x}", {"device_type": "cpu", "compatible": "arm,arm-v8", "reg": _pairs(m),
                             "enable-method": "psci"}, []) for m in mpidrs[:nvcpus]]
     chosen = {"bootargs": cmdline, "stdout-path": f"/pl011@{UART_BASE:x}"}

@@ -89,9 +89,12 @@ def _host_registers(kvm, saved):
             listed = set(vcpu.get_reg_list())
             differing = {}
             for reg_id in ID_REGS.values():
-                if reg_id not in listed or reg_id not in regs or vcpu.get_one_reg(reg_id) == regs[reg_id]:
+                if reg_id not in listed or reg_id not in regs:
                     continue
-                words = arm_vcpu.differs(reg_id, vcpu.get_one_reg(reg_id), regs[reg_id])
+                host = vcpu.get_one_reg(reg_id)
+                if host == regs[reg_id]:
+                    continue
+                words = arm_vcpu.differs(reg_id, host, regs[reg_id])
                 try:
                     vcpu.set_one_reg(reg_id, regs[reg_id])
                     differing[reg_id, regs[reg_id]] = (words, False)

@@ -11,11 +11,10 @@ from kvmsnap.arch.aarch64.layouts import (GICC_BASE, GICC_REGS, GICD_BASE, GICD_
                                            GICD_SIZE, GICD_SPENDSGIR, GICR_BASE, GICR_SGI_BASE, GICR_STRIDE,
                                            GICV2_BANKS, GICV2_SGIS, ICC_REGS, VGIC_BANKS, VGIC_V2, VGIC_V3, VgicState,
                                            sysreg_index)
-
-GICD_ISPENDR0 = next(offset for name, offset, _ in VGIC_BANKS if name == "ISPENDR")
 from kvmsnap.kvm import lib
 
 NR_IRQS = 128                                       # 32 private (SGIs, PPIs) + 96 SPIs
+GICD_ISPENDR0 = next(offset for name, offset, _ in VGIC_BANKS if name == "ISPENDR")
 NAMES = {VGIC_V2: "vGICv2", VGIC_V3: "vGICv3"}
 
 
@@ -28,14 +27,9 @@ def create(vm, type_: int):
     """A vGIC of ``type_`` (VGIC_V2 or VGIC_V3) with its frames placed and initialized (after every
     vCPU is created and initialized, before any runs)."""
     gic = vm.create_device(type_)
-    addr = lib.KVM_DEV_ARM_VGIC_GRP_ADDR
     try:
-        if type_ == VGIC_V3:
-            gic.set_device_attr(addr, lib.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE.to_bytes(8, "little"))
-            gic.set_device_attr(addr, lib.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE.to_bytes(8, "little"))
-        else:
-            gic.set_device_attr(addr, lib.KVM_VGIC_V2_ADDR_TYPE_DIST, GICD_BASE.to_bytes(8, "little"))
-            gic.set_device_attr(addr, lib.KVM_VGIC_V2_ADDR_TYPE_CPU, GICC_BASE.to_bytes(8, "little"))
+        for kind, base, _ in _frames(type_, 0):
+            gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, kind, base.to_bytes(8, "little"))
         gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, NR_IRQS.to_bytes(4, "little"))
         gic.set_device_attr(lib.KVM_DEV_ARM_VGIC_GRP_CTRL, lib.KVM_DEV_ARM_VGIC_CTRL_INIT)
     except BaseException:
@@ -44,11 +38,18 @@ def create(vm, type_: int):
     return gic
 
 
+def _frames(type_: int, nvcpus: int) -> list[tuple[int, int, int]]:
+    """(KVM_VGIC_*_ADDR_TYPE_*, base, size) of each MMIO frame of a vGIC of ``type_`` for ``nvcpus``."""
+    if type_ == VGIC_V3:
+        return [(lib.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE, GICD_SIZE),
+                (lib.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE, GICR_STRIDE * nvcpus)]
+    return [(lib.KVM_VGIC_V2_ADDR_TYPE_DIST, GICD_BASE, lib.KVM_VGIC_V2_DIST_SIZE),
+            (lib.KVM_VGIC_V2_ADDR_TYPE_CPU, GICC_BASE, lib.KVM_VGIC_V2_CPU_SIZE)]
+
+
 def describe(gic, nvcpus: int) -> tuple[int, list[tuple[int, int]]]:
     """``gic``'s type and its frames' (base, size), for the device tree."""
-    if gic.type == VGIC_V3:
-        return gic.type, [(GICD_BASE, GICD_SIZE), (GICR_BASE, GICR_STRIDE * nvcpus)]
-    return gic.type, [(GICD_BASE, lib.KVM_VGIC_V2_DIST_SIZE), (GICC_BASE, lib.KVM_VGIC_V2_CPU_SIZE)]
+    return gic.type, [(base, size) for _, base, size in _frames(gic.type, nvcpus)]
 
 
 def _words(offset: int, bits: int, private: bool):

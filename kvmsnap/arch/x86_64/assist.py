@@ -205,11 +205,11 @@ class KernelModeAssist:
             return False
         try:
             chain = list(paging.entries(self.memory.read, sregs.cr3, sregs.cr4, sregs.efer, address))
-            if not all(e & paging.PTE_P and (e & PTE_RW or not sregs.cr0 & CR0_WP) for _, _, e in chain):
-                return False
-            gpa = paging.translate(self.memory.read, sregs.cr3, sregs.cr4, sregs.efer, address)
         except (paging.PageWalkError, LookupError):
             return False
+        if not all(e & paging.PTE_P and (e & PTE_RW or not sregs.cr0 & CR0_WP) for _, _, e in chain):
+            return False
+        gpa = paging.leaf_address(chain[-1][0], chain[-1][2], address)
         for i, (_, at, entry) in enumerate(chain):
             wanted = entry | PTE_A | (PTE_D if i == len(chain) - 1 else 0)
             if wanted != entry:

@@ -130,13 +130,18 @@ def entries(read_phys, cr3: int, cr4: int, efer: int, vaddr: int):
         addr = pte & ADDR_MASK
 
 
+def leaf_address(level: int, pte: int, vaddr: int) -> int:
+    """The guest-physical address of ``vaddr`` through ``pte``, its present leaf at ``level``."""
+    return (pte & _leaf_mask(level)) | (vaddr & ((1 << _LEVEL_SHIFT[level]) - 1))
+
+
 def translate(read_phys, cr3: int, cr4: int, efer: int, vaddr: int) -> int:
     """The guest-physical address of ``vaddr``; :class:`TranslationError` if it is not mapped."""
     vaddr &= (1 << 64) - 1
     for level, _, pte in entries(read_phys, cr3, cr4, efer, vaddr):
         if not pte & PTE_P:
             raise TranslationError(f"0x{vaddr:x}: not mapped ({LEVEL_NAMES[level]} not present)")
-    return (pte & _leaf_mask(level)) | (vaddr & ((1 << _LEVEL_SHIFT[level]) - 1))
+    return leaf_address(level, pte, vaddr)
 
 
 def virtual_to_physical(read_phys, state: PagingState, vaddr: int) -> int:
