@@ -2,6 +2,7 @@
 import os
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 
@@ -11,6 +12,17 @@ from conftest import KVM_MODULE, needs_kvm, run_kvmsnap, seconds, tiny_elf
 from kvmsnap.errors import KvmsnapError
 
 pytestmark = needs_kvm
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def assemble(tmp_path, name: str, source: str):
+    """An ELF guest (samples/guest.ld, entry ``start64`` at CPL0 in long mode) from assembly."""
+    (tmp_path / f"{name}.S").write_text(source)
+    img = tmp_path / f"{name}.elf"
+    subprocess.run(["gcc", "-c", "-o", tmp_path / f"{name}.o", tmp_path / f"{name}.S"], check=True)
+    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
+                    os.path.join(ROOT, "samples", "guest.ld"), "-o", img, tmp_path / f"{name}.o"], check=True)
+    return img
 
 
 def test_pause_stops_console_and_resume_continues_with_next_line(guest):
@@ -228,17 +240,10 @@ def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
                     "instruction (kvm_pvm, kvm_intel); kvm_amd on the lab's emulated SVM loses the RIP")
 def test_fault_names_the_function_at_rip_and_the_last_console_line(guest, tmp_path):
     """With --vmlinux (any ELF with a symbol table) the message names the symbol at RIP."""
-    import subprocess
-    src = tmp_path / "fault.S"
-    src.write_text(".text\n.globl start64\nstart64:\n"
+    img = assemble(tmp_path, "fault", ".text\n.globl start64\nstart64:\n"
                    " mov $0x3f8, %dx\n mov $'h', %al\n out %al, %dx\n mov $'i', %al\n out %al, %dx\n"
                    " mov $10, %al\n out %al, %dx\n mov $0xd0000000, %eax\n"
                    ".globl load_from_mmio\nload_from_mmio:\n vmovdqu (%rax), %ymm0\n")
-    img = tmp_path / "fault.elf"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["gcc", "-c", "-o", tmp_path / "fault.o", src], check=True)
-    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
-                    os.path.join(root, "samples", "guest.ld"), "-o", img, tmp_path / "fault.o"], check=True)
     g = guest(str(img), "--mem", "16M", "--vmlinux", str(img))
     assert g.proc.wait(seconds(30)) == 1
     err = g.stderr().strip()
@@ -252,9 +257,7 @@ def test_cmpxchg16b_in_kernel_mode_compares_and_exchanges(guest, tmp_path):
     emulates kernel mode its emulator stops at it and kvmsnap's assist completes it (an atomic
     compare-exchange on guest RAM); elsewhere the CPU runs it. Either way the guest checks ZF,
     RDX:RAX and memory and prints what it found."""
-    import subprocess
-    src = tmp_path / "cx16.S"
-    src.write_text(""".text
+    img = assemble(tmp_path, "cx16", """.text
 .globl start64
 start64:
     mov $0x3f8, %dx
@@ -294,14 +297,79 @@ no: .asciz "cmpxchg16b MISMATCH\\n"
 .balign 16
 slot: .quad 1, 2
 """)
-    img = tmp_path / "cx16.elf"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["gcc", "-c", "-o", tmp_path / "cx16.o", src], check=True)
-    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
-                    os.path.join(root, "samples", "guest.ld"), "-o", img, tmp_path / "cx16.o"], check=True)
     g = guest(str(img), "--mem", "16M")
     g.wait_lines(1, timeout=30)
     assert g.lines() == ["cmpxchg16b ok"], (g.lines(), g.stderr())
+    assert g.quit() == 0
+
+
+def test_tsc_deadline_timer_is_held_to_the_floor_only_where_kernel_mode_is_emulated(guest, tmp_path):
+    """A CPL0 guest whose LAPIC timer (TSC-deadline mode) re-arms itself 2^20 TSC ticks ahead (under
+    1 ms) prints a line every 25 interrupts.  Its `int3` makes an emulating KVM known (an emulation
+    failure kvmsnap assists); there no deadline is sooner than TIMER_FLOOR ahead, so 25 interrupts
+    take at least 25 floors; where kernel mode runs natively the timer is left alone."""
+    from kvmsnap.arch.x86_64.assist import TIMER_FLOOR
+    img = assemble(tmp_path, "deadline", """.text
+.globl start64
+start64:
+    lea stack_top(%rip), %rsp
+    mov $0xff, %al; out %al, $0x21; out %al, $0xa1      # 8259s masked
+    mov %cs, %ax; mov %ax, code_sel(%rip)
+    lea idt+16*3(%rip), %rdi; lea breakpoint(%rip), %rsi; call set_gate
+    lea idt+16*0x40(%rip), %rdi; lea tick(%rip), %rsi; call set_gate
+    lidt idt_ptr(%rip)
+    int3
+    mov $0xfee00000, %eax
+    movl $0x1ff, 0xf0(%rax)                             # SVR: LAPIC on
+    movl $0x40040, 0x320(%rax)                          # LVT timer: TSC-deadline mode, vector 0x40
+    call arm
+1:  sti; hlt; cli
+    cmpq $25, count(%rip); jb 1b
+    movq $0, count(%rip)
+    lea line(%rip), %rsi
+    mov $0x3f8, %dx
+2:  lodsb; test %al, %al; jz 1b; out %al, %dx; jmp 2b
+arm:
+    rdtsc; shl $32, %rdx; or %rdx, %rax; add $0x100000, %rax
+    mov %rax, %rdx; shr $32, %rdx; mov $0x6e0, %ecx; wrmsr
+    ret
+tick:
+    push %rax; push %rcx; push %rdx
+    incq count(%rip)
+    call arm
+    mov $0xfee000b0, %eax; movl $0, (%rax)              # EOI
+    pop %rdx; pop %rcx; pop %rax
+    iretq
+breakpoint:
+    iretq
+set_gate:                                               # interrupt gate at rdi -> rsi
+    mov %rsi, %rax; and $0xffff, %eax
+    movzwq code_sel(%rip), %rdx; shl $16, %rdx; or %rdx, %rax
+    movabs $0x00008e0000000000, %rdx; or %rdx, %rax
+    mov %rsi, %rdx; and $0xffff0000, %edx; shl $32, %rdx; or %rdx, %rax
+    mov %rax, (%rdi)
+    mov %rsi, %rax; shr $32, %rax; mov %rax, 8(%rdi)
+    ret
+line: .asciz "25 timer interrupts\\n"
+.data
+.balign 16
+idt: .fill 512, 8, 0
+idt_ptr: .word 16*256-1
+    .quad idt
+code_sel: .word 0
+count: .quad 0
+.fill 1024, 8, 0
+stack_top:
+""")
+    g = guest(str(img), "--mem", "16M")
+    g.wait_lines(1, timeout=30)
+    start = time.monotonic()
+    g.wait_lines(4, timeout=30)
+    per_line = (time.monotonic() - start) / 3
+    if KVM_MODULE == "kvm_pvm":
+        assert per_line >= 25 * TIMER_FLOOR * 0.9, per_line
+    else:
+        assert per_line < 25 * TIMER_FLOOR / 4, per_line
     assert g.quit() == 0
 
 

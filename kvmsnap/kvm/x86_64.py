@@ -57,13 +57,14 @@ class X86Vm:
         """See KVM_SET_PIT2."""
         set_struct(self.fd, "KVM_SET_PIT2", "struct kvm_pit_state2", data)
 
-    def set_msr_filter(self, denied: list[int], flags: int) -> None:
-        """See KVM_X86_SET_MSR_FILTER: guest accesses (``flags``: KVM_MSR_FILTER_READ/WRITE) to each
-        MSR in ``denied`` are refused (with KVM_CAP_X86_USER_SPACE_MSR: sent to user space); all
-        others are allowed."""
+    def set_msr_filter(self, denied: list[tuple[int, int]]) -> None:
+        """See KVM_X86_SET_MSR_FILTER: each ``(msr, flags)`` of ``denied`` refuses the guest's
+        accesses named by ``flags`` (KVM_MSR_FILTER_READ/WRITE) to that MSR (with
+        KVM_CAP_X86_USER_SPACE_MSR: sends them to user space); all others are allowed.  A later
+        call replaces the filter."""
         bitmaps = [ffi.new("__u8[1]") for _ in denied]          # one MSR per range, its bit clear
         ranges = [{"flags": flags, "nmsrs": 1, "base": index, "bitmap": bitmap}
-                  for index, bitmap in zip(denied, bitmaps)]
+                  for (index, flags), bitmap in zip(denied, bitmaps)]
         ioctl_ptr(self.fd, "KVM_X86_SET_MSR_FILTER", ffi.new("struct kvm_msr_filter *", {
             "flags": lib.KVM_MSR_FILTER_DEFAULT_ALLOW, "ranges": ranges}))
 

@@ -27,6 +27,7 @@ import threading
 
 from kvmsnap.arch.x86_64 import paging
 from kvmsnap.arch.x86_64.layouts import CR0_ET, CR0_PE, CR0_WP, RFLAGS_IOPL3, RFLAGS_RESERVED
+from kvmsnap.arch.x86_64.msrs import MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.kvm import Cap, Kvm, KvmError, ffi, lib
 
@@ -45,6 +46,12 @@ RFLAGS_ZF = 1 << 6
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", *(f"r{n}" for n in range(8, 16)))
 PREFIX_LOCK, PREFIX_FS, PREFIX_GS = 0xF0, 0x64, 0x65
 IGNORED_PREFIXES = {0x26, 0x2E, 0x36, 0x3E}     # ES, CS, SS, DS overrides: no effect in 64-bit mode
+
+#: MSRs whose guest accesses always come to the VMM (the filter of every VM with the assists).
+FILTERED = [(MSR_LSTAR, lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE)]
+#: On an emulating KVM no guest TSC deadline is sooner than this many seconds ahead: Linux's 250 Hz
+#: tick, emulated, would take most of the vCPU; the kernel counts the ticks a late one stands for.
+TIMER_FLOOR = 0.04
 
 #: Parameters appended to a Linux kernel's command line on an emulating KVM, each with its reason.
 KERNEL_PARAMS = (
@@ -136,11 +143,12 @@ class KernelModeAssist:
 
     def __init__(self, vm, memory):
         vm.enable_cap(Cap.X86_USER_SPACE_MSR, lib.KVM_MSR_EXIT_REASON_FILTER)
-        vm.set_msr_filter([MSR_LSTAR], lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE)
+        vm.set_msr_filter(FILTERED)
         self.vm = vm
         self.memory = memory
         self.lstar: dict[int, int] = {}         # vCPU index -> the LSTAR the guest wrote
         self._needed: bool | None = None
+        self._floor_ticks: int | None = None     # TIMER_FLOOR in guest TSC ticks
         self._lock = threading.Lock()
 
     def needed(self) -> bool:
@@ -151,6 +159,7 @@ class KernelModeAssist:
                 self._needed = probe()
                 if self._needed:
                     self.vm.enable_cap(Cap.EXIT_ON_EMULATION_FAILURE, 1)
+                    self.vm.set_msr_filter(FILTERED + [(MSR_IA32_TSC_DEADLINE, lib.KVM_MSR_FILTER_WRITE)])
             return self._needed
 
     def kernel_params(self) -> str:
@@ -228,13 +237,25 @@ class KernelModeAssist:
         return True
 
     def msr_access(self, vcpu, reason: int) -> None:
-        """A guest RDMSR or WRMSR of LSTAR (the only MSR the filter sends here)."""
+        """A guest access the MSR filter sends here: RDMSR or WRMSR of LSTAR, or (on an emulating
+        KVM) WRMSR of IA32_TSC_DEADLINE, which is held to :data:`TIMER_FLOOR`."""
         msr = vcpu.run_area.msr
-        if reason == lib.KVM_EXIT_X86_RDMSR:
+        if msr.index == MSR_IA32_TSC_DEADLINE:
+            vcpu.set_msrs([(MSR_IA32_TSC_DEADLINE, self._deadline(vcpu, msr.data))])
+        elif reason == lib.KVM_EXIT_X86_RDMSR:
             msr.data = self.lstar.get(vcpu.index, 0)
         else:
             self.redirect(vcpu, msr.data)
         msr.error = 0
+
+    def _deadline(self, vcpu, deadline: int) -> int:
+        """The guest's TSC deadline (0: disarmed), no sooner than TIMER_FLOOR from now."""
+        if not deadline:
+            return 0
+        if self._floor_ticks is None:
+            self._floor_ticks = int(vcpu.get_tsc_khz() * 1000 * TIMER_FLOOR)
+        ((_, now),) = vcpu.get_msrs([MSR_IA32_TSC])
+        return max(deadline, now + self._floor_ticks)
 
     # --- state ----------------------------------------------------------------------------------
     def redirect(self, vcpu, lstar: int) -> None:
