@@ -15,7 +15,6 @@ sources); this module orders the whole:
    was stopped, KVM_KVMCLOCK_CTRL);
 5. log the pages the guest writes from now on, so that a save can be an increment of this core.
 """
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from kvmsnap.errors import KvmsnapError
 from kvmsnap.formats.kvmsnap import decode, state_blake3, with_base
 from kvmsnap.formats.reader import parse_elf
 from kvmsnap.kvm import Kvm
+from kvmsnap.memory import userfault
 from kvmsnap.memory.ram import GuestRam, LeaseUnavailable
 from kvmsnap.state import Base, Snapshot
 from kvmsnap.verify import MemoryCheck
@@ -75,24 +75,14 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
     slots = [(s, full.slot_offset(s.slot)) for s in full.slots()]
     layers = snapshot.memory.layers()
     notes = [f"{c.path}: not verified: {c.unchecked}" for c in checks if c.unchecked]
-    try:
-        try:
-            ram = (GuestRam.load_file if policy.memory == "eager" else GuestRam.map_file)(full.fileno(), slots)
-        except LeaseUnavailable as e:
-            policy = dataclasses.replace(policy, memory="eager")
-            notes.append(f"{full.path}: guest RAM read now instead of mapped from the file: it cannot be held "
-                             f"under a read lease ({e}), so a change to it could reach the guest")
-            ram = GuestRam.load_file(full.fileno(), slots)
-    except OSError as e:
-        raise KvmsnapError(f"{full.path}: cannot {'read' if policy.memory == 'eager' else 'map'} "
-                           f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
+    ram, how = _guest_ram(snapshot, full, slots, policy.memory, notes)
     try:
         for increment in increments:
             _apply(ram, increment)
     except OSError as e:
         ram.close()
         raise KvmsnapError(f"{increment.path}: cannot read its pages: {e.strerror}") from None
-    if policy.memory == "eager":
+    if how == "eager":
         memory_check = MemoryCheck(checks, [layer.fileno() for layer in layers])
         damage = memory_check.run()
         memory_check.close()
@@ -107,9 +97,12 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
                 model.load_state_bytes(snapshot.devices[name])
         info = snapshot.info
         machine.dirty.saved(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
-        if policy.memory == "background":
+        ram.on_fill_failure = lambda error: machine.fail(f"{error}: the guest was stopped")
+        if ram.fill_error:
+            machine.fail(f"{ram.fill_error}: the guest was stopped")
+        if how == "populate":
             ram.populate_in_background()
-        if policy.memory != "eager":
+        if how != "eager":
             machine.memory_check = MemoryCheck(checks, [layer.fileno() for layer in layers])
             machine.memory_check.start(lambda damage: machine.fail(
                 f"{_damaged([damage])}: the guest was stopped, having run on that memory"))
@@ -117,6 +110,32 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
     except BaseException:
         machine.close()
         raise
+
+
+def _guest_ram(snapshot: Snapshot, full, slots, memory: str, notes: list[str]) -> tuple[GuestRam, str]:
+    """Guest RAM brought in from the core ``full`` as ``memory`` asks, and how it was, which may
+    differ (each change added to ``notes``): "fill" (background, userfaultfd), "populate"
+    (background, mapped and copied in), "lazy" (mapped) or "eager" (read)."""
+    how = {"background": "fill"}.get(memory, memory)
+    try:
+        if how == "fill":
+            try:
+                return GuestRam.fill_file(full.fileno(), full.path, slots), how
+            except userfault.Unavailable as e:
+                how = "populate"
+                notes.append(f"guest RAM mapped from {full.path} and copied in by a thread (each page the guest "
+                             f"writes first is a copy-on-write fault) instead of filled in behind it: {e}")
+        if how != "eager":
+            try:
+                return GuestRam.map_file(full.fileno(), slots), how
+            except LeaseUnavailable as e:
+                how = "eager"
+                notes.append(f"{full.path}: guest RAM read now instead of mapped from the file: it cannot be held "
+                             f"under a read lease ({e}), so a change to it could reach the guest")
+        return GuestRam.load_file(full.fileno(), slots), how
+    except OSError as e:
+        raise KvmsnapError(f"{full.path}: cannot {'read' if how == 'eager' else 'map'} "
+                           f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
 
 
 def _check_integrity(snapshot: Snapshot, top) -> list:

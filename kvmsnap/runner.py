@@ -134,6 +134,7 @@ class GuestSession:
                 with self._run_state:
                     return self._save_paused(path, quit_after, progress, base)
             t0 = time.perf_counter()
+            self.machine.memory.wait_filled()       # the writer's copy of RAM has no userfaultfd behind it
             with self._run_state:
                 with self._paused():
                     t_paused = time.perf_counter()

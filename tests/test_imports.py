@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: The live half: modules that may need the KVM layer. Every other module of kvmsnap is offline.
 LIVE = ("kvmsnap.kvm", "kvmsnap.vmm", "kvmsnap.save", "kvmsnap.restore", "kvmsnap.runner", "kvmsnap.memory.ram",
-        "kvmsnap.memory.dirty",
+        "kvmsnap.memory.dirty", "kvmsnap.memory.userfault",
         "kvmsnap.arch.x86_64.boot", "kvmsnap.arch.x86_64.host", "kvmsnap.arch.x86_64.vcpu", "kvmsnap.arch.x86_64.vm",
         "kvmsnap.arch.x86_64.assist", "kvmsnap.arch.aarch64.boot", "kvmsnap.arch.aarch64.vcpu",
         "kvmsnap.arch.aarch64.host", "kvmsnap.arch.aarch64.vm", "kvmsnap.arch.aarch64.vgic")

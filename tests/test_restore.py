@@ -333,7 +333,7 @@ def test_a_core_open_for_writing_is_read_instead_of_mapped(guest, tmp_path):
     core = tmp_path / "counter.core"
     save_quit(g, core)
     with open(core, "r+b"):                       # another writer: no read lease can be had
-        r = Restored(tmp_path, core, console=tmp_path / "restored.console")
+        r = Restored(tmp_path, core, "--memory", "lazy", console=tmp_path / "restored.console")
         r.wait_lines(1, "^tick", timeout=60)
     warning = restore_warnings(r.stderr())
     assert warning == [f"kvmsnap: warning: {core}: guest RAM read now instead of mapped from the file: it cannot "

@@ -13,9 +13,10 @@ from .run import GuestFailed, open_console, save_on_fault_option, vmlinux_option
 @click.option("--paused", is_flag=True, help="Restore, then wait with every vCPU paused (resume over --control).")
 @click.option("--memory", "memory_mode", type=click.Choice(["background", "lazy", "eager"]), default="background",
               show_default=True,
-              help="background: map guest RAM copy-on-write from CORE and copy it in from a thread while the "
-                   "guest runs (starts at once, full speed soon after); lazy: map it only (each page is copied "
-                   "on its first write); eager: read it all before the guest starts.")
+              help="background: start at once on fresh RAM that a thread fills from CORE behind the guest, "
+                   "first what it touches (userfaultfd; else CORE mapped and copied in); lazy: map RAM "
+                   "copy-on-write from CORE only (each page is copied on its first write); eager: read it all "
+                   "before the guest starts.")
 @click.option("--no-verify", is_flag=True,
               help="Do not check CORE against its digests (headers and notes before anything is created; memory "
                    "before the guest runs with --memory eager, else from a thread while it runs, stopping it "

@@ -76,6 +76,10 @@ int kvmsnap_install_kick_handler(int signo);
 int madvise(void *addr, size_t length, int advice);   /* guest RAM: populated without the GIL */
 typedef long... off_t;
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);   /* MAP_FIXED over guest RAM */
+int kvmsnap_userfaultfd(void);
+int kvmsnap_uffd_register(int uffd, __u64 start, __u64 length);
+int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregions, const __u64 *runs, int nruns,
+                      __u64 chunk, volatile int *stop, __u64 *failed_at);
 """
 
 #: x86's part of ``<linux/kvm.h>`` too: the capabilities it defines under __KVM_HAVE_PIT, _XSAVE, _XCRS, _DEBUGREGS
@@ -246,12 +250,171 @@ SOURCE = r"""
 #ifndef MADV_COLLAPSE               /* glibc before 2.37: the kernel's header has it (Linux 6.1) */
 #include <linux/mman.h>
 #endif
+#include <linux/userfaultfd.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* ioctl(2) is variadic: fixed-signature wrappers keep the argument passing exact. */
 static int kvmsnap_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 static int kvmsnap_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+
+/* Guest RAM filled from a file through a userfaultfd (kvmsnap/memory/userfault.py): see there. */
+static int kvmsnap_userfaultfd(void)
+{
+    int fd = (int)syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    if (fd < 0)
+        return -errno;
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static int kvmsnap_uffd_register(int uffd, __u64 start, __u64 length)
+{
+    struct uffdio_register reg = { .range = { start, length }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+    return ioctl(uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+struct kvmsnap_fill {
+    int uffd, fd;
+    const __u64 *regions, *runs;     /* (start, length) pairs; (address, length, file offset) triples, sorted */
+    int nregions, nruns;
+    __u64 chunk;
+    unsigned char *bounce;
+    __u64 *failed_at;
+};
+
+/* Copy [start, end) in: the file's bytes where a run covers it, zeros elsewhere.  0 or -errno. */
+static int kvmsnap_fill_range(struct kvmsnap_fill *f, __u64 start, __u64 end)
+{
+    __u64 at = start;
+    int lo = 0, hi = f->nruns;
+    while (lo < hi) {                           /* the first run that ends after start */
+        int mid = (lo + hi) / 2;
+        if (f->runs[3 * mid] + f->runs[3 * mid + 1] <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    memset(f->bounce, 0, end - start);
+    for (int i = lo; i < f->nruns && f->runs[3 * i] < end; i++) {
+        __u64 a = f->runs[3 * i], b = a + f->runs[3 * i + 1], offset = f->runs[3 * i + 2];
+        a = a > start ? a : start;
+        b = b < end ? b : end;
+        for (__u64 done = 0; done < b - a;) {
+            ssize_t n = pread(f->fd, f->bounce + (a - start) + done, b - a - done, offset + (a - f->runs[3 * i]) + done);
+            if (n <= 0) {
+                *f->failed_at = offset + (a - f->runs[3 * i]) + done;
+                return n < 0 ? -errno : -EIO;
+            }
+            done += n;
+        }
+    }
+    while (at < end) {
+        struct uffdio_copy copy = { .dst = at, .src = (__u64)(uintptr_t)(f->bounce + (at - start)), .len = end - at };
+        if (ioctl(f->uffd, UFFDIO_COPY, &copy) == 0)
+            break;
+        if (errno == EEXIST)                    /* already there: the next page */
+            at += 4096;
+        else if (errno == EAGAIN)               /* part copied, or the address space was changing */
+            at += copy.copy > 0 ? (__u64)copy.copy : 0;
+        else
+            return -errno;
+    }
+    return 0;
+}
+
+/* Fill every chunk of the regions that holds file data, serving the faults userfaultfd reports
+ * first (the faulting chunk, data or zeros), then unregister the regions: the rest is fresh
+ * anonymous memory.  Stops early when *stop is set.  0, or -errno (*failed_at: the file offset of
+ * a failed read); the regions are unregistered either way. */
+static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregions, const __u64 *runs, int nruns,
+                             __u64 chunk, volatile int *stop, __u64 *failed_at)
+{
+    struct kvmsnap_fill f = { uffd, fd, regions, runs, nregions, nruns, chunk, NULL, failed_at };
+    __u64 total = 0, *first;
+    unsigned char *done;
+    int rc = 0;
+    first = calloc(nregions + 1, sizeof(*first));
+    for (int r = 0; r < nregions; r++) {
+        first[r] = total;
+        total += (regions[2 * r + 1] + chunk - 1) / chunk;
+    }
+    first[nregions] = total;
+    done = calloc(total ? total : 1, 1);
+    f.bounce = malloc(chunk);
+    if (!first || !done || !f.bounce) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    /* chunks without file data count as done: the guest's faults there are served all the same */
+    memset(done, 1, total);
+    for (int i = 0; i < nruns; i++)
+        for (int r = 0; r < nregions; r++) {
+            __u64 base = regions[2 * r], size = regions[2 * r + 1], a = runs[3 * i], b = a + runs[3 * i + 1];
+            if (b <= base || a >= base + size)
+                continue;
+            a = a > base ? a : base;
+            b = b < base + size ? b : base + size;
+            memset(done + first[r] + (a - base) / chunk, 0, (b - 1 - base) / chunk - (a - base) / chunk + 1);
+        }
+    for (__u64 next = 0; !*stop && rc == 0;) {
+        struct uffd_msg msgs[16];
+        ssize_t n = read(uffd, msgs, sizeof(msgs));
+        if (n < 0 && errno != EAGAIN) {
+            rc = -errno;
+            break;
+        }
+        for (int m = 0; m < n / (ssize_t)sizeof(msgs[0]) && rc == 0; m++) {
+            __u64 address = msgs[m].arg.pagefault.address & ~(__u64)4095;
+            if (msgs[m].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            for (int r = 0; r < nregions; r++) {
+                __u64 base = regions[2 * r], size = regions[2 * r + 1], i = (address - base) / chunk;
+                if (address < base || address >= base + size)
+                    continue;
+                if (done[first[r] + i] != 2) {
+                    __u64 end = base + i * chunk + chunk < base + size ? base + i * chunk + chunk : base + size;
+                    rc = kvmsnap_fill_range(&f, base + i * chunk, end);
+                    done[first[r] + i] = 2;
+                } else {
+                    struct uffdio_range range = { address, 4096 };
+                    ioctl(uffd, UFFDIO_WAKE, &range);
+                }
+            }
+        }
+        while (next < total && done[next])
+            next++;
+        if (next == total || rc != 0)
+            break;
+        for (int r = 0; r < nregions; r++)
+            if (next < first[r + 1]) {
+                __u64 base = regions[2 * r], size = regions[2 * r + 1], at = (next - first[r]) * chunk;
+                rc = kvmsnap_fill_range(&f, base + at, base + (at + chunk < size ? at + chunk : size));
+                done[next] = 2;
+                break;
+            }
+    }
+out:
+    for (int r = 0; r < nregions; r++) {
+        struct uffdio_range range = { regions[2 * r], regions[2 * r + 1] };
+        ioctl(uffd, UFFDIO_UNREGISTER, &range);
+    }
+    free(first);
+    free(done);
+    free(f.bounce);
+    return rc;
+}
 
 /* A do-nothing handler without SA_RESTART: the signal only makes KVM_RUN return EINTR. */
 static void kvmsnap_kick(int signo) { (void)signo; }

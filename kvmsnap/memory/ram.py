@@ -11,6 +11,7 @@ import threading
 from kvmsnap.kvm import ffi, lib
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.memory import PAGE_SIZE, AddressError, Extent, GuestMemory, Slot, file_data_runs, union
+from kvmsnap.memory import userfault
 from kvmsnap.memory.pagemap import touched_runs, written_runs
 
 
@@ -32,6 +33,9 @@ class GuestRam(GuestMemory):
         self._detaching: threading.Thread | None = None
         self._populating: threading.Thread | None = None
         self._collapsing: threading.Thread | None = None
+        self._filler: userfault.Filler | None = None
+        self.fill_error: str | None = None
+        self.on_fill_failure = None             # called with the error, from the filler's thread
         self._closing = threading.Event()
 
     @classmethod
@@ -124,6 +128,35 @@ class GuestRam(GuestMemory):
             for start, end in file_data_runs(fileno, offset, offset + slot.size):
                 ram.read_file(fileno, start, slot.gpa + start - offset, end - start, chunk)
         return ram
+
+    @classmethod
+    def fill_file(cls, fileno: int, path: str, slots: list[tuple[Slot, int]]) -> "GuestRam":
+        """Fresh RAM the guest may run on at once, filled from a file (same pairs as
+        :meth:`map_file`) behind it by a :class:`userfault.Filler`, then put into huge pages.
+        userfault.Unavailable where this process may not have a userfaultfd."""
+        ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
+        regions = [(address, slot.size) for (_, address), (slot, _) in zip(ram.buffers(), slots)]
+        runs = [(address + start - offset, end - start, start) for (address, _), (slot, offset) in zip(regions, slots)
+                for start, end in file_data_runs(fileno, offset, offset + slot.size)]
+        try:
+            ram._filler = userfault.Filler(fileno, path, regions, runs, ram._filled)
+        except userfault.Unavailable:
+            ram.close()
+            raise
+        return ram
+
+    def _filled(self, error: str | None) -> None:
+        """The filler ended: huge pages again, or the error reported."""
+        self.fill_error = error
+        if error is None:
+            self.collapse_in_background()
+        elif self.on_fill_failure is not None:
+            self.on_fill_failure(error)
+
+    def wait_filled(self) -> None:
+        """Return once RAM filled from a file is all in (at once for other RAM)."""
+        if self._filler is not None:
+            self._filler.wait()
 
     def read_file(self, fileno: int, offset: int, gpa: int, length: int, chunk: int = 64 << 20) -> None:
         """Copy ``length`` bytes at ``offset`` of a file into RAM at ``gpa`` (inside one slot)."""
@@ -255,6 +288,8 @@ class GuestRam(GuestMemory):
 
     def close(self) -> None:
         self._closing.set()
+        if self._filler is not None:
+            self._filler.stop()
         for thread in (self._populating, self._collapsing):
             if thread is not None:
                 thread.join()

@@ -1,0 +1,56 @@
+"""Guest RAM filled from a file behind its user (kvmsnap/memory/userfault.py), without a VM: the
+bytes a thread of this process reads while the filler runs, and a file that ends too soon."""
+import mmap
+import os
+import threading
+
+import pytest
+
+from kvmsnap.kvm import ffi
+from kvmsnap.memory import userfault
+
+CHUNK = 64 << 10
+
+
+def fill(path, size, runs):
+    """A region of ``size`` bytes registered with a Filler of ``runs`` (offsets into the region);
+    (the region, the filler, an event set with the error when it ends)."""
+    region = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = int(ffi.cast("uintptr_t", ffi.from_buffer(region)))
+    ended, result = threading.Event(), []
+    with open(path, "rb") as f:
+        try:
+            filler = userfault.Filler(f.fileno(), str(path), [(base, size)],
+                                      [(base + at, length, offset) for at, length, offset in runs],
+                                      lambda error: (result.append(error), ended.set()), chunk=CHUNK)
+        except userfault.Unavailable as e:
+            pytest.skip(f"this process may not have a userfaultfd here ({e})")
+    return region, filler, ended, result
+
+
+def test_reads_during_the_fill_see_the_file_and_zeros_elsewhere(tmp_path):
+    size = 64 * CHUNK
+    data = os.urandom(40 * CHUNK)
+    path = tmp_path / "core"
+    path.write_bytes(data)
+    runs = [(3 * CHUNK + 100 * 4096 % CHUNK, 5 * CHUNK, 0), (20 * CHUNK, 30 * CHUNK, 10 * CHUNK)]
+    expected = bytearray(size)
+    for at, length, offset in runs:
+        expected[at:at + length] = data[offset:offset + length]
+    region, filler, ended, result = fill(path, size, runs)
+    # from the last chunk down: most of these are faults the filler serves before its own order
+    got = {at: region[at:at + CHUNK] for at in range(size - CHUNK, -1, -CHUNK)}
+    got = b"".join(got[at] for at in sorted(got))
+    assert ended.wait(30) and result == [None]
+    assert got == expected and region[:] == expected
+    filler.stop()
+
+
+def test_a_file_that_ends_too_soon_is_reported_with_its_offset(tmp_path):
+    path = tmp_path / "short"
+    path.write_bytes(b"\1" * CHUNK)
+    region, filler, ended, result = fill(path, 8 * CHUNK, [(0, 4 * CHUNK, 0)])
+    assert ended.wait(30)
+    assert result == [f"{path}: guest RAM could not be read at offset {CHUNK:#x}: Input/output error"], result
+    assert region[:CHUNK] == b"\1" * CHUNK      # what was read is in; the regions are released
+    filler.stop()
