@@ -290,14 +290,17 @@ struct kvmsnap_fill {
     const __u64 *regions, *runs;     /* (start, length) pairs; (address, length, file offset) triples, sorted */
     int nregions, nruns;
     __u64 chunk;
-    unsigned char *bounce;
     __u64 *failed_at;
+    struct { unsigned char *at; } *staging;   /* per region: where its chunks are read (at the same
+                                                 offsets), a mapping of its size; a chunk moved out
+                                                 leaves a hole the kernel may give to others */
 };
 
-/* Copy [start, end) in: the file's bytes where a run covers it, zeros elsewhere.  0 or -errno. */
-static int kvmsnap_fill_range(struct kvmsnap_fill *f, __u64 start, __u64 end)
+/* Read [start, end) of region r's contents into its staging area: the file's bytes where a run
+ * covers it, zeros elsewhere.  0 or -errno. */
+static int kvmsnap_read_range(struct kvmsnap_fill *f, int r, __u64 start, __u64 end)
 {
-    __u64 at = start;
+    unsigned char *stage = f->staging[r].at + (start - f->regions[2 * r]);
     int lo = 0, hi = f->nruns;
     while (lo < hi) {                           /* the first run that ends after start */
         int mid = (lo + hi) / 2;
@@ -306,13 +309,15 @@ static int kvmsnap_fill_range(struct kvmsnap_fill *f, __u64 start, __u64 end)
         else
             hi = mid;
     }
-    memset(f->bounce, 0, end - start);
+    memset(stage, 0, end - start);
     for (int i = lo; i < f->nruns && f->runs[3 * i] < end; i++) {
         __u64 a = f->runs[3 * i], b = a + f->runs[3 * i + 1], offset = f->runs[3 * i + 2];
+        if (b <= start)
+            continue;
         a = a > start ? a : start;
         b = b < end ? b : end;
         for (__u64 done = 0; done < b - a;) {
-            ssize_t n = pread(f->fd, f->bounce + (a - start) + done, b - a - done, offset + (a - f->runs[3 * i]) + done);
+            ssize_t n = pread(f->fd, stage + (a - start) + done, b - a - done, offset + (a - f->runs[3 * i]) + done);
             if (n <= 0) {
                 *f->failed_at = offset + (a - f->runs[3 * i]) + done;
                 return n < 0 ? -errno : -EIO;
@@ -320,8 +325,14 @@ static int kvmsnap_fill_range(struct kvmsnap_fill *f, __u64 start, __u64 end)
             done += n;
         }
     }
-    while (at < end) {
-        struct uffdio_copy copy = { .dst = at, .src = (__u64)(uintptr_t)(f->bounce + (at - start)), .len = end - at };
+    return 0;
+}
+
+/* Copy [start, end) in from src with UFFDIO_COPY (4 KiB pages).  0 or -errno. */
+static int kvmsnap_copy_range(struct kvmsnap_fill *f, __u64 start, __u64 end, const unsigned char *src)
+{
+    for (__u64 at = start; at < end;) {
+        struct uffdio_copy copy = { .dst = at, .src = (__u64)(uintptr_t)(src + (at - start)), .len = end - at };
         if (ioctl(f->uffd, UFFDIO_COPY, &copy) == 0)
             break;
         if (errno == EEXIST)                    /* already there: the next page */
@@ -334,6 +345,43 @@ static int kvmsnap_fill_range(struct kvmsnap_fill *f, __u64 start, __u64 end)
     return 0;
 }
 
+/* Chunk i of region r: [*start, *end), chunks aligned on multiples of their size (a whole one is
+ * a transparent huge page, when the size is 2 MiB). */
+static void kvmsnap_chunk(const struct kvmsnap_fill *f, int r, __u64 i, __u64 *start, __u64 *end)
+{
+    __u64 base = f->regions[2 * r], top = base + f->regions[2 * r + 1], at = base / f->chunk * f->chunk + i * f->chunk;
+    *start = at > base ? at : base;
+    *end = at + f->chunk < top ? at + f->chunk : top;
+}
+
+enum { TO_COPY, NO_DATA, COPIED, MOVED };   /* what became of a chunk */
+
+/* Chunk i of region r in: read into its staging area (a huge page where the host gives them), then
+ * moved into place whole (mremap: the page tables move, nothing is copied) and its waiters woken;
+ * a part chunk, or where the move fails, copied with UFFDIO_COPY and made one huge page again
+ * (MADV_COLLAPSE, Linux 6.1; elsewhere it stays in 4 KiB pages).  MOVED, COPIED or -errno. */
+static int kvmsnap_fill_chunk(struct kvmsnap_fill *f, int r, __u64 i)
+{
+    __u64 start, end;
+    unsigned char *stage;
+    int rc;
+    kvmsnap_chunk(f, r, i, &start, &end);
+    stage = f->staging[r].at + (start - f->regions[2 * r]);
+    if ((rc = kvmsnap_read_range(f, r, start, end)) != 0)
+        return rc;
+    if (end - start == f->chunk &&
+            mremap(stage, f->chunk, f->chunk, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(uintptr_t)start) != MAP_FAILED) {
+        struct uffdio_range range = { start, f->chunk };
+        ioctl(f->uffd, UFFDIO_WAKE, &range);
+        return MOVED;
+    }
+    rc = kvmsnap_copy_range(f, start, end, stage);
+    madvise(stage, end - start, MADV_DONTNEED);
+    if (rc == 0 && end - start == f->chunk)
+        madvise((void *)(uintptr_t)start, f->chunk, MADV_COLLAPSE);
+    return rc < 0 ? rc : COPIED;
+}
+
 /* Fill every chunk of the regions that holds file data, serving the faults userfaultfd reports
  * first (the faulting chunk, data or zeros), then unregister the regions: the rest is fresh
  * anonymous memory.  Stops early when *stop is set.  0, or -errno (*failed_at: the file offset of
@@ -341,67 +389,72 @@ static int kvmsnap_fill_range(struct kvmsnap_fill *f, __u64 start, __u64 end)
 static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregions, const __u64 *runs, int nruns,
                              __u64 chunk, volatile int *stop, __u64 *failed_at)
 {
-    struct kvmsnap_fill f = { uffd, fd, regions, runs, nregions, nruns, chunk, NULL, failed_at };
-    __u64 total = 0, *first;
-    unsigned char *done;
+    struct kvmsnap_fill f = { uffd, fd, regions, runs, nregions, nruns, chunk, failed_at,
+                              calloc(nregions, sizeof(*f.staging)) };
+    __u64 total = 0, *first = calloc(nregions + 1, sizeof(__u64));
+    unsigned char *state = NULL;             /* per chunk: TO_COPY, NO_DATA, COPIED or MOVED */
     int rc = 0;
-    first = calloc(nregions + 1, sizeof(*first));
-    for (int r = 0; r < nregions; r++) {
+    for (int r = 0; first && f.staging && r < nregions; r++) {
+        /* one mapping per region (the pieces moved out of it can merge again), congruent with it
+         * modulo the chunk size (so that huge pages line up) */
+        unsigned char *raw = mmap(NULL, regions[2 * r + 1] + chunk, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (raw == MAP_FAILED) {
+            rc = -errno;
+            goto out;
+        }
+        f.staging[r].at = raw + (regions[2 * r] - (__u64)(uintptr_t)raw) % chunk;
+        munmap(raw, f.staging[r].at - raw);   /* exactly the region's size is kept */
+        munmap(f.staging[r].at + regions[2 * r + 1], raw + chunk - f.staging[r].at);
+        madvise(f.staging[r].at, regions[2 * r + 1], MADV_HUGEPAGE);
         first[r] = total;
-        total += (regions[2 * r + 1] + chunk - 1) / chunk;
+        total += (regions[2 * r] + regions[2 * r + 1] - 1) / chunk - regions[2 * r] / chunk + 1;
     }
-    first[nregions] = total;
-    done = calloc(total ? total : 1, 1);
-    f.bounce = malloc(chunk);
-    if (!first || !done || !f.bounce) {
+    state = calloc(total ? total : 1, 1);
+    if (!first || !state || !f.staging) {
         rc = -ENOMEM;
         goto out;
     }
-    /* chunks without file data count as done: the guest's faults there are served all the same */
-    memset(done, 1, total);
+    first[nregions] = total;
+    memset(state, NO_DATA, total);
     for (int i = 0; i < nruns; i++)
         for (int r = 0; r < nregions; r++) {
-            __u64 base = regions[2 * r], size = regions[2 * r + 1], a = runs[3 * i], b = a + runs[3 * i + 1];
-            if (b <= base || a >= base + size)
-                continue;
+            __u64 base = regions[2 * r], top = base + regions[2 * r + 1], a = runs[3 * i], b = a + runs[3 * i + 1];
             a = a > base ? a : base;
-            b = b < base + size ? b : base + size;
-            memset(done + first[r] + (a - base) / chunk, 0, (b - 1 - base) / chunk - (a - base) / chunk + 1);
+            b = b < top ? b : top;
+            if (a < b)
+                memset(state + first[r] + a / chunk - base / chunk, TO_COPY, (b - 1) / chunk - a / chunk + 1);
         }
-    for (__u64 next = 0; !*stop && rc == 0;) {
+    for (__u64 next = 0; !*stop && rc >= 0;) {
         struct uffd_msg msgs[16];
         ssize_t n = read(uffd, msgs, sizeof(msgs));
         if (n < 0 && errno != EAGAIN) {
             rc = -errno;
             break;
         }
-        for (int m = 0; m < n / (ssize_t)sizeof(msgs[0]) && rc == 0; m++) {
+        for (int m = 0; m < n / (ssize_t)sizeof(msgs[0]) && rc >= 0; m++) {
             __u64 address = msgs[m].arg.pagefault.address & ~(__u64)4095;
-            if (msgs[m].event != UFFD_EVENT_PAGEFAULT)
-                continue;
-            for (int r = 0; r < nregions; r++) {
-                __u64 base = regions[2 * r], size = regions[2 * r + 1], i = (address - base) / chunk;
-                if (address < base || address >= base + size)
+            for (int r = 0; r < nregions && msgs[m].event == UFFD_EVENT_PAGEFAULT; r++) {
+                __u64 base = regions[2 * r], i = address / chunk - base / chunk;
+                if (address < base || address >= base + regions[2 * r + 1])
                     continue;
-                if (done[first[r] + i] != 2) {
-                    __u64 end = base + i * chunk + chunk < base + size ? base + i * chunk + chunk : base + size;
-                    rc = kvmsnap_fill_range(&f, base + i * chunk, end);
-                    done[first[r] + i] = 2;
-                } else {
+                if (state[first[r] + i] < COPIED) {
+                    rc = kvmsnap_fill_chunk(&f, r, i);
+                    state[first[r] + i] = rc < 0 ? COPIED : rc;
+                } else {                         /* copied since the fault: wake who waits */
                     struct uffdio_range range = { address, 4096 };
                     ioctl(uffd, UFFDIO_WAKE, &range);
                 }
             }
         }
-        while (next < total && done[next])
+        while (next < total && state[next])
             next++;
-        if (next == total || rc != 0)
+        if (next == total || rc < 0)
             break;
         for (int r = 0; r < nregions; r++)
             if (next < first[r + 1]) {
-                __u64 base = regions[2 * r], size = regions[2 * r + 1], at = (next - first[r]) * chunk;
-                rc = kvmsnap_fill_range(&f, base + at, base + (at + chunk < size ? at + chunk : size));
-                done[next] = 2;
+                rc = kvmsnap_fill_chunk(&f, r, next - first[r]);
+                state[next] = rc < 0 ? COPIED : rc;
                 break;
             }
     }
@@ -410,10 +463,20 @@ out:
         struct uffdio_range range = { regions[2 * r], regions[2 * r + 1] };
         ioctl(uffd, UFFDIO_UNREGISTER, &range);
     }
+    for (int r = 0; f.staging && r < nregions; r++) {  /* staging, but for the chunks moved out */
+        if (f.staging[r].at && !state)
+            munmap(f.staging[r].at, regions[2 * r + 1]);
+        for (__u64 i = 0; f.staging[r].at && state && i < first[r + 1] - first[r]; i++)
+            if (state[first[r] + i] != MOVED) {
+                __u64 start, end;
+                kvmsnap_chunk(&f, r, i, &start, &end);
+                munmap(f.staging[r].at + (start - regions[2 * r]), end - start);
+            }
+    }
     free(first);
-    free(done);
-    free(f.bounce);
-    return rc;
+    free(state);
+    free(f.staging);
+    return rc < 0 ? rc : 0;
 }
 
 /* A do-nothing handler without SA_RESTART: the signal only makes KVM_RUN return EINTR. */

@@ -136,8 +136,8 @@ class GuestRam(GuestMemory):
         userfault.Unavailable where this process may not have a userfaultfd."""
         ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
         regions = [(address, slot.size) for (_, address), (slot, _) in zip(ram.buffers(), slots)]
-        runs = [(address + start - offset, end - start, start) for (address, _), (slot, offset) in zip(regions, slots)
-                for start, end in file_data_runs(fileno, offset, offset + slot.size)]
+        runs = sorted((address + start - offset, end - start, start) for (address, _), (slot, offset) in zip(regions, slots)
+                      for start, end in file_data_runs(fileno, offset, offset + slot.size))
         try:
             ram._filler = userfault.Filler(fileno, path, regions, runs, ram._filled)
         except userfault.Unavailable:

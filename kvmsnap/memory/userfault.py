@@ -1,13 +1,12 @@
 """Guest RAM filled from a file behind the running guest, through a userfaultfd: the regions are
 registered for missing-page faults, and a thread running C code (``kvmsnap_uffd_fill`` in
-kvmsnap/kvm/build_ffi.py) copies the file's data in with UFFDIO_COPY, a chunk at a time; a chunk
-somebody touches first (a vCPU through KVM, or a thread of this process) is copied before the
-others, zeros where the file has none.  When every chunk holding data is in, the regions are
-unregistered: what was never touched is then plain anonymous memory.
+kvmsnap/kvm/build_ffi.py) brings the file's data in a chunk at a time: read into a staging mapping,
+then moved into place whole (mremap), or copied with UFFDIO_COPY where it cannot be.  A chunk
+somebody touches first (a vCPU through KVM, or a thread of this process) comes before the others,
+zeros where the file has none.  When every chunk holding data is in, the regions are unregistered:
+what was never touched is then plain anonymous memory (docs/restore.md).
 
-Each page is thus copied once, straight into the RAM the guest keeps: no copy-on-write fault
-later, and nothing the guest waits for but the chunks it touches.  The thread needs no GIL, so a
-Python thread that faults while holding it is served all the same."""
+The thread needs no GIL, so a Python thread that faults while holding it is served all the same."""
 import os
 import threading
 
