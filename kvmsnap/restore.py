@@ -97,9 +97,9 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
                 model.load_state_bytes(snapshot.devices[name])
         info = snapshot.info
         machine.dirty.saved(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
-        ram.on_fill_failure = lambda error: machine.fail(f"{error}: the guest was stopped")
+        ram.on_fill_failure = lambda error: machine.fail(_fill_failed(error))
         if ram.fill_error:
-            machine.fail(f"{ram.fill_error}: the guest was stopped")
+            machine.fail(_fill_failed(ram.fill_error))
         if how == "populate":
             ram.populate_in_background()
         if how != "eager":
@@ -118,24 +118,28 @@ def _guest_ram(snapshot: Snapshot, full, slots, memory: str, notes: list[str]) -
     (background, mapped and copied in), "lazy" (mapped) or "eager" (read)."""
     how = {"background": "fill"}.get(memory, memory)
     try:
-        if how == "fill":
-            try:
-                return GuestRam.fill_file(full.fileno(), full.path, slots), how
-            except userfault.Unavailable as e:
-                how = "populate"
-                notes.append(f"guest RAM mapped from {full.path} and copied in by a thread (each page the guest "
-                             f"writes first is a copy-on-write fault) instead of filled in behind it: {e}")
-        if how != "eager":
-            try:
+        try:
+            if how == "fill":
+                try:
+                    return GuestRam.fill_file(full.fileno(), full.path, slots), how
+                except userfault.Unavailable as e:
+                    how = "populate"
+                    notes.append(f"guest RAM mapped from {full.path} and copied in by a thread (each page the "
+                                 f"guest writes first is a copy-on-write fault) instead of filled in behind it: {e}")
+            if how != "eager":
                 return GuestRam.map_file(full.fileno(), slots), how
-            except LeaseUnavailable as e:
-                how = "eager"
-                notes.append(f"{full.path}: guest RAM read now instead of mapped from the file: it cannot be held "
-                             f"under a read lease ({e}), so a change to it could reach the guest")
+        except LeaseUnavailable as e:
+            how = "eager"
+            notes.append(f"{full.path}: guest RAM read now instead of from the file while the guest runs: it cannot "
+                         f"be held under a read lease ({e}), so a change to it could reach the guest")
         return GuestRam.load_file(full.fileno(), slots), how
     except OSError as e:
         raise KvmsnapError(f"{full.path}: cannot {'read' if how == 'eager' else 'map'} "
                            f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
+
+
+def _fill_failed(error: str) -> str:
+    return f"{error}: the guest was stopped, having maybe run on zeros in place of what was not read"
 
 
 def _check_integrity(snapshot: Snapshot, top) -> list:

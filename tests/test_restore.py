@@ -333,10 +333,10 @@ def test_a_core_open_for_writing_is_read_instead_of_mapped(guest, tmp_path):
     core = tmp_path / "counter.core"
     save_quit(g, core)
     with open(core, "r+b"):                       # another writer: no read lease can be had
-        r = Restored(tmp_path, core, "--memory", "lazy", console=tmp_path / "restored.console")
+        r = Restored(tmp_path, core, console=tmp_path / "restored.console")
         r.wait_lines(1, "^tick", timeout=60)
     warning = restore_warnings(r.stderr())
-    assert warning == [f"kvmsnap: warning: {core}: guest RAM read now instead of mapped from the file: it cannot "
-                       "be held under a read lease (Resource temporarily unavailable), so a change to it could reach "
-                       "the guest"], warning
+    assert warning == [f"kvmsnap: warning: {core}: guest RAM read now instead of from the file while the guest "
+                       "runs: it cannot be held under a read lease (Resource temporarily unavailable), so a change to "
+                       "it could reach the guest"], warning
     ticks_continue(g.console, r)

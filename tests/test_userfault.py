@@ -55,3 +55,28 @@ def test_a_file_that_ends_too_soon_is_reported_with_its_offset(tmp_path):
     # the first chunk was read in; the rest is released: reading it does not wait for anybody
     assert region[:4096] == b"\1" * 4096 and len(region[:]) == 8 * CHUNK
     filler.stop()
+
+
+def test_guest_ram_being_filled_is_read_whole_by_a_save(tmp_path):
+    """A save decides from the page tables which pages of anonymous RAM are zero: while RAM is
+    still being filled, the pages not yet in would pass for zeros.  GuestRam waits for the fill."""
+    from kvmsnap.memory import Slot
+    from kvmsnap.memory.ram import GuestRam
+    size = 256 << 20
+    path = tmp_path / "core"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for at in range(0, size, 4 << 20):          # 1 MiB of data every 4 MiB
+            f.seek(at)
+            f.write(b"\x5a" * (1 << 20))
+    with open(path, "rb") as f:
+        try:
+            ram = GuestRam.fill_file(f.fileno(), str(path), [(Slot(0, 0, size), 0)])
+        except userfault.Unavailable as e:
+            pytest.skip(f"this process may not have a userfaultfd here ({e})")
+    try:
+        runs = list(ram.data_runs(0, size))         # whole chunks came in: each covers the file's data
+        assert all(any(a <= at and at + (1 << 20) <= b for a, b in runs) for at in range(0, size, 4 << 20)), runs
+        assert ram.read(3 << 20, 4) == b"\0" * 4 and ram.read(4 << 20, 4) == b"\x5a" * 4
+    finally:
+        ram.close()

@@ -79,7 +79,7 @@ void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 int kvmsnap_userfaultfd(void);
 int kvmsnap_uffd_register(int uffd, __u64 start, __u64 length);
 int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregions, const __u64 *runs, int nruns,
-                      __u64 chunk, volatile int *stop, __u64 *failed_at);
+                      __u64 chunk, volatile int *stop, volatile int *started, __u64 *failed_at);
 """
 
 #: x86's part of ``<linux/kvm.h>`` too: the capabilities it defines under __KVM_HAVE_PIT, _XSAVE, _XCRS, _DEBUGREGS
@@ -331,14 +331,17 @@ static int kvmsnap_read_range(struct kvmsnap_fill *f, int r, __u64 start, __u64 
 /* Copy [start, end) in from src with UFFDIO_COPY (4 KiB pages).  0 or -errno. */
 static int kvmsnap_copy_range(struct kvmsnap_fill *f, __u64 start, __u64 end, const unsigned char *src)
 {
+    int retries = 0;
     for (__u64 at = start; at < end;) {
         struct uffdio_copy copy = { .dst = at, .src = (__u64)(uintptr_t)(src + (at - start)), .len = end - at };
         if (ioctl(f->uffd, UFFDIO_COPY, &copy) == 0)
             break;
         if (errno == EEXIST)                    /* already there: the next page */
             at += 4096;
-        else if (errno == EAGAIN)               /* part copied, or the address space was changing */
-            at += copy.copy > 0 ? (__u64)copy.copy : 0;
+        else if (errno == EAGAIN && copy.copy > 0)      /* part copied */
+            at += (__u64)copy.copy;
+        else if (errno == EAGAIN && ++retries < 1000)   /* the address space was changing */
+            continue;
         else
             return -errno;
     }
@@ -386,14 +389,23 @@ static int kvmsnap_fill_chunk(struct kvmsnap_fill *f, int r, __u64 i)
  * first (the faulting chunk, data or zeros), then unregister the regions: the rest is fresh
  * anonymous memory.  Stops early when *stop is set.  0, or -errno (*failed_at: the file offset of
  * a failed read); the regions are unregistered either way. */
+static void kvmsnap_uffd_unregister(int uffd, const __u64 *regions, int nregions)
+{
+    for (int r = 0; r < nregions; r++) {
+        struct uffdio_range range = { regions[2 * r], regions[2 * r + 1] };
+        ioctl(uffd, UFFDIO_UNREGISTER, &range);
+    }
+}
+
 static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregions, const __u64 *runs, int nruns,
-                             __u64 chunk, volatile int *stop, __u64 *failed_at)
+                             __u64 chunk, volatile int *stop, volatile int *started, __u64 *failed_at)
 {
     struct kvmsnap_fill f = { uffd, fd, regions, runs, nregions, nruns, chunk, failed_at,
                               calloc(nregions, sizeof(*f.staging)) };
     __u64 total = 0, *first = calloc(nregions + 1, sizeof(__u64));
     unsigned char *state = NULL;             /* per chunk: TO_COPY, NO_DATA, COPIED or MOVED */
     int rc = 0;
+    *started = 1;
     for (int r = 0; first && f.staging && r < nregions; r++) {
         /* one mapping per region (the pieces moved out of it can merge again), congruent with it
          * modulo the chunk size (so that huge pages line up) */
@@ -459,10 +471,7 @@ static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregion
             }
     }
 out:
-    for (int r = 0; r < nregions; r++) {
-        struct uffdio_range range = { regions[2 * r], regions[2 * r + 1] };
-        ioctl(uffd, UFFDIO_UNREGISTER, &range);
-    }
+    kvmsnap_uffd_unregister(uffd, regions, nregions);
     for (int r = 0; f.staging && r < nregions; r++) {  /* staging, but for the chunks moved out */
         if (f.staging[r].at && !state)
             munmap(f.staging[r].at, regions[2 * r + 1]);

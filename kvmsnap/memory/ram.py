@@ -88,6 +88,7 @@ class GuestRam(GuestMemory):
         put in its place, the rest becomes anonymous zero pages (no memory until written); then the
         lease is given up and the file closed.  (Pages copied on write in a file mapping are not
         enough: truncating the file unmaps those too.)"""
+        self.wait_filled()
         source = self._source
         if source is None:
             return
@@ -112,11 +113,16 @@ class GuestRam(GuestMemory):
                     _anonymous(address + at, n)
                     buffer[at:at + n] = data
             self._extents[i] = extent._replace(backing=(buffer, address, None))
-        _LEASED.pop(source, None)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(source, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        os.close(source)
-        self._source = None
+        self._release_source()
+
+    def _release_source(self) -> None:
+        """Give up the file RAM was read from: its lease, then the descriptor."""
+        source, self._source = self._source, None
+        if source is not None:
+            _LEASED.pop(source, None)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(source, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            os.close(source)
 
     @classmethod
     def load_file(cls, fileno: int, slots: list[tuple[Slot, int]], chunk: int = 64 << 20) -> "GuestRam":
@@ -132,22 +138,35 @@ class GuestRam(GuestMemory):
     @classmethod
     def fill_file(cls, fileno: int, path: str, slots: list[tuple[Slot, int]]) -> "GuestRam":
         """Fresh RAM the guest may run on at once, filled from a file (same pairs as
-        :meth:`map_file`) behind it by a :class:`userfault.Filler`, then put into huge pages.
-        userfault.Unavailable where this process may not have a userfaultfd."""
-        ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
-        regions = [(address, slot.size) for (_, address), (slot, _) in zip(ram.buffers(), slots)]
-        runs = sorted((address + start - offset, end - start, start) for (address, _), (slot, offset) in zip(regions, slots)
-                      for start, end in file_data_runs(fileno, offset, offset + slot.size))
+        :meth:`map_file`) behind it by a :class:`userfault.Filler`, then put into huge pages.  The
+        file is held under a read lease while it is read (LeaseUnavailable if it cannot be: a
+        writer waits until the filling is done, see :meth:`detach`).  userfault.Unavailable where
+        this process may not have a userfaultfd."""
+        source = os.dup(fileno)
         try:
+            _hold_lease(source)
+        except LeaseUnavailable:
+            os.close(source)
+            raise
+        ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
+        ram._source = source
+        _LEASED[source] = ram
+        try:
+            regions = [(address, slot.size) for (_, address), (slot, _) in zip(ram.buffers(), slots)]
+            runs = sorted((address + start - offset, end - start, start)
+                          for (address, _), (slot, offset) in zip(regions, slots)
+                          for start, end in file_data_runs(fileno, offset, offset + slot.size))
             ram._filler = userfault.Filler(fileno, path, regions, runs, ram._filled)
-        except userfault.Unavailable:
+        except BaseException:
             ram.close()
             raise
         return ram
 
     def _filled(self, error: str | None) -> None:
-        """The filler ended: huge pages again, or the error reported."""
+        """The filler ended (from its thread): the lease given up, huge pages again, or the error
+        reported."""
         self.fill_error = error
+        self._release_source()
         if error is None:
             self.collapse_in_background()
         elif self.on_fill_failure is not None:
@@ -266,7 +285,12 @@ class GuestRam(GuestMemory):
     def data_runs(self, start: int, end: int):
         """Pages of anonymous RAM never touched are zero without reading them (pagemap); so are the
         pages of RAM mapped from a file that the guest has not written where the file has holes,
-        and, once detached from it, the pages neither copied in nor written."""
+        and, once detached from it, the pages neither copied in nor written.  RAM still being
+        filled from a file is waited for (its pages not yet in would read as never touched), and
+        RAM whose filling failed is refused."""
+        self.wait_filled()
+        if self.fill_error:
+            raise KvmsnapError(f"guest RAM is not what the core held: {self.fill_error}")
         for extent in self.extents_in(start, end):
             lo, hi = max(start, extent.start), min(end, extent.end)
             _, address, offset = extent.backing
@@ -300,10 +324,7 @@ class GuestRam(GuestMemory):
                 buffer.close()
             except BufferError:
                 pass                    # a view is still alive (a caller's); the mapping goes with it
-        if self._source is not None:
-            _LEASED.pop(self._source, None)
-            os.close(self._source)
-            self._source = None
+        self._release_source()
 
 
 class LeaseUnavailable(KvmsnapError):

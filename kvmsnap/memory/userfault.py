@@ -9,6 +9,7 @@ what was never touched is then plain anonymous memory (docs/restore.md).
 The thread needs no GIL, so a Python thread that faults while holding it is served all the same."""
 import os
 import threading
+import time
 
 from kvmsnap.errors import KvmsnapError
 from kvmsnap.kvm import ffi, lib
@@ -36,20 +37,28 @@ class Filler:
             if (rc := lib.kvmsnap_uffd_register(uffd, start, length)) < 0:
                 os.close(uffd)
                 raise Unavailable(f"UFFDIO_REGISTER: {os.strerror(-rc)}")
-        self._uffd, self._fd, self._path = uffd, os.dup(fileno), path
-        self._regions = ffi.new("__u64[]", [v for region in regions for v in region])
-        self._runs = ffi.new("__u64[]", [v for run in runs for v in run] or [0])
-        self._counts = (len(regions), len(runs))
-        self._chunk = chunk
-        self._stop = ffi.new("int *")
-        self._failed_at = ffi.new("__u64 *", NOT_READ)
-        self._on_done = on_done
-        self._thread = threading.Thread(target=self._run, name="fill RAM", daemon=True)
-        self._thread.start()
+        try:
+            self._uffd, self._fd, self._path = uffd, os.dup(fileno), path
+            self._regions = ffi.new("__u64[]", [v for region in regions for v in region])
+            self._runs = ffi.new("__u64[]", [v for run in runs for v in run] or [0])
+            self._counts = (len(regions), len(runs))
+            self._chunk = chunk
+            self._stop, self._started = ffi.new("int *"), ffi.new("int *")
+            self._failed_at = ffi.new("__u64 *", NOT_READ)
+            self._on_done = on_done
+            self._thread = threading.Thread(target=self._run, name="fill RAM", daemon=True)
+            self._thread.start()
+        except BaseException:
+            os.close(uffd)                  # which unregisters the regions
+            raise
+        # Until the thread is in the C code, it needs the GIL: a caller that touched RAM holding it
+        # would wait for a filler that waits for it.
+        while not self._started[0] and self._thread.is_alive():
+            time.sleep(0.0002)
 
     def _run(self) -> None:
         rc = lib.kvmsnap_uffd_fill(self._uffd, self._fd, self._regions, self._counts[0], self._runs,
-                                   self._counts[1], self._chunk, self._stop, self._failed_at)
+                                   self._counts[1], self._chunk, self._stop, self._started, self._failed_at)
         os.close(self._uffd)
         os.close(self._fd)
         if self._stop[0]:
