@@ -63,12 +63,7 @@ class GuestRam(GuestMemory):
         The file is held under a read lease (LeaseUnavailable if it cannot be): before another
         process may write or truncate it, ``on_lease_break(detach)`` is called from a new thread
         (default: ``detach()``), which must call ``detach`` with the guest's vCPUs parked."""
-        source = os.dup(fileno)
-        try:
-            _hold_lease(source)
-        except LeaseUnavailable:
-            os.close(source)
-            raise
+        source = _leased_copy(fileno)
         buffers = [(slot, mmap.mmap(fileno, slot.size, mmap.MAP_PRIVATE | lib.MAP_NORESERVE,
                                     mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)) for slot, offset in slots]
         ram = cls(buffers, source=source, offsets=[offset for _, offset in slots])
@@ -142,12 +137,7 @@ class GuestRam(GuestMemory):
         file is held under a read lease while it is read (LeaseUnavailable if it cannot be: a
         writer waits until the filling is done, see :meth:`detach`).  userfault.Unavailable where
         this process may not have a userfaultfd."""
-        source = os.dup(fileno)
-        try:
-            _hold_lease(source)
-        except LeaseUnavailable:
-            os.close(source)
-            raise
+        source = _leased_copy(fileno)
         ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
         ram._source = source
         _LEASED[source] = ram
@@ -333,6 +323,17 @@ class LeaseUnavailable(KvmsnapError):
 
 
 _LEASED: dict[int, GuestRam] = {}        # lease fd -> the RAM mapped from its file
+
+
+def _leased_copy(fileno: int) -> int:
+    """A new descriptor of ``fileno``'s file, held under a read lease (see :func:`_hold_lease`)."""
+    source = os.dup(fileno)
+    try:
+        _hold_lease(source)
+    except LeaseUnavailable:
+        os.close(source)
+        raise
+    return source
 
 
 def _hold_lease(fd: int) -> None:
