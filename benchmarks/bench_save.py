@@ -89,7 +89,8 @@ def bench_kvmsnap(guest: str, mem: int, runs: int, work: str) -> dict:
         if procs[-1].returncode != 0:
             raise RuntimeError(f"kvmsnap run exited {procs[-1].returncode}")
         lines = len(open(console, "rb").read().splitlines())
-        procs.append(subprocess.Popen(kvmsnap_cmd("restore", source, "--control", sock, "--console", console),
+        procs.append(subprocess.Popen(kvmsnap_cmd("restore", source, "--memory", "lazy", "--control", sock,
+                                                  "--console", console),
                                       stdout=subprocess.DEVNULL))
         wait_console_line(console, READY[guest].split()[0], ready_timeout(mem), procs[-1], after=lines)
         for _ in range(runs):

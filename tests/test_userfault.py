@@ -1,5 +1,6 @@
 """Guest RAM filled from a file behind its user (kvmsnap/memory/userfault.py), without a VM: the
-bytes a thread of this process reads while the filler runs, and a file that ends too soon."""
+bytes a thread of this process reads while the filler runs, a save during the filling, a file that
+ends too soon, and the fallback without a userfaultfd."""
 import mmap
 import os
 import threading
@@ -78,5 +79,26 @@ def test_guest_ram_being_filled_is_read_whole_by_a_save(tmp_path):
         runs = list(ram.data_runs(0, size))         # whole chunks came in: each covers the file's data
         assert all(any(a <= at and at + (1 << 20) <= b for a, b in runs) for at in range(0, size, 4 << 20)), runs
         assert ram.read(3 << 20, 4) == b"\0" * 4 and ram.read(4 << 20, 4) == b"\x5a" * 4
+    finally:
+        ram.close()
+
+
+def test_without_a_userfaultfd_ram_is_mapped_and_copied_in_by_a_thread(tmp_path):
+    """Background restore's fallback: RAM mapped from the file, its data populated from a thread;
+    the bytes are the file's, and its holes stay unallocated (a save still skips them)."""
+    from kvmsnap.memory import Slot
+    from kvmsnap.memory.ram import GuestRam
+    size = 16 << 20
+    path = tmp_path / "core"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(5 << 20)
+        f.write(b"\x5a" * (1 << 20))
+    with open(path, "rb") as f:
+        ram = GuestRam.map_file(f.fileno(), [(Slot(0, 0, size), 0)])
+    try:
+        ram.populate_in_background()                # populated or not, the same runs and bytes
+        assert list(ram.data_runs(0, size)) == [(5 << 20, 6 << 20)]
+        assert ram.read(5 << 20, 4) == b"\x5a" * 4 and ram.read(4 << 20, 4) == b"\0" * 4
     finally:
         ram.close()
