@@ -87,10 +87,11 @@ class GuestRam(GuestMemory):
         source = self._source
         if source is None:
             return
-        self._closing.set()
+        self._closing.set()                     # the threads that read RAM stop, for the moment
         for thread in (self._populating, self._collapsing):
             if thread is not None:
                 thread.join()
+        self._closing.clear()
         for i, extent in enumerate(self._extents):
             buffer, address, offset = extent.backing
             if offset is None:
@@ -134,8 +135,8 @@ class GuestRam(GuestMemory):
     def fill_file(cls, fileno: int, path: str, slots: list[tuple[Slot, int]]) -> "GuestRam":
         """Fresh RAM the guest may run on at once, filled from a file (same pairs as
         :meth:`map_file`) behind it by a :class:`userfault.Filler`, then put into huge pages.  The
-        file is held under a read lease while it is read (LeaseUnavailable if it cannot be: a
-        writer waits until the filling is done, see :meth:`detach`).  userfault.Unavailable where
+        file is held under a read lease (LeaseUnavailable if it cannot be): a writer waits until
+        the filling is done (:meth:`detach`, called as for :meth:`map_file`).  userfault.Unavailable where
         this process may not have a userfaultfd."""
         source = _leased_copy(fileno)
         ram = cls.anonymous([(slot.gpa, slot.size) for slot, _ in slots])
@@ -153,10 +154,10 @@ class GuestRam(GuestMemory):
         return ram
 
     def _filled(self, error: str | None) -> None:
-        """The filler ended (from its thread): the lease given up, huge pages again, or the error
-        reported."""
+        """The filler ended (from its thread): huge pages again, or the error reported.  The lease
+        stays until a writer breaks it (:meth:`detach`): restore's check of the file's digests may
+        still be reading it."""
         self.fill_error = error
-        self._release_source()
         if error is None:
             self.collapse_in_background()
         elif self.on_fill_failure is not None:
