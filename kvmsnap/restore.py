@@ -97,9 +97,8 @@ def build_machine(snapshot: Snapshot, console, policy: Policy,
                 model.load_state_bytes(snapshot.devices[name])
         info = snapshot.info
         machine.dirty.saved(Base(info.path, info.elf.file_size, state_blake3(info.path, info.elf)))
-        ram.on_fill_failure = lambda error: machine.fail(_fill_failed(error))
-        if ram.fill_error:
-            machine.fail(_fill_failed(ram.fill_error))
+        ram.when_fill_fails(lambda error: machine.fail(
+            f"{error}: the guest was stopped, having maybe run on zeros in place of what was not read"))
         if how == "populate":
             ram.populate_in_background()
         if how != "eager":
@@ -136,10 +135,6 @@ def _guest_ram(snapshot: Snapshot, full, slots, memory: str, notes: list[str]) -
     except OSError as e:
         raise KvmsnapError(f"{full.path}: cannot {'read' if how == 'eager' else 'map'} "
                            f"{snapshot.config.mem_size >> 20} MiB of guest RAM: {e.strerror}") from None
-
-
-def _fill_failed(error: str) -> str:
-    return f"{error}: the guest was stopped, having maybe run on zeros in place of what was not read"
 
 
 def _check_integrity(snapshot: Snapshot, top) -> list:

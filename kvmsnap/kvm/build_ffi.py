@@ -291,16 +291,16 @@ struct kvmsnap_fill {
     int nregions, nruns;
     __u64 chunk;
     __u64 *failed_at;
-    struct { unsigned char *at; } *staging;   /* per region: where its chunks are read (at the same
-                                                 offsets), a mapping of its size; a chunk moved out
-                                                 leaves a hole the kernel may give to others */
+    unsigned char **staging;         /* per region: where its chunks are read (at the same offsets), a
+                                        mapping of its size; a chunk moved out leaves a hole the kernel
+                                        may give to others */
 };
 
 /* Read [start, end) of region r's contents into its staging area: the file's bytes where a run
  * covers it, zeros elsewhere.  0 or -errno. */
 static int kvmsnap_read_range(struct kvmsnap_fill *f, int r, __u64 start, __u64 end)
 {
-    unsigned char *stage = f->staging[r].at + (start - f->regions[2 * r]);
+    unsigned char *stage = f->staging[r] + (start - f->regions[2 * r]);
     int lo = 0, hi = f->nruns;
     while (lo < hi) {                           /* the first run that ends after start */
         int mid = (lo + hi) / 2;
@@ -369,7 +369,7 @@ static int kvmsnap_fill_chunk(struct kvmsnap_fill *f, int r, __u64 i)
     unsigned char *stage;
     int rc;
     kvmsnap_chunk(f, r, i, &start, &end);
-    stage = f->staging[r].at + (start - f->regions[2 * r]);
+    stage = f->staging[r] + (start - f->regions[2 * r]);
     if ((rc = kvmsnap_read_range(f, r, start, end)) != 0)
         return rc;
     if (end - start == f->chunk &&
@@ -415,10 +415,10 @@ static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregion
             rc = -errno;
             goto out;
         }
-        f.staging[r].at = raw + (regions[2 * r] - (__u64)(uintptr_t)raw) % chunk;
-        munmap(raw, f.staging[r].at - raw);   /* exactly the region's size is kept */
-        munmap(f.staging[r].at + regions[2 * r + 1], raw + chunk - f.staging[r].at);
-        madvise(f.staging[r].at, regions[2 * r + 1], MADV_HUGEPAGE);
+        f.staging[r] = raw + (regions[2 * r] - (__u64)(uintptr_t)raw) % chunk;
+        munmap(raw, f.staging[r] - raw);   /* exactly the region's size is kept */
+        munmap(f.staging[r] + regions[2 * r + 1], raw + chunk - f.staging[r]);
+        madvise(f.staging[r], regions[2 * r + 1], MADV_HUGEPAGE);
         first[r] = total;
         total += (regions[2 * r] + regions[2 * r + 1] - 1) / chunk - regions[2 * r] / chunk + 1;
     }
@@ -473,13 +473,13 @@ static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregion
 out:
     kvmsnap_uffd_unregister(uffd, regions, nregions);
     for (int r = 0; f.staging && r < nregions; r++) {  /* staging, but for the chunks moved out */
-        if (f.staging[r].at && !state)
-            munmap(f.staging[r].at, regions[2 * r + 1]);
-        for (__u64 i = 0; f.staging[r].at && state && i < first[r + 1] - first[r]; i++)
+        if (f.staging[r] && !state)
+            munmap(f.staging[r], regions[2 * r + 1]);
+        for (__u64 i = 0; f.staging[r] && state && i < first[r + 1] - first[r]; i++)
             if (state[first[r] + i] != MOVED) {
                 __u64 start, end;
                 kvmsnap_chunk(&f, r, i, &start, &end);
-                munmap(f.staging[r].at + (start - regions[2 * r]), end - start);
+                munmap(f.staging[r] + (start - regions[2 * r]), end - start);
             }
     }
     free(first);

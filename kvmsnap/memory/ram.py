@@ -35,7 +35,7 @@ class GuestRam(GuestMemory):
         self._collapsing: threading.Thread | None = None
         self._filler: userfault.Filler | None = None
         self.fill_error: str | None = None
-        self.on_fill_failure = None             # called with the error, from the filler's thread
+        self._on_fill_failure = None            # called with the error, from the filler's thread
         self._closing = threading.Event()
 
     @classmethod
@@ -160,8 +160,14 @@ class GuestRam(GuestMemory):
         self.fill_error = error
         if error is None:
             self.collapse_in_background()
-        elif self.on_fill_failure is not None:
-            self.on_fill_failure(error)
+        elif self._on_fill_failure is not None:
+            self._on_fill_failure(error)
+
+    def when_fill_fails(self, callback) -> None:
+        """Call ``callback(error)`` if filling RAM from a file fails, at once if it already has."""
+        self._on_fill_failure = callback
+        if self.fill_error:
+            callback(self.fill_error)
 
     def wait_filled(self) -> None:
         """Return once RAM filled from a file is all in (at once for other RAM)."""
