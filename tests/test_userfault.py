@@ -85,8 +85,8 @@ def test_guest_ram_being_filled_is_read_whole_by_a_save(tmp_path):
 
 def test_without_a_userfaultfd_ram_is_mapped_and_copied_in_by_a_thread(tmp_path):
     """Background restore's fallback: RAM mapped from the file, its data populated from a thread;
-    the bytes are the file's, and its holes stay unallocated (a save still skips them)."""
-    from kvmsnap.memory import Slot
+    the bytes are the file's, and a save still skips its holes where pagemap tells them apart."""
+    from kvmsnap.memory import Slot, file_data_runs
     from kvmsnap.memory.ram import GuestRam
     size = 16 << 20
     path = tmp_path / "core"
@@ -98,7 +98,10 @@ def test_without_a_userfaultfd_ram_is_mapped_and_copied_in_by_a_thread(tmp_path)
         ram = GuestRam.map_file(f.fileno(), [(Slot(0, 0, size), 0)])
     try:
         ram.populate_in_background()                # populated or not, the same runs and bytes
-        assert list(ram.data_runs(0, size)) == [(5 << 20, 6 << 20)]
+        with open(path, "rb") as f:                 # the data as this file system tells it (9p: all)
+            data = list(file_data_runs(f.fileno(), 0, size))
+        # all of it where pagemap cannot tell written pages from the file's (the arm64 lab's kernel)
+        assert list(ram.data_runs(0, size)) in (data, [(0, size)])
         assert ram.read(5 << 20, 4) == b"\x5a" * 4 and ram.read(4 << 20, 4) == b"\0" * 4
     finally:
         ram.close()
