@@ -11,6 +11,8 @@ import pytest
 from coretools import assert_continuous, console_lines, sequence
 from kvmsnap import control
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 #: Time limits in these tests bound work (a hostile input must not take minutes), not speed. In
 #: the KVM lab (scripts/lab sets KVMSNAP_LAB) every instruction runs under TCG emulation, several
 #: times slower, so each limit is scaled by SLOWDOWN there (docs/testing.md).
@@ -75,6 +77,40 @@ def tiny_elf(path, code: bytes, *, machine=62, boot_cpl=None):
         phdrs += struct.pack("<IIQQQQQQ", 4, 4, 0x800, 0, 0, len(note), len(note), 4)
     path.write_bytes(((ehdr + phdrs).ljust(0x800, b"\0") + note).ljust(0x1000, b"\0") + code)
     return path
+
+
+#: Linked into every ``assemble``d guest: ``call set_gate`` writes an interrupt gate at rdi to the
+#: handler at rsi, in the current code segment (clobbers rax, rdx); an empty 256-gate ``idt`` that
+#: ``lidt idt_ptr(%rip)`` loads; an 8 KiB stack that ends at ``stack_top``.
+CPL0_KIT = """
+.text
+set_gate:
+    mov %rsi, %rax; and $0xffff, %eax
+    xor %edx, %edx; mov %cs, %dx; shl $16, %rdx; or %rdx, %rax
+    movabs $0x00008e0000000000, %rdx; or %rdx, %rax
+    mov %rsi, %rdx; and $0xffff0000, %edx; shl $32, %rdx; or %rdx, %rax
+    mov %rax, (%rdi)
+    mov %rsi, %rax; shr $32, %rax; mov %rax, 8(%rdi)
+    ret
+.data
+.balign 16
+idt: .fill 512, 8, 0
+idt_ptr: .word 16*256-1
+    .quad idt
+.fill 1024, 8, 0
+stack_top:
+"""
+
+
+def assemble(tmp_path, name: str, source: str):
+    """An ELF guest (samples/guest.ld, entry ``start64`` at CPL0 in long mode) from assembly, with
+    CPL0_KIT."""
+    (tmp_path / f"{name}.S").write_text(source + CPL0_KIT)
+    img = tmp_path / f"{name}.elf"
+    subprocess.run(["gcc", "-c", "-o", tmp_path / f"{name}.o", tmp_path / f"{name}.S"], check=True)
+    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
+                    os.path.join(ROOT, "samples", "guest.ld"), "-o", img, tmp_path / f"{name}.o"], check=True)
+    return img
 
 
 #: Every RunningGuest (and Restored) started, in order: a test's own are killed when it ends.
@@ -255,8 +291,7 @@ def guest(tmp_path):
 @pytest.fixture(scope="session")
 def vmlinux_dbg():
     """The Linux sample's debug vmlinux, with DWARF (samples/linux/build --debug: fetched once, cached)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([os.path.join(root, "samples", "linux", "build"), "--debug"], capture_output=True,
+    r = subprocess.run([os.path.join(ROOT, "samples", "linux", "build"), "--debug"], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     return r.stdout.split()[-1]

@@ -6,13 +6,14 @@ import time
 
 import pytest
 
-from conftest import (KVM_MODULE, Restored, RunningGuest, needs_kvm, restore_warnings, run_kvmsnap, save_quit,
+from conftest import (KVM_MODULE, Restored, RunningGuest, assemble, needs_kvm, restore_warnings, run_kvmsnap, save_quit,
                       save_restore_cycles, seconds, ticks_continue)
 from coretools import assert_continuous, console_lines, mask_volatile, notes_by_key, rewrite_core, sequence
 from test_verify import reseal
 from kvmsnap import notes
 from kvmsnap.arch.x86_64 import cpuid
 from kvmsnap.arch.x86_64.host import effective_cpuid
+from kvmsnap.arch.x86_64.lapic import lapic
 from kvmsnap.arch.x86_64.msrs import COUNTER_MSRS
 from kvmsnap.arch.x86_64.xsave import xcr0_of
 from kvmsnap.formats.kvmsnap import read_core
@@ -121,6 +122,61 @@ def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
         for gpa, size in ((s.gpa, s.size) for s in ca.memory.slots()):
             for off in range(0, size, 1 << 20):
                 assert ca.memory.read(gpa + off, 1 << 20) == cb.memory.read(gpa + off, 1 << 20), hex(gpa + off)
+
+
+IN_SERVICE_GUEST = r""".text
+.globl start64
+start64:
+    lea stack_top(%rip), %rsp
+    mov $0xff, %al; out %al, $0x21; out %al, $0xa1      # 8259s masked
+    lea idt+16*0x40(%rip), %rdi; lea in_service(%rip), %rsi; call set_gate
+    lidt idt_ptr(%rip)
+    mov $0xfee00000, %eax
+    movl $0x1ff, 0xf0(%rax)                             # SVR: LAPIC on
+    movl $0x40040, 0x300(%rax)                          # ICR: fixed IPI to itself, vector 0x40
+    sti
+1:  hlt; jmp 1b
+in_service:                                             # never EOIs: 0x40 stays in service
+    incq count(%rip)
+    lea text(%rip), %rsi; mov $0x3f8, %dx
+2:  lodsb; test %al, %al; jz 3f; out %al, %dx; jmp 2b
+3:  mov count(%rip), %rax; lea digits_end(%rip), %rdi; mov $10, %ecx
+4:  xor %edx, %edx; div %rcx; add $'0', %dl; dec %rdi; mov %dl, (%rdi); test %rax, %rax; jnz 4b
+    mov $0x3f8, %dx; lea digits_end(%rip), %rsi
+5:  mov (%rdi), %al; out %al, %dx; inc %rdi; cmp %rsi, %rdi; jb 5b
+    mov $'\n', %al; out %al, %dx
+    rdtsc; shl $32, %rdx; or %rdx, %rax; lea 0x4000000(%rax), %rbx  # next line 2^26 TSC ticks on
+6:  rdtsc; shl $32, %rdx; or %rdx, %rax; cmp %rbx, %rax; jb 6b
+    jmp in_service
+text: .asciz "in service "
+.data
+count: .quad 0
+digits: .fill 24, 1, 0
+digits_end:
+"""
+
+
+def test_a_guest_saved_inside_its_interrupt_handler_restores_with_the_vector_in_service(guest, tmp_path):
+    """A CPL0 guest that sends itself an IPI and never leaves the handler: its core holds vector 0x40
+    in service (ISR) and so a processor priority (PPR) of 0x40.  KVM_SET_LAPIC works the PPR out
+    before it counts the in-service vectors of a new vCPU; the restored vCPU reads back the core's
+    LAPIC all the same (saved again while paused), and the handler's lines go on."""
+    img = assemble(tmp_path, "in_service", IN_SERVICE_GUEST)
+    g = guest(str(img), "--mem", "16M")
+    g.wait_lines(3, timeout=60)
+    first, second = tmp_path / "first.core", tmp_path / "second.core"
+    save_quit(g, first)
+    r = Restored(tmp_path, first, "--paused", console=tmp_path / "r.console")
+    r.request("save", path=str(second))
+    r.request("resume")
+    r.wait_lines(3, timeout=60)
+    assert r.quit() == 0
+    with read_core(first) as a, read_core(second) as b:
+        saved, again = lapic(a.vcpus[0].lapic), lapic(b.vcpus[0].lapic)
+    # kvm_pvm keeps no in-service vector in the LAPIC page: its ISR reads empty inside the handler
+    in_service = ([], 0) if KVM_MODULE == "kvm_pvm" else ([0x40], 0x40)
+    assert (saved["isr"], saved["ppr"]) == (again["isr"], again["ppr"]) == in_service
+    assert_continuous(sequence(console_lines(g.console, r.console), r"in service (\d+)"), start=1)
 
 
 @pytest.mark.slow

@@ -2,27 +2,15 @@
 import os
 import socket
 import stat
-import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import KVM_MODULE, needs_kvm, run_kvmsnap, seconds, tiny_elf
+from conftest import KVM_MODULE, assemble, needs_kvm, run_kvmsnap, seconds, tiny_elf
 from kvmsnap.errors import KvmsnapError
 
 pytestmark = needs_kvm
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def assemble(tmp_path, name: str, source: str):
-    """An ELF guest (samples/guest.ld, entry ``start64`` at CPL0 in long mode) from assembly."""
-    (tmp_path / f"{name}.S").write_text(source)
-    img = tmp_path / f"{name}.elf"
-    subprocess.run(["gcc", "-c", "-o", tmp_path / f"{name}.o", tmp_path / f"{name}.S"], check=True)
-    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "--build-id=none", "-T",
-                    os.path.join(ROOT, "samples", "guest.ld"), "-o", img, tmp_path / f"{name}.o"], check=True)
-    return img
 
 
 def test_pause_stops_console_and_resume_continues_with_next_line(guest):
@@ -314,7 +302,6 @@ def test_tsc_deadline_timer_is_held_to_the_floor_only_where_kernel_mode_is_emula
 start64:
     lea stack_top(%rip), %rsp
     mov $0xff, %al; out %al, $0x21; out %al, $0xa1      # 8259s masked
-    mov %cs, %ax; mov %ax, code_sel(%rip)
     lea idt+16*3(%rip), %rdi; lea breakpoint(%rip), %rsi; call set_gate
     lea idt+16*0x40(%rip), %rdi; lea tick(%rip), %rsi; call set_gate
     lidt idt_ptr(%rip)
@@ -342,24 +329,9 @@ tick:
     iretq
 breakpoint:
     iretq
-set_gate:                                               # interrupt gate at rdi -> rsi
-    mov %rsi, %rax; and $0xffff, %eax
-    movzwq code_sel(%rip), %rdx; shl $16, %rdx; or %rdx, %rax
-    movabs $0x00008e0000000000, %rdx; or %rdx, %rax
-    mov %rsi, %rdx; and $0xffff0000, %edx; shl $32, %rdx; or %rdx, %rax
-    mov %rax, (%rdi)
-    mov %rsi, %rax; shr $32, %rax; mov %rax, 8(%rdi)
-    ret
 line: .asciz "25 timer interrupts\\n"
 .data
-.balign 16
-idt: .fill 512, 8, 0
-idt_ptr: .word 16*256-1
-    .quad idt
-code_sel: .word 0
 count: .quad 0
-.fill 1024, 8, 0
-stack_top:
 """)
     g = guest(str(img), "--mem", "16M")
     g.wait_lines(1, timeout=30)

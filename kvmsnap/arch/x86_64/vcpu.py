@@ -96,6 +96,9 @@ def restore_state(vcpu, saved: VcpuState, plan, machine) -> list[str]:
     vcpu.set_xcrs(saved.xcrs)
     vcpu.set_debugregs(saved.debugregs)
     # LAPIC before MSRS: KVM accepts IA32_TSC_DEADLINE only with an enabled LAPIC in deadline mode.
+    # Twice: KVM works out the processor priority (PPR) before it counts the in-service vectors, so
+    # on a new vCPU the first set leaves PPR as if none were in service; the second finds them.
+    vcpu.set_lapic(saved.lapic)
     vcpu.set_lapic(saved.lapic)
     while True:
         try:
