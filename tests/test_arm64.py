@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import KVM, Restored, RunningGuest, run_kvmsnap, save_quit, save_restore_cycles, seconds
+from conftest import KVM, ROOT, Restored, RunningGuest, run_kvmsnap, save_quit, save_restore_cycles, seconds
 from coretools import assert_continuous, console_lines, notes_by_key, rewrite_core, sequence
 from kvmsnap import notes as N
 from kvmsnap.arch.aarch64.layouts import VGIC_V2, VGIC_V3, VgicState
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.skipif(
 STREAMS = {"counter": [r"tick (\d+)"], "fpu": [r"fpu tick (\d+) ok"], "timer": [r"timer tick (\d+)"],
            "smp": [r"cpu0 tick (\d+)", r"cpu1 tick (\d+)"]}
 BAD = ("MISMATCH", "EXCEPTION", "STALLED")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINUX = os.path.join(ROOT, "samples", "build", "linux-aarch64")
 TICK = r".*?uptime-tick (\d+) ([\d.]+)\r?"      # the guest's tty ends lines with \r\n
 MIDR_EL1 = 0x6030_0000_0013_c000            # ARM64_SYS_REG(3, 0, 0, 0, 0)

@@ -1,18 +1,17 @@
 """Byte layouts: parse/build round trips, sizes against the compiled cffi module, note registry
 (the offline half's imports: tests/test_imports.py)."""
-import os
 import struct
 
 import construct
 import pytest
 
+from conftest import ROOT
 from kvmsnap import notes as N
 from kvmsnap.arch.x86_64.notes import VCPU_NOTES
 from kvmsnap.arch.aarch64 import layouts as arm64
 from kvmsnap.arch.x86_64 import layouts as x86
 from kvmsnap.formats import elf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # construct struct -> the C struct it mirrors in kvmsnap/kvm/build_ffi.py
 CFFI_STRUCTS = {

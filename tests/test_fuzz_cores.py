@@ -52,7 +52,7 @@ from kvmsnap.state import Base
 from kvmsnap.summary import summarize
 from kvmsnap.verify import verify
 
-from conftest import needs_kvm, seconds
+from conftest import ROOT, needs_kvm, seconds
 from synthetic import (CODE, HIGH_BASE, MiB, PD, PDPT, PDPT_HIGH, PML4, RIP, identity_page_tables,
                        make_foreign, make_state, make_xsave, write)
 
@@ -598,7 +598,7 @@ def test_an_increment_naming_no_core_as_its_base_fails_in_one_line(hostile_bases
         assert message.startswith(f"{path}: "), f"{what}: the error does not name {path}: {message}"
 
 
-FUZZ_READERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "fuzz_readers")
+FUZZ_READERS = os.path.join(ROOT, "scripts", "fuzz_readers")
 
 
 def fuzz_readers(reader, corpus, artifacts, runs, *args) -> subprocess.CompletedProcess:

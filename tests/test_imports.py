@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 #: The live half: modules that may need the KVM layer. Every other module of kvmsnap is offline.
 LIVE = ("kvmsnap.kvm", "kvmsnap.vmm", "kvmsnap.save", "kvmsnap.restore", "kvmsnap.runner", "kvmsnap.memory.ram",

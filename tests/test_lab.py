@@ -19,9 +19,8 @@ import subprocess
 
 import pytest
 
-from conftest import RunningGuest, restore_where_possible, save_quit, ticks_continue
+from conftest import ROOT, RunningGuest, restore_where_possible, save_quit, ticks_continue
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_TIMEOUT = 3300          # seconds for the lab's run of SUBSET
 #: The lab's RAM for SUBSET: with the default 6G, test_memtest_across_the_hole (a 4 GiB guest) died
 #: of a triple fault in 2 of 2 runs of SUBSET on 2026-12-01 (alone it passed); test_kvm.py and

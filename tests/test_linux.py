@@ -14,10 +14,9 @@ import subprocess
 
 import pytest
 
-from conftest import KVM_MODULE, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit, seconds
+from conftest import KVM_MODULE, ROOT, Restored, RunningGuest, needs_kvm, run_kvmsnap, save_quit, seconds
 from coretools import assert_continuous, assert_debuggers_read, console_lines, gdb, sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The guest's tty ends lines with \r\n, and the shell's prompt may share a line with a tick.
 TICK = r".*?uptime-tick (\d+) ([\d.]+)\r?"
 

@@ -9,7 +9,7 @@ import sys
 
 import setuptools
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def _copy_source(dest):

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from conftest import needs_kvm, seconds
+from conftest import ROOT, needs_kvm, seconds
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @needs_kvm

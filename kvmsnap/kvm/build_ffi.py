@@ -385,10 +385,7 @@ static int kvmsnap_fill_chunk(struct kvmsnap_fill *f, int r, __u64 i)
     return rc < 0 ? rc : COPIED;
 }
 
-/* Fill every chunk of the regions that holds file data, serving the faults userfaultfd reports
- * first (the faulting chunk, data or zeros), then unregister the regions: the rest is fresh
- * anonymous memory.  Stops early when *stop is set.  0, or -errno (*failed_at: the file offset of
- * a failed read); the regions are unregistered either way. */
+/* The regions no longer reported to uffd: what was never filled becomes fresh anonymous memory. */
 static void kvmsnap_uffd_unregister(int uffd, const __u64 *regions, int nregions)
 {
     for (int r = 0; r < nregions; r++) {
@@ -397,6 +394,10 @@ static void kvmsnap_uffd_unregister(int uffd, const __u64 *regions, int nregions
     }
 }
 
+/* Fill every chunk of the regions that holds file data, serving the faults userfaultfd reports
+ * first (the faulting chunk, data or zeros), then unregister the regions: the rest is fresh
+ * anonymous memory.  Sets *started on entry; stops early when *stop is set.  0, or -errno
+ * (*failed_at: the file offset of a failed read); the regions are unregistered either way. */
 static int kvmsnap_uffd_fill(int uffd, int fd, const __u64 *regions, int nregions, const __u64 *runs, int nruns,
                              __u64 chunk, volatile int *stop, volatile int *started, __u64 *failed_at)
 {
