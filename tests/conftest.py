@@ -180,7 +180,19 @@ class RunningGuest:
                 self.request("quit")
             except Exception:
                 self.proc.terminate()
-        return self.proc.wait(seconds(timeout))
+        return self.exit_code(timeout)
+
+    def exit_code(self, timeout: float) -> int:
+        """Wait for the run to end; one that does not fails the test with its last lines."""
+        try:
+            return self.proc.wait(seconds(timeout))
+        except subprocess.TimeoutExpired:
+            try:
+                status = self.request("status")
+            except Exception as e:                  # e.g. the guest stopped and the process hangs on
+                status = f"no status: {e}"
+            raise AssertionError(f"still running after {seconds(timeout):.0f} s ({status}): {self.why()}\n"
+                                 f"last lines: {self.lines()[-5:]}") from None
 
     def kill(self):
         if self.proc.poll() is None:
@@ -278,7 +290,7 @@ def save_restore_cycles(tmp_path, g, cycles: int, timeout=30) -> list:
 def save_quit(g, core):
     r = run_kvmsnap("save", "--control", g.sock, core, "--quit", timeout=300)
     assert r.returncode == 0, r.stderr
-    assert g.proc.wait(seconds(30)) == 0
+    assert g.exit_code(30) == 0
 
 
 

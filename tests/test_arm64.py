@@ -111,7 +111,7 @@ def test_restore_paused_then_save_again_gives_the_same_state(guest, tmp_path):
     second = tmp_path / "second.core"
     assert r.request("save", path=str(second), quit=True)["path"] == str(second)
     between = time.monotonic() - began
-    assert r.proc.wait(seconds(60)) == 0
+    assert r.exit_code(60) == 0
     a, _ = notes_by_key(first)
     b, _ = notes_by_key(second)
     assert a.keys() == b.keys()
@@ -208,5 +208,5 @@ def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path):
     assert r.request("type", text="echo typed-$((6 * 7))\n")["taken"] == 22
     r.wait_lines(1, "typed-42", timeout=120)               # the restored shell ran the command
     r.request("type", text="poweroff -f\n")                # PSCI SYSTEM_OFF: the run ends, exit 0
-    assert r.proc.wait(seconds(120)) == 0, r.lines()[-3:]
+    assert r.exit_code(120) == 0, r.lines()[-3:]
     assert_continuous(sequence(console_lines(g.console, r.console), TICK))

@@ -137,7 +137,7 @@ def test_guest_that_quits_during_a_background_save_waits_for_the_file(guest, tmp
     client.start()
     _writer_of(g.proc.pid)
     g.request("quit")
-    assert g.proc.wait(seconds(120)) == 0
+    assert g.exit_code(120) == 0
     client.join()
     assert result["r"].returncode == 0, result["r"].stderr
     assert "waiting for the background save to" in g.stderr()

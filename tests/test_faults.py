@@ -123,7 +123,7 @@ def test_a_vmm_killed_at_any_point_of_a_save_leaves_nothing_or_a_valid_core(tmp_
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0, 1.5))                 # a stopped save of 256 MiB takes 0.3-1 s here
         g.proc.send_signal(signal.SIGKILL)
-        g.proc.wait(seconds(30))
+        g.exit_code(30)
         client.wait(seconds(30))
         if out.exists():
             r = run_kvmsnap("verify", out)

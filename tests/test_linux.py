@@ -82,7 +82,7 @@ def test_linux_boots_saves_and_restores_with_its_ticks_going_on(tmp_path, linux,
     assert r.request("type", text="echo typed-$((6 * 7))\n") == {"ok": True, "taken": 22}
     r.wait_lines(1, "typed-42", timeout=60)                # the restored shell ran the command
     r.request("type", text="poweroff -f\n")                 # through ACPI: the run ends, exit 0
-    assert r.proc.wait(seconds(60)) == 0 and "reboot: Power down" in "\n".join(r.lines()), r.lines()[-3:]
+    assert r.exit_code(60) == 0 and "reboot: Power down" in "\n".join(r.lines()), r.lines()[-3:]
     ticks = sequence(console_lines(g.console, r.console), TICK)
     assert_continuous(ticks)
     uptimes = [float(m.group(2)) for m in (re.fullmatch(TICK, l) for l in console_lines(g.console, r.console))
@@ -116,7 +116,7 @@ def test_bzimage_boots_through_the_64_bit_boot_protocol(tmp_path, linux, vmlinuz
     assert re.search(r"RAMDISK: \[mem 0x[0-9a-f]+-0x0*fffffff\]", log), log
     assert "ACPI: PM: (supports S0 S5)" in log and "ACPI Error" not in log
     g.request("type", text="reboot -f\n")                   # the ACPI reset register ends the run
-    assert g.proc.wait(seconds(60)) == 0 and "reboot: Restarting system" in "\n".join(g.lines())
+    assert g.exit_code(60) == 0 and "reboot: Restarting system" in "\n".join(g.lines())
 
 
 @emulated
@@ -144,7 +144,7 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
     r.wait_lines(2, "^uptime-tick", timeout=1800)
     r.request("type", text="poweroff -f\n")
-    assert r.proc.wait(seconds(600)) == 0, r.lines()[-3:]
+    assert r.exit_code(600) == 0, r.lines()[-3:]
     lines = console_lines(g.console, r.console)         # a line cut by the save goes on in the second
     saved = len(g.lines())                              # complete lines before the save
     assert lines[saved - 3:saved] != lines[saved:saved + 3], "the boot log repeats at the save"

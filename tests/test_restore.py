@@ -70,7 +70,7 @@ def test_background_incremental_and_flattened_cores_continue(guest, tmp_path, sa
     assert r.returncode == 0, r.stderr
     g.wait_lines(n + 2, pattern, timeout=120)
     r = run_kvmsnap("save", "--control", g.sock, "--incremental-from", background, increment, "--quit", timeout=300)
-    assert r.returncode == 0 and g.proc.wait(seconds(30)) == 0, r.stderr
+    assert r.returncode == 0 and g.exit_code(30) == 0, r.stderr
     r = run_kvmsnap("flatten", increment, flat)
     assert r.returncode == 0, r.stderr
     for core in (background, increment, flat):
@@ -112,7 +112,7 @@ def test_restore_then_save_again_gives_the_same_state(guest, tmp_path, memory):
     second = tmp_path / "second.core"
     reply = r.request("save", path=str(second), quit=True)
     assert reply["path"] == str(second)
-    assert r.proc.wait(seconds(30)) == 0
+    assert r.exit_code(30) == 0
     a, core_a = notes_by_key(first)
     b, core_b = notes_by_key(second)
     assert a.keys() == b.keys()
@@ -342,7 +342,7 @@ def test_counter_msrs_are_saved_restored_and_keep_counting(guest, tmp_path):
     save_quit(g, first)
     r = Restored(tmp_path, first, "--paused", console=tmp_path / "r.console")
     assert r.request("save", path=str(second), quit=True)["path"] == str(second)
-    assert r.proc.wait(seconds(30)) == 0
+    assert r.exit_code(30) == 0
     with read_core(first) as a, read_core(second) as b:
         before, after = dict(a.vcpus[0].msrs), dict(b.vcpus[0].msrs)
     assert {0x40000010, 0x40000020} <= COUNTER_MSRS & before.keys()

@@ -185,7 +185,7 @@ def test_sigterm_ends_the_guest_cleanly(guest):
     g = guest("counter", "--mem", "32M")
     g.wait_lines(1)
     g.proc.terminate()
-    assert g.proc.wait(seconds(20)) == 0
+    assert g.exit_code(20) == 0
     assert not os.path.exists(g.sock)
 
 
@@ -194,7 +194,7 @@ def test_ctrl_c_stops_the_guest_and_cleans_up(guest):
     g = guest("counter", "--mem", "32M")
     g.wait_lines(1)
     g.proc.send_signal(signal.SIGINT)
-    assert g.proc.wait(seconds(20)) == 130
+    assert g.exit_code(20) == 130
     assert g.stderr().strip() == "kvmsnap: interrupted"
     assert not os.path.exists(g.sock)
 
@@ -204,7 +204,7 @@ def test_guest_failure_is_reported_with_rip(guest, tmp_path):
     naming the faulting RIP; kvm_amd resets the vCPU on shutdown, and then the message says so."""
     img = tiny_elf(tmp_path / "ud2.elf", b"\x0f\x0b")                 # ud2
     g = guest(str(img), "--mem", "16M")
-    assert g.proc.wait(seconds(30)) == 1
+    assert g.exit_code(30) == 1
     err = g.stderr().strip()
     where = "reset the vCPU (kvm_amd does), so its RIP is lost" if KVM_MODULE == "kvm_amd" else "RIP 0x100000"
     assert len(err.splitlines()) == 1 and "triple fault" in err and where in err, err
@@ -218,7 +218,7 @@ def test_emulation_failure_names_rip_and_instruction_bytes(guest, tmp_path):
     has no VEX instructions: KVM_EXIT_INTERNAL_ERROR."""
     img = tiny_elf(tmp_path / "vex.elf", bytes.fromhex("c5fe6f042500000000d0"), boot_cpl=0)  # vmovdqu ymm0, [0xd0000000]
     g = guest(str(img), "--mem", "16M")
-    assert g.proc.wait(seconds(30)) == 1
+    assert g.exit_code(30) == 1
     err = g.stderr().strip()
     assert len(err.splitlines()) == 1, err
     assert "instruction emulation failed at RIP 0x100000" in err and "c5 fe 6f 04 25" in err, err
@@ -233,7 +233,7 @@ def test_fault_names_the_function_at_rip_and_the_last_console_line(guest, tmp_pa
                    " mov $10, %al\n out %al, %dx\n mov $0xd0000000, %eax\n"
                    ".globl load_from_mmio\nload_from_mmio:\n vmovdqu (%rax), %ymm0\n")
     g = guest(str(img), "--mem", "16M", "--vmlinux", str(img))
-    assert g.proc.wait(seconds(30)) == 1
+    assert g.exit_code(30) == 1
     err = g.stderr().strip()
     assert len(err.splitlines()) == 1, err
     assert "instruction emulation failed" in err and "RIP is in load_from_mmio+0x0" in err, err
@@ -482,7 +482,7 @@ def test_pci_host_bridge_and_cmos_answer_and_their_registers_are_saved(guest, tm
 def test_reset_through_the_keyboard_controller_ends_the_run_cleanly(guest, tmp_path):
     """Linux's `reboot` without ACPI: command 0xfe to port 0x64."""
     g = guest(str(tiny_elf(tmp_path / "reset.elf", bytes.fromhex("b0fee664ebfe"), boot_cpl=3)), "--mem", "16M")
-    assert g.proc.wait(seconds(30)) == 0
+    assert g.exit_code(30) == 0
     assert g.stderr().strip() == ""
 
 
