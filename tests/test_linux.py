@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -57,6 +58,23 @@ def boot(tmp_path, linux, cpus):
     vmlinux, initrd = linux
     return RunningGuest(tmp_path, f"--kernel={vmlinux}", "--initrd", initrd, "--append", "console=ttyS0",
                         "--mem", "256M", "--cpus", str(cpus), console=tmp_path / "linux.console")
+
+
+def power_off(r, tries=3) -> int:
+    """Type ``poweroff -f`` into the guest's shell; its exit code.  On kvm_pvm a process the shell
+    starts sometimes dies with SIGSEGV (docs/kernel-mode-assist.md, "A defect of this host's KVM"):
+    the shell then says ``Segmentation fault`` and the line is typed again, at most ``tries`` times."""
+    for _ in range(tries):
+        crashes = sum("Segmentation fault" in line for line in r.lines())
+        assert r.request("type", text="poweroff -f\n") == {"ok": True, "taken": 12}
+        deadline = time.monotonic() + seconds(120)
+        while r.proc.poll() is None and time.monotonic() < deadline:
+            if sum("Segmentation fault" in line for line in r.lines()) > crashes:
+                break
+            time.sleep(0.2)
+        if r.proc.poll() is not None or time.monotonic() >= deadline:
+            break
+    return r.exit_code(10)
 
 
 def printk_times(lines):
@@ -143,8 +161,7 @@ def test_emulated_boot_is_saved_mid_log_and_reaches_user_space(tmp_path, linux, 
     assert_debuggers_read(core, vmlinux_dbg, cpus, "NET: Registered PF_NETLINK")
     r = Restored(tmp_path, core, console=tmp_path / "restored.console")
     r.wait_lines(2, "^uptime-tick", timeout=1800)
-    assert r.request("type", text="poweroff -f\n") == {"ok": True, "taken": 12}
-    assert r.exit_code(120) == 0 and "reboot: Power down" in "\n".join(r.lines()), r.lines()[-3:]
+    assert power_off(r) == 0 and "reboot: Power down" in "\n".join(r.lines()), r.lines()[-3:]
     lines = console_lines(g.console, r.console)         # a line cut by the save goes on in the second
     saved = len(g.lines())                              # complete lines before the save
     assert lines[saved - 3:saved] != lines[saved:saved + 3], "the boot log repeats at the save"
