@@ -64,15 +64,16 @@ def power_off(r, tries=3) -> int:
     """Type ``poweroff -f`` into the guest's shell; its exit code.  On kvm_pvm a process the shell
     starts sometimes dies with SIGSEGV (docs/kernel-mode-assist.md, "A defect of this host's KVM"):
     the shell then says ``Segmentation fault`` and the line is typed again, at most ``tries`` times."""
+    def crashes():
+        return sum("Segmentation fault" in line for line in r.lines())
+
     for _ in range(tries):
-        crashes = sum("Segmentation fault" in line for line in r.lines())
+        before = crashes()
         assert r.request("type", text="poweroff -f\n") == {"ok": True, "taken": 12}
         deadline = time.monotonic() + seconds(120)
-        while r.proc.poll() is None and time.monotonic() < deadline:
-            if sum("Segmentation fault" in line for line in r.lines()) > crashes:
-                break
+        while r.proc.poll() is None and crashes() == before and time.monotonic() < deadline:
             time.sleep(0.2)
-        if r.proc.poll() is not None or time.monotonic() >= deadline:
+        if r.proc.poll() is not None or crashes() == before:     # ended, or timed out
             break
     return r.exit_code(10)
 
